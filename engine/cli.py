@@ -1,0 +1,129 @@
+"""The ``kaiser`` command. Each subcommand lives with the code it drives; this
+module only parses arguments and imports lazily so ``kaiser lint`` stays fast.
+
+Exit codes: 0 ok, 1 failure (errors found, tests failed), 2 usage error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Callable, Sequence
+
+# subcommand -> "module:function"; the function takes the argparse Namespace and
+# returns the exit code.
+COMMANDS: dict[str, str] = {
+    "run": "engine.app:cmd_run",
+    "demo": "engine.demo:cmd_demo",
+    "simulate": "engine.demo:cmd_simulate",
+    "lint": "engine.config.lint:cmd_lint",
+    "schema": "engine.config.schema:cmd_schema",
+    "test": "engine.testing:cmd_test",
+    "plan": "engine.app:cmd_plan",
+    "estop": "engine.app:cmd_estop",
+    "reset": "engine.app:cmd_reset",
+    "why": "engine.app:cmd_why",
+    "history": "engine.app:cmd_history",
+    "query": "engine.app:cmd_query",
+    "calibrate": "sensors.calibration:cmd_calibrate",
+}
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.print_usage(sys.stderr)
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="kaiser", description="God-Kaiser automation server for El Trabajante ESP32 boards")
+    p.add_argument("--version", action="version", version="kaiser 0.1.0")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+
+    def cfg(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("-c", "--config", default="kaiser.toml", help="kaiser.toml (default: ./kaiser.toml)")
+
+    sp = sub.add_parser("run", help="run the server; SIGHUP or a file change reloads")
+    cfg(sp)
+
+    sp = sub.add_parser("demo", help="embedded broker, simulated boards, the example rules, a live view")
+    cfg(sp)
+    sp.add_argument("--duration", type=float, default=None, metavar="S", help="stop after S seconds and print a summary")
+    sp.add_argument("--rules", default=None, help="rules dir (default: the one kaiser.toml names)")
+
+    sp = sub.add_parser("simulate", help="virtual ESP32 boards against a broker")
+    cfg(sp)
+    sp.add_argument("--devices", type=int, default=3, metavar="N")
+    sp.add_argument("--rate", type=float, default=1.0, metavar="R", help="readings per second in total")
+    sp.add_argument("--duration", type=float, default=None, metavar="S")
+
+    sp = sub.add_parser("lint", help="every static check of the YAML, offline")
+    sp.add_argument("path", nargs="?", default="rules")
+    sp.add_argument("--format", choices=["text", "json", "github"], default="text")
+    sp.add_argument("--strict", action="store_true", help="warnings fail too")
+    sp.add_argument("-c", "--config", default=None, help="kaiser.toml (for tz; optional)")
+
+    sp = sub.add_parser("schema", help="write the JSON Schemas")
+    sp.add_argument("--out", default="schemas", help="directory (default: schemas)")
+    sp.add_argument("--check", action="store_true", help="exit 1 if the files on disk differ")
+
+    sp = sub.add_parser("test", help="run the rule tests on a virtual clock")
+    sp.add_argument("path", nargs="?", default="rules")
+    sp.add_argument("-k", dest="select", default=None, help="only tests whose name contains this")
+    sp.add_argument("-c", "--config", default=None, help="kaiser.toml (for tz; optional)")
+
+    sp = sub.add_parser("plan", help="replay stored telemetry through new rules; print what would differ")
+    cfg(sp)
+    sp.add_argument("path", nargs="?", default=None)
+    sp.add_argument("--since", default="24h")
+
+    sp = sub.add_parser("estop", help="emergency stop (latched) through the running server")
+    cfg(sp)
+    sp.add_argument("--device", default=None)
+    sp.add_argument("--reason", required=True)
+
+    sp = sub.add_parser("reset", help="reset an emergency stop (turns nothing on)")
+    cfg(sp)
+    sp.add_argument("--device", default=None)
+    sp.add_argument("--reason", default="reset from CLI")
+
+    sp = sub.add_parser("why", help="causal trace of an actuator's last commands and blocks")
+    cfg(sp)
+    sp.add_argument("actuator")
+    sp.add_argument("-n", type=int, default=10)
+
+    sp = sub.add_parser("history", help="readings of a sensor")
+    cfg(sp)
+    sp.add_argument("sensor")
+    sp.add_argument("--since", default="1h")
+
+    sp = sub.add_parser("query", help="read-only SQL against the store")
+    cfg(sp)
+    sp.add_argument("sql")
+
+    sp = sub.add_parser("calibrate", help="two-point calibration: print the calibration block")
+    sp.add_argument("type", help="ph or ec")
+    sp.add_argument("points", nargs=2, metavar="RAW=REF")
+    return p
+
+
+def _resolve(target: str) -> Callable[[argparse.Namespace], int]:
+    module, _, func = target.partition(":")
+    return getattr(importlib.import_module(module), func)  # type: ignore[no-any-return]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not args.command:
+        parser.print_help()
+        return 2
+    try:
+        return int(_resolve(COMMANDS[args.command])(args))
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Sensor libraries: raw ESP32 values -> physical values with unit and quality."""

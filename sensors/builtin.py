@@ -1,0 +1,1 @@
+"""Imports every built-in sensor library so each registers itself."""
