@@ -1,0 +1,248 @@
+"""The MQTT link (aiomqtt over paho): subscribe, hand messages on, publish. Decides nothing.
+
+- fixed client id and a persistent session (MQTT 3.1.1, ``clean_session=False``):
+  QoS 1 messages sent while Kaiser restarts are delivered when it is back;
+- a last will (``server/status`` offline) and ``on_connect`` messages (online);
+- reconnects with exponential backoff (0.5 s .. 30 s) when the broker goes away;
+  messages published meanwhile wait in a bounded queue and go out on reconnect,
+  unless older than ``max_queue_age`` seconds (a stale ON is worse than none);
+- ``publish()`` never awaits: it hands the message to paho, which writes it when
+  the socket is ready (awaiting every PUBACK would serialise all commands).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlparse
+
+import aiomqtt
+
+log = logging.getLogger("kaiser.mqtt")
+
+
+@dataclass(frozen=True, slots=True)
+class Publish:
+    """One message to send. Same shape as the codec's Outgoing."""
+
+    topic: str
+    payload: bytes
+    qos: int = 1
+    retain: bool = False
+
+
+OnMessage = Callable[[str, bytes, bool], None]
+
+
+def parse_url(url: str) -> tuple[str, int]:
+    """``mqtt://host:port`` (or ``host:port``, ``host``) -> (host, port); port 1883 by default."""
+    u = urlparse(url if "://" in url else f"mqtt://{url}")
+    return u.hostname or "127.0.0.1", u.port or 1883
+
+
+def _as_publish(m: Any) -> Publish:
+    if isinstance(m, Publish):
+        return m
+    topic, payload, qos, retain = m  # codec Outgoing is a 4-tuple / NamedTuple
+    return Publish(topic, payload if isinstance(payload, bytes) else str(payload).encode(), int(qos), bool(retain))
+
+
+class MqttLink:
+    """Keeps one MQTT session alive and moves messages both ways.
+
+    ``on_message(topic, payload, retained)`` is called synchronously for every message
+    (keep it short and never let it raise: exceptions are logged and swallowed).
+    ``on_connect()`` returns messages to publish on every (re)connect, before anything
+    queued. ``will`` is the last will.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        client_id: str,
+        subscriptions: Sequence[str],
+        on_message: OnMessage,
+        *,
+        will: Any = None,
+        on_connect: Callable[[], Iterable[Any]] | None = None,
+        on_state: Callable[[bool], None] | None = None,
+        username: str | None = None,
+        password: str | None = None,
+        keepalive: int = 30,
+        max_queue: int = 100_000,
+        max_queue_age: float = 30.0,
+        backoff: tuple[float, float] = (0.5, 30.0),
+    ) -> None:
+        self.host, self.port = parse_url(url)
+        self.client_id = client_id
+        self.subscriptions = list(subscriptions)
+        self.on_message = on_message
+        self.on_connect = on_connect
+        self.on_state = on_state
+        self.will = _as_publish(will) if will is not None else None
+        self.username = username or None
+        self.password = password or None
+        self.keepalive = keepalive
+        self.max_queue_age = max_queue_age
+        self.backoff = backoff
+        self._queue: deque[tuple[float, Publish]] = deque(maxlen=max_queue)
+        self._client: aiomqtt.Client | None = None
+        self._paho: Any = None
+        self._closing = False
+        self._connected_evt = asyncio.Event()
+        self.connected = False
+        self.received = 0
+        self.published = 0
+        self.dropped = 0
+        self.reconnects = 0
+        self.errors = 0
+
+    # ------------------------------------------------------------------ publish
+    def publish(self, msg: Any) -> None:
+        """Send ``msg`` (Publish or (topic, payload, qos, retain)) now or on reconnect."""
+        m = _as_publish(msg)
+        if self._paho is not None and self.connected and not self._queue:
+            if self._send(m):
+                return
+        if len(self._queue) == self._queue.maxlen:
+            self.dropped += 1
+        self._queue.append((time.monotonic(), m))
+
+    def _send(self, m: Publish) -> bool:
+        try:
+            info = self._paho.publish(m.topic, m.payload, m.qos, m.retain)
+        except Exception as exc:  # socket gone mid-call: queue it
+            log.debug("publish failed: %s", exc)
+            return False
+        if info.rc != 0:
+            return False
+        self.published += 1
+        return True
+
+    def _drain(self) -> None:
+        now = time.monotonic()
+        while self._queue and self.connected:
+            at, m = self._queue[0]
+            if now - at > self.max_queue_age and not m.retain:
+                self._queue.popleft()
+                self.dropped += 1
+                continue
+            if not self._send(m):
+                return
+            self._queue.popleft()
+
+    async def wait_connected(self, timeout: float | None = None) -> bool:
+        try:
+            await asyncio.wait_for(self._connected_evt.wait(), timeout)
+        except TimeoutError:
+            return False
+        return True
+
+    # ------------------------------------------------------------------ session
+    def _make_client(self) -> aiomqtt.Client:
+        will = None
+        if self.will is not None:
+            will = aiomqtt.Will(self.will.topic, self.will.payload, self.will.qos, self.will.retain)
+        return aiomqtt.Client(
+            self.host,
+            self.port,
+            identifier=self.client_id,
+            username=self.username,
+            password=self.password,
+            protocol=aiomqtt.ProtocolVersion.V311,
+            clean_session=False,
+            will=will,
+            keepalive=self.keepalive,
+            timeout=10,
+            # latency at light load: do not let Nagle hold back a command
+            socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)],
+            max_queued_incoming_messages=0,
+        )
+
+    def _set_state(self, up: bool) -> None:
+        if up == self.connected:
+            return
+        self.connected = up
+        if up:
+            self._connected_evt.set()
+        else:
+            self._connected_evt.clear()
+        if self.on_state is not None:
+            try:
+                self.on_state(up)
+            except Exception:
+                log.exception("MQTT state callback failed")
+
+    async def run(self) -> None:
+        """Connect, subscribe, deliver messages; reconnect with backoff until close()."""
+        delay = self.backoff[0]
+        while not self._closing:
+            client = self._make_client()
+            try:
+                async with client:
+                    self._client = client
+                    self._paho = client._client  # paho: non-blocking publish (see module doc)
+                    if self.subscriptions:
+                        await client.subscribe([(t, 1) for t in self.subscriptions])
+                    self._set_state(True)
+                    log.info("MQTT connected to %s:%d as %s", self.host, self.port, self.client_id)
+                    delay = self.backoff[0]
+                    for m in self.on_connect() if self.on_connect else ():
+                        self._send(_as_publish(m))
+                    self._drain()
+                    await self._receive(client)
+            except aiomqtt.MqttError as exc:
+                if not self._closing:
+                    log.warning("MQTT connection to %s:%d lost: %s (retry in %.1f s)",
+                                self.host, self.port, exc, delay)
+            finally:
+                self._paho = None
+                self._client = None
+                self._set_state(False)
+            if self._closing:
+                break
+            self.reconnects += 1
+            await asyncio.sleep(delay)
+            delay = min(self.backoff[1], delay * 2)
+
+    async def _receive(self, client: aiomqtt.Client) -> None:
+        on_message = self.on_message
+        async for message in client.messages:
+            self.received += 1
+            payload = message.payload
+            if not isinstance(payload, bytes):
+                payload = b"" if payload is None else str(payload).encode()
+            try:
+                on_message(message.topic.value, payload, bool(message.retain))
+            except Exception:
+                self.errors += 1
+                log.exception("handling %s failed", message.topic.value)
+            if self._queue:
+                self._drain()
+
+    async def close(self, final: Iterable[Any] = ()) -> None:
+        """Publish ``final`` (e.g. status offline), wait for it to leave, disconnect."""
+        self._closing = True
+        client = self._client
+        if client is not None and self.connected:
+            for m in final:
+                p = _as_publish(m)
+                try:
+                    await client.publish(p.topic, p.payload, p.qos, p.retain, timeout=2)
+                except Exception as exc:
+                    log.warning("could not publish %s on shutdown: %s", p.topic, exc)
+            # let paho write whatever is still buffered
+            for _ in range(50):
+                if self._paho is None or not self._paho.want_write():
+                    break
+                await asyncio.sleep(0.02)
+            try:
+                self._paho.disconnect()  # graceful: the broker drops the will
+            except Exception as exc:
+                log.debug("disconnect: %s", exc)
