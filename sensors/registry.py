@@ -92,10 +92,14 @@ def resolve(type_name: str) -> tuple[SensorType, str | None]:
     The quantity is None when the name means the whole chip (or a single-value type).
     Raises UnknownSensorType naming it.
     """
-    _ensure_loaded()
-    hit = _NAMES.get(str(type_name).strip().lower())
+    if not _loaded:
+        _ensure_loaded()
+    # fast path: the firmware and the model already send lower-case names
+    hit = _NAMES.get(type_name) if isinstance(type_name, str) else None
     if hit is None:
-        raise UnknownSensorType(f"unknown sensor type {type_name!r}")
+        hit = _NAMES.get(str(type_name).strip().lower())
+        if hit is None:
+            raise UnknownSensorType(f"unknown sensor type {type_name!r}")
     return hit
 
 
@@ -119,11 +123,25 @@ def _ensure_loaded() -> None:
     if _loaded:
         return
     _loaded = True
-    import sensors.builtin  # noqa: F401  (registers the built-in types)
-
     from importlib.metadata import entry_points
 
+    import sensors.builtin  # noqa: F401  (registers the built-in types)
+
     for ep in entry_points(group="kaiser.sensors"):
-        obj = ep.load()
-        if isinstance(obj, SensorType) and obj.name not in _TYPES:
-            register(obj)
+        # a broken third-party library must not take the built-in ones down with it
+        try:
+            obj = ep.load()
+            if isinstance(obj, SensorType) and obj.name not in _TYPES:
+                register(obj)
+        except Exception as exc:
+            _BROKEN[ep.name] = f"{type(exc).__name__}: {exc}"
+
+
+#: entry points that failed to load: name -> reason (shown by docs/tools, never raised)
+_BROKEN: dict[str, str] = {}
+
+
+def broken_plugins() -> Mapping[str, str]:
+    """Entry points of group ``kaiser.sensors`` that failed to load, with the reason."""
+    _ensure_loaded()
+    return dict(_BROKEN)
