@@ -1,0 +1,265 @@
+"""Small typed readers over the positioned YAML tree, shared by the loader and the
+condition/action registries. Each reader appends a diagnostic (with the node's
+position) and returns None when the value is wrong; none of them raises.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+import re
+from collections.abc import Collection, Iterable
+from dataclasses import dataclass, field
+
+from engine.config.source import YMap, YNode, YScalar, YSeq, type_name
+from engine.diagnostics import Diagnostic
+from engine.model import Position
+from engine.units import parse_duration, parse_rate, parse_time_of_day
+
+NAME_RE = re.compile(r"^[A-Za-z0-9_-]+$")
+RULE_NAME_RE = re.compile(r"^[a-z0-9_-]+$")
+REF_PART = r"[A-Za-z0-9_-]+"
+SENSOR_REF_RE = re.compile(rf"^{REF_PART}\.{REF_PART}(\.{REF_PART})?$")
+ACTUATOR_REF_RE = re.compile(rf"^{REF_PART}\.{REF_PART}$")
+DEVICE_REF_RE = re.compile(rf"^{REF_PART}$")
+
+
+def did_you_mean(word: str, choices: Iterable[str]) -> str:
+    """``did you mean 'above'?`` or ''."""
+    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
+    return f"did you mean {close[0]!r}?" if close else ""
+
+
+@dataclass
+class Ctx:
+    """Where we are (file) and where findings go."""
+
+    out: list[Diagnostic]
+    tz: str = "UTC"
+    #: inside a ``when`` (triggers ``at``/``every`` allowed) vs ``while``
+    triggers_allowed: bool = True
+    #: parent mapping's allowed keys, for "wrong indentation" hints
+    parents: list[Collection[str]] = field(default_factory=list)
+
+    # findings -------------------------------------------------------------
+    def error(self, code: str, message: str, pos: Position, hint: str = "",
+              related: Position | None = None) -> None:
+        self.out.append(Diagnostic(code, "error", message, pos, hint, related))
+
+    def warning(self, code: str, message: str, pos: Position, hint: str = "") -> None:
+        self.out.append(Diagnostic(code, "warning", message, pos, hint))
+
+    # shapes ---------------------------------------------------------------
+    def map(self, node: YNode | None, what: str) -> YMap | None:
+        if isinstance(node, YMap):
+            return node
+        if node is not None:
+            self.error("K202", f"{what} must be a mapping (key: value), not {type_name(node)}", node.pos)
+        return None
+
+    def seq(self, node: YNode | None, what: str) -> YSeq | None:
+        if isinstance(node, YSeq):
+            return node
+        if node is not None:
+            self.error("K202", f"{what} must be a list, not {type_name(node)}", node.pos,
+                       hint="start each item with '- '")
+        return None
+
+    def keys(self, m: YMap, allowed: Collection[str], what: str,
+             required: Iterable[str] = (), children: Collection[str] = ()) -> bool:
+        """Report unknown keys (with did-you-mean and indentation hints) and
+        missing required ones. True when nothing was wrong."""
+        ok = True
+        for k, kpos in m.keys.items():
+            if k in allowed:
+                continue
+            ok = False
+            hint = did_you_mean(k, allowed)
+            if not hint:
+                if self.parents and k in self.parents[-1]:
+                    hint = f"{k!r} belongs one level up: check its indentation"
+                elif k in children:
+                    hint = f"{k!r} belongs one level deeper: check its indentation"
+                else:
+                    hint = "allowed here: " + ", ".join(sorted(allowed))
+            self.error("K201", f"unknown key {k!r} in {what}", kpos, hint=hint)
+        for r in required:
+            if r not in m.values:
+                ok = False
+                self.error("K203", f"{what} needs {r!r}", m.pos)
+        return ok
+
+    # scalars --------------------------------------------------------------
+    def scalar(self, node: YNode | None, what: str) -> YScalar | None:
+        if isinstance(node, YScalar):
+            return node
+        if node is not None:
+            self.error("K202", f"{what} must be a single value, not {type_name(node)}", node.pos)
+        return None
+
+    def text(self, node: YNode | None, what: str, allow_empty: bool = False) -> str | None:
+        s = self.scalar(node, what)
+        if s is None:
+            return None
+        v = s.value
+        if isinstance(v, str):
+            if not v.strip() and not allow_empty:
+                self.error("K204", f"{what} must not be empty", s.pos)
+                return None
+            return v
+        if v is None:
+            if allow_empty:
+                return ""
+            self.error("K202", f"{what} is empty", s.pos)
+            return None
+        if isinstance(v, bool):
+            self.error("K202", f"{what} must be text, not {type_name(s)}", s.pos, hint="quote it")
+            return None
+        # a number where text is wanted (esp_id: 123, name: 2024): accept its spelling
+        return str(v)
+
+    def name(self, node: YNode | None, what: str, pattern: re.Pattern[str] = NAME_RE,
+             rule: str = "letters, digits, '_' and '-'") -> str | None:
+        s = self.text(node, what)
+        if s is None:
+            return None
+        if not pattern.match(s):
+            assert node is not None
+            self.error("K303", f"{what} {s!r} is not a valid name", node.pos, hint=f"use {rule}")
+            return None
+        return s
+
+    def number(self, node: YNode | None, what: str, lo: float | None = None,
+               hi: float | None = None) -> float | None:
+        s = self.scalar(node, what)
+        if s is None:
+            return None
+        v = s.value
+        if isinstance(v, bool) or not isinstance(v, int | float):
+            self.error("K202", f"{what} must be a number, not {type_name(s)}", s.pos)
+            return None
+        f = float(v)
+        if not math.isfinite(f):
+            self.error("K204", f"{what} must be a finite number", s.pos)
+            return None
+        if (lo is not None and f < lo) or (hi is not None and f > hi):
+            rng = f"{lo:g} to {hi:g}" if lo is not None and hi is not None else (
+                f">= {lo:g}" if lo is not None else f"<= {hi:g}")
+            self.error("K204", f"{what} must be {rng}, got {v}", s.pos)
+            return None
+        return f
+
+    def integer(self, node: YNode | None, what: str, lo: int | None = None,
+                hi: int | None = None) -> int | None:
+        s = self.scalar(node, what)
+        if s is None:
+            return None
+        v = s.value
+        if isinstance(v, bool) or not isinstance(v, int):
+            self.error("K202", f"{what} must be a whole number, not {type_name(s)}", s.pos)
+            return None
+        if (lo is not None and v < lo) or (hi is not None and v > hi):
+            rng = f"{lo} to {hi}" if lo is not None and hi is not None else (
+                f">= {lo}" if lo is not None else f"<= {hi}")
+            self.error("K204", f"{what} must be {rng}, got {v}", s.pos)
+            return None
+        return v
+
+    def boolean(self, node: YNode | None, what: str) -> bool | None:
+        s = self.scalar(node, what)
+        if s is None:
+            return None
+        if isinstance(s.value, bool):
+            return s.value
+        hint = ""
+        if isinstance(s.value, str) and s.value.lower() in ("yes", "no", "on", "off"):
+            hint = "write true or false"
+        self.error("K202", f"{what} must be true or false, not {type_name(s)}", s.pos, hint=hint)
+        return None
+
+    def duration(self, node: YNode | None, what: str, positive: bool = False) -> float | None:
+        s = self.scalar(node, what)
+        if s is None:
+            return None
+        try:
+            d = parse_duration(s.value)
+        except ValueError as e:
+            self.error("K204", f"{what}: {e}", s.pos)
+            return None
+        if positive and d <= 0:
+            self.error("K204", f"{what} must be longer than 0", s.pos)
+            return None
+        return d
+
+    def rate(self, node: YNode | None, what: str) -> tuple[int, float] | None:
+        s = self.scalar(node, what)
+        if s is None:
+            return None
+        try:
+            r = parse_rate(s.value)
+        except ValueError as e:
+            self.error("K204", f"{what}: {e}", s.pos)
+            return None
+        if r[0] < 1:
+            self.error("K204", f"{what} must allow at least 1", s.pos)
+            return None
+        return r
+
+    def time_of_day(self, node: YNode | None, what: str) -> int | None:
+        s = self.scalar(node, what)
+        if s is None:
+            return None
+        v = s.value
+        if isinstance(v, int) and not isinstance(v, bool) and not s.quoted:
+            # YAML 1.1 readers turn 06:30 into a sexagesimal number; 1.2 keeps text.
+            self.error("K204", f"{what} must be a quoted time like \"06:30\", got {v}", s.pos)
+            return None
+        try:
+            return parse_time_of_day(v)
+        except ValueError as e:
+            self.error("K204", f"{what}: {e}", s.pos)
+            return None
+
+    def choice(self, node: YNode | None, what: str, choices: Collection[str]) -> str | None:
+        s = self.scalar(node, what)
+        if s is None:
+            return None
+        v = s.value
+        if isinstance(v, bool):  # `on` written as true
+            v = "on" if v else "off"
+        if isinstance(v, str) and v in choices:
+            return v
+        if isinstance(v, str) and v.lower() in choices:
+            return v.lower()
+        hint = did_you_mean(str(v), choices) if isinstance(v, str) else ""
+        self.error("K204", f"{what} must be one of {', '.join(choices)}, not {type_name(s)}",
+                   s.pos, hint=hint)
+        return None
+
+    def ref(self, node: YNode | None, what: str, kind: str) -> str | None:
+        """A reference: kind 'sensor' (dev.name[.quantity]), 'actuator' (dev.name), 'device'."""
+        s = self.text(node, what)
+        if s is None:
+            return None
+        pattern = {"sensor": SENSOR_REF_RE, "actuator": ACTUATOR_REF_RE, "device": DEVICE_REF_RE}[kind]
+        if not pattern.match(s):
+            assert node is not None
+            example = {"sensor": "north.air_temp or north.climate.humidity",
+                       "actuator": "north.fan", "device": "north"}[kind]
+            self.error("K304", f"{what} {s!r} is not a valid {kind} reference", node.pos,
+                       hint=f"write it like {example}")
+            return None
+        return s
+
+    def pair(self, node: YNode | None, what: str) -> tuple[float, float] | None:
+        q = self.seq(node, what)
+        if q is None:
+            return None
+        if len(q.items) != 2:
+            self.error("K202", f"{what} must be a list of two numbers [low, high]", q.pos)
+            return None
+        lo = self.number(q.items[0], f"{what} low")
+        hi = self.number(q.items[1], f"{what} high")
+        if lo is None or hi is None:
+            return None
+        return (lo, hi)

@@ -1,0 +1,796 @@
+"""Load a rules directory (or one file) into a ``Deployment`` with positioned diagnostics.
+
+``load_deployment(path, tz)`` never raises: it returns the best-effort model
+(bad items skipped) and every finding at once. Callers refuse the model when
+any finding is an error. Semantic checks (unknown refs, GPIO conflicts, ...)
+live in ``engine.config.checks``; this module covers syntax, structure, types,
+names and sensor types.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TypeVar
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from engine.actions import NOTIFY_LEVELS, actuator_state, build_action
+from engine.conditions import build_condition, compare
+from engine.config.fields import RULE_NAME_RE, Ctx, did_you_mean
+from engine.config.source import YMap, YNode, YScalar, YSeq, read_yaml, type_name
+from engine.diagnostics import Diagnostic
+from engine.model import (
+    ACTUATOR_TYPES,
+    NOWHERE,
+    Action,
+    Actuator,
+    ActuatorLimits,
+    Code,
+    Comparison,
+    Condition,
+    Deployment,
+    Device,
+    Expectation,
+    Interlock,
+    Position,
+    Rule,
+    RuleTest,
+    Safety,
+    SafetyDefaults,
+    Sensor,
+    TestStep,
+    Wait,
+)
+
+SECTIONS = ("devices", "safety", "rules", "tests")
+BOARDS = ("esp32dev", "xiao_esp32c3")
+DEVICE_KEYS = ("esp_id", "zone", "board", "sensors", "actuators")
+SENSOR_KEYS = ("gpio", "type", "calibration", "i2c_address", "onewire_address", "subzone")
+ACTUATOR_KEYS = ("gpio", "type", "aux_gpio", "critical", "inverted_logic", "default_state", "subzone")
+SAFETY_KEYS = ("defaults", "actuators", "interlocks")
+DEFAULTS_KEYS = ("offline_after", "stale_after", "max_switches_per_minute", "lease")
+LIMIT_KEYS = ("max_runtime", "min_off", "max_starts", "on_sensor_loss", "pwm", "rate_limit")
+INTERLOCK_KEYS = ("name", "never_together", "actuator", "only_if")
+RULE_KEYS = ("name", "description", "priority", "cooldown", "enabled", "when", "then", "while",
+             "hold", "release")
+TEST_KEYS = ("name", "start", "steps", "expect", "only_expected", "rules")
+STEP_KEYS = ("at", "readings", "devices", "actuators")
+EXPECT_KINDS = ("command", "blocked", "notify", "no_command")
+DEFAULT_TEST_START = datetime(2026, 1, 1, tzinfo=UTC).timestamp()
+YAML_SUFFIXES = (".yaml", ".yml")
+
+T = TypeVar("T")
+
+
+def yaml_files(root: Path) -> list[Path]:
+    """Every *.yaml / *.yml under ``root`` (recursively, sorted; hidden dirs skipped)."""
+    found: list[Path] = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for f in sorted(filenames):
+            if f.endswith(YAML_SUFFIXES) and not f.startswith("."):
+                found.append(Path(dirpath) / f)
+    return sorted(found)
+
+
+@dataclass
+class _Named:
+    """First place each name was declared, for duplicate reports."""
+
+    where: dict[str, Position] = field(default_factory=dict)
+
+    def claim(self, ctx: Ctx, kind: str, name: str, pos: Position) -> bool:
+        first = self.where.get(name)
+        if first is not None:
+            ctx.error("K301", f"duplicate {kind} name {name!r}", pos,
+                      hint=f"{kind} names are unique across all files", related=first)
+            return False
+        self.where[name] = pos
+        return True
+
+
+@dataclass
+class _Loader:
+    tz: str
+    out: list[Diagnostic] = field(default_factory=list)
+    devices: dict[str, Device] = field(default_factory=dict)
+    limits: dict[str, ActuatorLimits] = field(default_factory=dict)
+    defaults: SafetyDefaults | None = None
+    interlocks: list[Interlock] = field(default_factory=list)
+    rules: list[Rule] = field(default_factory=list)
+    tests: list[RuleTest] = field(default_factory=list)
+    names: dict[str, _Named] = field(default_factory=dict)
+    esp_ids: dict[str, Position] = field(default_factory=dict)
+    limit_pos: dict[str, Position] = field(default_factory=dict)
+    defaults_pos: Position | None = None
+
+    def __post_init__(self) -> None:
+        self.ctx = Ctx(self.out, tz=self.tz)
+        try:
+            self.zone: ZoneInfo | None = ZoneInfo(self.tz)
+        except (ZoneInfoNotFoundError, ValueError):
+            self.zone = None
+
+    def named(self, kind: str) -> _Named:
+        return self.names.setdefault(kind, _Named())
+
+    # files ---------------------------------------------------------------
+    def file(self, root: YNode | None) -> None:
+        if root is None:
+            return
+        ctx = self.ctx
+        if not isinstance(root, YMap):
+            if isinstance(root, YScalar) and root.value is None:
+                return
+            ctx.error("K108", f"a rules file must be a mapping with {', '.join(SECTIONS)}; "
+                      f"this one is {type_name(root)}", root.pos,
+                      hint="start the file with e.g. 'rules:'")
+            return
+        ctx.keys(root, SECTIONS, "a rules file",
+                 children=DEVICE_KEYS + RULE_KEYS + SAFETY_KEYS + TEST_KEYS)
+        for key, fn in (("devices", self.section_devices), ("safety", self.section_safety),
+                        ("rules", self.section_rules), ("tests", self.section_tests)):
+            node = root.values.get(key)
+            if node is None or (isinstance(node, YScalar) and node.value is None):
+                continue
+            ctx.parents = [SECTIONS]
+            fn(node)
+        ctx.parents = []
+
+    # devices -------------------------------------------------------------
+    def section_devices(self, node: YNode) -> None:
+        ctx = self.ctx
+        m = ctx.map(node, "'devices'")
+        if m is None:
+            if isinstance(node, YSeq):
+                ctx.out[-1] = Diagnostic(
+                    "K202", "error", "'devices' must be a mapping of device names, not a list",
+                    node.pos, hint="write 'north:' instead of '- name: north'")
+            return
+        for name, dnode in m.values.items():
+            kpos = m.keys[name]
+            if name in DEVICE_KEYS:
+                ctx.error("K201", f"{name!r} is a device key, not a device name", kpos,
+                          hint="indent it under a device: devices: -> north: -> " + name)
+                continue
+            if not ctx.name(YScalar(name, kpos), "device name"):
+                continue
+            if not self.named("device").claim(ctx, "device", name, kpos):
+                continue
+            dev = self.device(name, dnode, kpos)
+            if dev is not None:
+                self.devices[name] = dev
+
+    def device(self, name: str, node: YNode, kpos: Position) -> Device | None:
+        ctx = self.ctx
+        m = ctx.map(node, f"device {name!r}")
+        if m is None:
+            return None
+        ctx.parents = [SECTIONS]
+        ctx.keys(m, DEVICE_KEYS, f"device {name!r}", required=("esp_id",),
+                 children=SENSOR_KEYS + ACTUATOR_KEYS)
+        esp_id = ctx.text(m.values.get("esp_id"), "'esp_id'")
+        if esp_id is not None:
+            first = self.esp_ids.get(esp_id)
+            if first is not None:
+                ctx.error("K306", f"esp_id {esp_id!r} is already used by another device",
+                          m.values["esp_id"].pos, related=first)
+            else:
+                self.esp_ids[esp_id] = m.values["esp_id"].pos
+        zone = ctx.text(m.values["zone"], "'zone'") if "zone" in m.values else None
+        board = None
+        if "board" in m.values:
+            board = ctx.choice(m.values["board"], "'board'", BOARDS)
+        sensors: list[Sensor] = []
+        actuators: list[Actuator] = []
+        ctx.parents = [DEVICE_KEYS]
+        seen: dict[str, Position] = {}
+        for section in ("sensors", "actuators"):
+            sm = ctx.map(m.values.get(section), f"{section!r} of device {name!r}")
+            if sm is None:
+                continue
+            for item, inode in sm.values.items():
+                ipos = sm.keys[item]
+                if item in (SENSOR_KEYS if section == "sensors" else ACTUATOR_KEYS):
+                    ctx.error("K201", f"{item!r} is a {section[:-1]} key, not a {section[:-1]} name",
+                              ipos, hint=f"indent it under a {section[:-1]}: {section}: -> NAME: -> {item}")
+                    continue
+                if not ctx.name(YScalar(item, ipos), f"{section[:-1]} name"):
+                    continue
+                if item in seen:
+                    ctx.error("K302", f"device {name!r} already has a sensor or actuator named {item!r}",
+                              ipos, related=seen[item])
+                    continue
+                seen[item] = ipos
+                if section == "sensors":
+                    s = self.sensor(name, item, inode)
+                    if s is not None:
+                        sensors.append(s)
+                else:
+                    a = self.actuator(name, item, inode)
+                    if a is not None:
+                        actuators.append(a)
+        ctx.parents = []
+        if esp_id is None:
+            return None
+        return Device(name, esp_id, zone, board, tuple(sensors), tuple(actuators), kpos)
+
+    def sensor(self, device: str, name: str, node: YNode) -> Sensor | None:
+        from sensors import registry
+
+        ctx = self.ctx
+        what = f"sensor {device}.{name}"
+        m = ctx.map(node, what)
+        if m is None:
+            return None
+        ctx.keys(m, SENSOR_KEYS, what, required=("gpio", "type"))
+        gpio = ctx.integer(m.values.get("gpio"), "'gpio'", lo=0, hi=48)
+        tname = ctx.text(m.values.get("type"), "'type'")
+        canonical: str | None = None
+        quantities: tuple[str, ...] = ()
+        if tname is not None:
+            try:
+                st, quantity = registry.resolve(tname)
+            except KeyError:
+                ctx.error("K305", f"unknown sensor type {tname!r}", m.values["type"].pos,
+                          hint=did_you_mean(tname.lower(), registry.all_names())
+                          or "see docs/sensors.md for the known types")
+            except Exception as e:  # a broken sensor plugin must not stop lint
+                ctx.error("K305", f"sensor type {tname!r} could not be resolved: {e}",
+                          m.values["type"].pos)
+            else:
+                canonical = st.name if quantity is None else tname.strip().lower()
+                if quantity is None and st.multi:
+                    quantities = tuple(q.name for q in st.quantities)
+        calibration: dict[str, float] = {}
+        if "calibration" in m.values:
+            cm = ctx.map(m.values["calibration"], "'calibration'")
+            if cm is not None:
+                for k, v in cm.values.items():
+                    f = ctx.number(v, f"calibration {k!r}")
+                    if f is not None:
+                        calibration[k] = f
+        i2c = ctx.integer(m.values["i2c_address"], "'i2c_address'", lo=0, hi=127) \
+            if "i2c_address" in m.values else None
+        onewire = ctx.text(m.values["onewire_address"], "'onewire_address'") \
+            if "onewire_address" in m.values else None
+        subzone = ctx.text(m.values["subzone"], "'subzone'") if "subzone" in m.values else None
+        if gpio is None or canonical is None:
+            return None
+        return Sensor(device, name, gpio, canonical, calibration, i2c, onewire, subzone, quantities, m.pos)
+
+    def actuator(self, device: str, name: str, node: YNode) -> Actuator | None:
+        ctx = self.ctx
+        what = f"actuator {device}.{name}"
+        m = ctx.map(node, what)
+        if m is None:
+            return None
+        ctx.keys(m, ACTUATOR_KEYS, what, required=("gpio", "type"))
+        gpio = ctx.integer(m.values.get("gpio"), "'gpio'", lo=0, hi=48)
+        atype = ctx.choice(m.values.get("type"), "'type'", ACTUATOR_TYPES)
+        aux = ctx.integer(m.values["aux_gpio"], "'aux_gpio'", lo=0, hi=48) if "aux_gpio" in m.values else None
+        flags: dict[str, bool] = {}
+        for k in ("critical", "inverted_logic", "default_state"):
+            if k in m.values:
+                if k == "default_state" and isinstance(m.values[k], YScalar) and \
+                        isinstance(m.values[k].value, str):  # type: ignore[union-attr]
+                    st = ctx.choice(m.values[k], "'default_state'", ("on", "off"))
+                    b = None if st is None else st == "on"
+                else:
+                    b = ctx.boolean(m.values[k], repr(k))
+                if b is not None:
+                    flags[k] = b
+        subzone = ctx.text(m.values["subzone"], "'subzone'") if "subzone" in m.values else None
+        if gpio is None or atype is None:
+            return None
+        return Actuator(device, name, gpio, atype, aux, subzone=subzone, pos=m.pos, **flags)
+
+    # safety --------------------------------------------------------------
+    def section_safety(self, node: YNode) -> None:
+        ctx = self.ctx
+        m = ctx.map(node, "'safety'")
+        if m is None:
+            return
+        ctx.keys(m, SAFETY_KEYS, "'safety'", children=DEFAULTS_KEYS + INTERLOCK_KEYS)
+        ctx.parents = [SAFETY_KEYS]
+        if "defaults" in m.values:
+            self.safety_defaults(m.values["defaults"])
+        am = ctx.map(m.values.get("actuators"), "'safety: actuators'")
+        if am is not None:
+            for ref, lnode in am.values.items():
+                kpos = am.keys[ref]
+                if ref in LIMIT_KEYS:
+                    ctx.error("K201", f"{ref!r} is a limit, not an actuator", kpos,
+                              hint=f"indent it under an actuator ref: actuators: -> north.pump: -> {ref}")
+                    continue
+                r = ctx.ref(YScalar(ref, kpos), "safety actuator", "actuator")
+                if r is None:
+                    continue
+                if ref in self.limit_pos:
+                    ctx.error("K301", f"safety limits for {ref!r} are already given", kpos,
+                              related=self.limit_pos[ref])
+                    continue
+                self.limit_pos[ref] = kpos
+                lim = self.limit(ref, lnode, kpos)
+                if lim is not None:
+                    self.limits[ref] = lim
+        q = ctx.seq(m.values.get("interlocks"), "'interlocks'")
+        if q is not None:
+            for inode in q.items:
+                il = self.interlock(inode)
+                if il is not None:
+                    self.interlocks.append(il)
+        ctx.parents = []
+
+    def safety_defaults(self, node: YNode) -> None:
+        ctx = self.ctx
+        m = ctx.map(node, "'safety: defaults'")
+        if m is None:
+            return
+        if self.defaults_pos is not None:
+            ctx.error("K301", "safety defaults are already given", m.pos, related=self.defaults_pos)
+            return
+        self.defaults_pos = m.pos
+        ctx.keys(m, DEFAULTS_KEYS, "safety defaults")
+        base = SafetyDefaults()
+        vals = {
+            "offline_after": ctx.duration(m.values["offline_after"], "'offline_after'", positive=True)
+            if "offline_after" in m.values else base.offline_after,
+            "stale_after": ctx.duration(m.values["stale_after"], "'stale_after'", positive=True)
+            if "stale_after" in m.values else base.stale_after,
+            "max_switches_per_minute": ctx.integer(m.values["max_switches_per_minute"],
+                                                   "'max_switches_per_minute'", lo=1)
+            if "max_switches_per_minute" in m.values else base.max_switches_per_minute,
+            "lease": ctx.duration(m.values["lease"], "'lease'", positive=True)
+            if "lease" in m.values else base.lease,
+        }
+        def pick(key: str, default: float) -> float:
+            v = vals[key]
+            return float(v) if v is not None else default
+
+        self.defaults = SafetyDefaults(
+            offline_after=pick("offline_after", base.offline_after),
+            stale_after=pick("stale_after", base.stale_after),
+            max_switches_per_minute=int(pick("max_switches_per_minute", base.max_switches_per_minute)),
+            lease=pick("lease", base.lease),
+            pos=m.pos,
+        )
+
+    def limit(self, ref: str, node: YNode, kpos: Position) -> ActuatorLimits | None:
+        ctx = self.ctx
+        m = ctx.map(node, f"safety limits of {ref}")
+        if m is None:
+            return None
+        ctx.keys(m, LIMIT_KEYS, f"safety limits of {ref}")
+        v = m.values
+        max_runtime = ctx.duration(v["max_runtime"], "'max_runtime'", positive=True) if "max_runtime" in v else None
+        min_off = ctx.duration(v["min_off"], "'min_off'") if "min_off" in v else None
+        max_starts = ctx.rate(v["max_starts"], "'max_starts'") if "max_starts" in v else None
+        rate_limit = ctx.rate(v["rate_limit"], "'rate_limit'") if "rate_limit" in v else None
+        loss = ctx.choice(v["on_sensor_loss"], "'on_sensor_loss'", ("off", "hold", "on")) \
+            if "on_sensor_loss" in v else "off"
+        pwm = None
+        if "pwm" in v:
+            pwm = ctx.pair(v["pwm"], "'pwm'")
+            if pwm is not None and not (0.0 <= pwm[0] <= pwm[1] <= 1.0):
+                ctx.error("K204", f"'pwm' must be [low, high] with 0.0 <= low <= high <= 1.0, got "
+                          f"[{pwm[0]:g}, {pwm[1]:g}]", v["pwm"].pos)
+                pwm = None
+        if loss is None:
+            loss = "off"
+        return ActuatorLimits(ref, max_runtime, min_off, max_starts, loss, pwm, rate_limit,  # type: ignore[arg-type]
+                              kpos)
+
+    def interlock(self, node: YNode) -> Interlock | None:
+        ctx = self.ctx
+        m = ctx.map(node, "an interlock")
+        if m is None:
+            return None
+        ctx.keys(m, INTERLOCK_KEYS, "an interlock", required=("name",))
+        name = ctx.text(m.values.get("name"), "interlock 'name'")
+        if name is not None and not self.named("interlock").claim(ctx, "interlock", name, m.values["name"].pos):
+            return None
+        together = "never_together" in m.values
+        only = "actuator" in m.values or "only_if" in m.values
+        if together and only:
+            ctx.error("K205", "an interlock is either 'never_together' or 'actuator' + 'only_if'",
+                      m.keys.get("actuator", m.keys.get("only_if", m.pos)))
+            return None
+        if together:
+            q = ctx.seq(m.values["never_together"], "'never_together'")
+            if q is None:
+                return None
+            refs = [ctx.ref(i, "an interlocked actuator", "actuator") for i in q.items]
+            if len(q.items) < 2:
+                ctx.error("K204", "'never_together' needs at least two actuators", q.pos)
+                return None
+            if name is None or any(r is None for r in refs):
+                return None
+            return Interlock(name, tuple(r for r in refs if r is not None), pos=m.pos)
+        if not only:
+            ctx.error("K203", "an interlock needs 'never_together' or 'actuator' + 'only_if'", m.pos)
+            return None
+        for k in ("actuator", "only_if"):
+            if k not in m.values:
+                ctx.error("K203", f"an interlock with {'only_if' if k == 'actuator' else 'actuator'!r} "
+                          f"needs {k!r}", m.pos)
+                return None
+        act = ctx.ref(m.values["actuator"], "interlock 'actuator'", "actuator")
+        cond = self.only_if(m.values["only_if"])
+        if name is None or act is None or cond is None:
+            return None
+        return Interlock(name, actuator=act, only_if=cond, pos=m.pos)
+
+    def only_if(self, node: YNode) -> Comparison | None:
+        ctx = self.ctx
+        m = ctx.map(node, "'only_if'")
+        if m is None:
+            return None
+        from engine.model import COMPARE_OPS
+
+        ctx.keys(m, ("sensor", *COMPARE_OPS), "'only_if'", required=("sensor",))
+        sensor = ctx.ref(m.values.get("sensor"), "'sensor'", "sensor")
+        cmp = compare(m, ctx, "'only_if'")
+        if sensor is None or cmp is None:
+            return None
+        return Comparison(sensor, cmp[0], cmp[1], pos=m.pos)
+
+    # rules ---------------------------------------------------------------
+    def section_rules(self, node: YNode) -> None:
+        ctx = self.ctx
+        q = ctx.seq(node, "'rules'")
+        if q is None:
+            return
+        ctx.parents = [SECTIONS]
+        for item in q.items:
+            r = self.rule(item)
+            if r is not None:
+                self.rules.append(r)
+        ctx.parents = []
+
+    def rule(self, node: YNode) -> Rule | None:
+        ctx = self.ctx
+        m = ctx.map(node, "a rule")
+        if m is None:
+            return None
+        ctx.keys(m, RULE_KEYS, "a rule", required=("name",))
+        v = m.values
+        name = ctx.name(v.get("name"), "rule name", RULE_NAME_RE,
+                        "lower-case letters, digits, '_' and '-'")
+        if name is not None and not self.named("rule").claim(ctx, "rule", name, v["name"].pos):
+            name = None
+        description = ctx.text(v["description"], "'description'", allow_empty=True) \
+            if "description" in v else ""
+        priority = ctx.integer(v["priority"], "'priority'") if "priority" in v else 0
+        cooldown = ctx.duration(v["cooldown"], "'cooldown'") if "cooldown" in v else 0.0
+        enabled = ctx.boolean(v["enabled"], "'enabled'") if "enabled" in v else True
+        edge = "when" in v or "then" in v
+        level = "while" in v or "hold" in v or "release" in v
+        if edge and level:
+            a = next(k for k in ("when", "then") if k in v)
+            b = next(k for k in ("while", "hold", "release") if k in v)
+            ctx.error("K205", f"a rule has either when+then or while+hold, not both ({a!r} and {b!r})",
+                      m.keys[b], hint="split it into two rules")
+            return None
+        if not edge and not level:
+            ctx.error("K203", "a rule needs 'when' + 'then' (edge) or 'while' + 'hold' (level)", m.pos)
+            return None
+        cond_key, act_key = ("when", "then") if edge else ("while", "hold")
+        ok = True
+        for k in (cond_key, act_key):
+            if k not in v:
+                other = act_key if k == cond_key else cond_key
+                ctx.error("K203", f"a rule with {other!r} needs {k!r}", m.keys[other])
+                ok = False
+        condition: Condition | None = None
+        actions: tuple[Action, ...] | None = None
+        release: tuple[Action, ...] | None = None
+        saved_parents = ctx.parents
+        ctx.parents = [RULE_KEYS]
+        if cond_key in v:
+            ctx.triggers_allowed = edge
+            condition = build_condition(v[cond_key], ctx)
+            ctx.triggers_allowed = True
+        if act_key in v:
+            actions = self.actions(v[act_key], act_key)
+        if "release" in v:
+            release = self.actions(v["release"], "release")
+            ok = ok and release is not None
+        ctx.parents = saved_parents
+        if actions is not None and not edge:
+            for act in actions:
+                if isinstance(act, Wait):
+                    ctx.error("K204", "'wait' is not allowed in 'hold' (a hold is a state, not a "
+                              "sequence)", act.pos, hint="use 'release' or a when/then rule")
+                    ok = False
+        if (not ok or name is None or condition is None or actions is None or priority is None
+                or cooldown is None or enabled is None or description is None):
+            return None
+        index = len(self.rules)
+        return Rule(name, "edge" if edge else "level", condition, actions, release, description,
+                    priority, cooldown, enabled, index, m.pos)
+
+    def actions(self, node: YNode, key: str) -> tuple[Action, ...] | None:
+        ctx = self.ctx
+        items: list[YNode]
+        if isinstance(node, YMap):
+            items = [node]
+        else:
+            q = ctx.seq(node, f"{key!r}")
+            if q is None:
+                return None
+            items = q.items
+        if not items:
+            ctx.error("K204", f"{key!r} needs at least one action", node.pos)
+            return None
+        built = [build_action(i, ctx) for i in items]
+        if any(b is None for b in built):
+            return None
+        return tuple(b for b in built if b is not None)
+
+    # tests ---------------------------------------------------------------
+    def section_tests(self, node: YNode) -> None:
+        ctx = self.ctx
+        q = ctx.seq(node, "'tests'")
+        if q is None:
+            return
+        ctx.parents = [SECTIONS]
+        for item in q.items:
+            t = self.test(item)
+            if t is not None:
+                self.tests.append(t)
+        ctx.parents = []
+
+    def instant(self, node: YNode | None, what: str, start: float) -> float | None:
+        """A relative duration (``130s``) or an ISO time -> seconds after ``start``."""
+        ctx = self.ctx
+        s = ctx.scalar(node, what)
+        if s is None:
+            return None
+        if isinstance(s.value, str) and ("T" in s.value or "-" in s.value[1:]):
+            t = self.iso(s, what)
+            if t is None:
+                return None
+            if t < start:
+                ctx.error("K204", f"{what} is before the test's start", s.pos)
+                return None
+            return t - start
+        return ctx.duration(s, what)
+
+    def iso(self, s: YScalar, what: str) -> float | None:
+        try:
+            dt = datetime.fromisoformat(str(s.value).replace("Z", "+00:00"))
+        except ValueError:
+            self.ctx.error("K204", f"{what} must be an ISO 8601 time like 2026-06-01T10:00:00+02:00, "
+                           f"not {type_name(s)}", s.pos)
+            return None
+        if dt.tzinfo is None:
+            dt = dt.replace(tzinfo=self.zone or UTC)
+        return dt.timestamp()
+
+    def test(self, node: YNode) -> RuleTest | None:
+        ctx = self.ctx
+        m = ctx.map(node, "a test")
+        if m is None:
+            return None
+        ctx.keys(m, TEST_KEYS, "a test", required=("name", "steps"),
+                 children=STEP_KEYS + EXPECT_KINDS)
+        v = m.values
+        name = ctx.text(v.get("name"), "test name")
+        if name is not None and not self.named("test").claim(ctx, "test", name, v["name"].pos):
+            name = None
+        start: float | None = DEFAULT_TEST_START
+        if "start" in v:
+            s = ctx.scalar(v["start"], "'start'")
+            start = None if s is None else self.iso(s, "'start'")
+        ok = start is not None
+        only_expected = ctx.boolean(v["only_expected"], "'only_expected'") if "only_expected" in v else False
+        rules: list[str] = []
+        if "rules" in v:
+            q = ctx.seq(v["rules"], "'rules'")
+            if q is None:
+                ok = False
+            else:
+                for i in q.items:
+                    r = ctx.name(i, "rule name", RULE_NAME_RE, "lower-case letters, digits, '_' and '-'")
+                    if r is None:
+                        ok = False
+                    else:
+                        rules.append(r)
+        steps: list[TestStep] = []
+        expects: list[Expectation] = []
+        base = start or 0.0
+        sq = ctx.seq(v.get("steps"), "'steps'")
+        if sq is not None:
+            for item in sq.items:
+                st = self.step(item, base)
+                if st is None:
+                    ok = False
+                else:
+                    steps.append(st)
+        elif "steps" in v:
+            ok = False
+        if "expect" in v:
+            eq = ctx.seq(v["expect"], "'expect'")
+            if eq is None:
+                ok = False
+            else:
+                for item in eq.items:
+                    ex = self.expectation(item, base)
+                    if ex is None:
+                        ok = False
+                    else:
+                        expects.append(ex)
+        if not ok or name is None or only_expected is None or start is None:
+            return None
+        return RuleTest(name, start, tuple(steps), tuple(expects), only_expected, tuple(rules), m.pos)
+
+    def _mapping(self, node: YNode | None, what: str, key_kind: str,
+                 value: Callable[[YNode], T | None]) -> dict[str, T] | None:
+        ctx = self.ctx
+        m = ctx.map(node, what)
+        if m is None:
+            return None
+        out: dict[str, T] = {}
+        ok = True
+        for k, vnode in m.values.items():
+            ref = ctx.ref(YScalar(k, m.keys[k]), f"a {key_kind} in {what}", key_kind)
+            val = value(vnode)
+            if ref is None or (val is None and not (key_kind == "sensor" and _is_null(vnode))):
+                ok = False
+                continue
+            out[ref] = val  # type: ignore[assignment]
+        return out if ok else None
+
+    def _online(self, n: YNode) -> bool | None:
+        s = self.ctx.choice(n, "a device state", ("online", "offline"))
+        return None if s is None else s == "online"
+
+    def step(self, node: YNode, start: float) -> TestStep | None:
+        ctx = self.ctx
+        m = ctx.map(node, "a test step")
+        if m is None:
+            return None
+        ctx.keys(m, STEP_KEYS, "a test step", required=("at",))
+        v = m.values
+        at = self.instant(v.get("at"), "'at'", start) if "at" in v else None
+        readings = self._mapping(v["readings"], "'readings'", "sensor",
+                                 lambda n: None if _is_null(n) else ctx.number(n, "a reading")) \
+            if "readings" in v else {}
+        devices = self._mapping(v["devices"], "'devices'", "device", self._online) \
+            if "devices" in v else {}
+        actuators = self._mapping(v["actuators"], "'actuators'", "actuator",
+                                  lambda n: _float_state(actuator_state(n, ctx, "an actuator state",
+                                                                        allow_toggle=False))) \
+            if "actuators" in v else {}
+        if at is None or readings is None or devices is None or actuators is None:
+            return None
+        return TestStep(at, readings, devices, actuators, m.pos)
+
+    def expectation(self, node: YNode, start: float) -> Expectation | None:
+        ctx = self.ctx
+        m = ctx.map(node, "an expectation")
+        if m is None:
+            return None
+        ctx.keys(m, ("at", *EXPECT_KINDS), "an expectation", required=("at",))
+        kinds = [k for k in EXPECT_KINDS if k in m.values]
+        if len(kinds) != 1:
+            if not kinds:
+                ctx.error("K203", f"an expectation needs one of {', '.join(EXPECT_KINDS)}", m.pos)
+            else:
+                ctx.error("K205", f"an expectation has one of {', '.join(EXPECT_KINDS)}; this one has "
+                          f"{', '.join(kinds)}", m.keys[kinds[1]], hint="write one item per expectation")
+            return None
+        kind = kinds[0]
+        at = self.instant(m.values.get("at"), "'at'", start) if "at" in m.values else None
+        fm = ctx.map(m.values[kind], repr(kind))
+        if fm is None or at is None:
+            return None
+        fields: dict[str, object] = {}
+        ok = True
+        if kind in ("command", "blocked", "no_command"):
+            allowed = {"command": ("actuator", "set", "for"), "blocked": ("actuator", "reason"),
+                       "no_command": ("actuator",)}[kind]
+            ctx.keys(fm, allowed, f"a {kind!r} expectation", required=("actuator",))
+            ref = ctx.ref(fm.values.get("actuator"), "'actuator'", "actuator")
+            if ref is None:
+                ok = False
+            else:
+                fields["actuator"] = ref
+            if "set" in fm.values:
+                state = actuator_state(fm.values["set"], ctx)
+                ok = ok and state is not None
+                fields["set"] = state
+            if "for" in fm.values:
+                d = ctx.duration(fm.values["for"], "'for'")
+                ok = ok and d is not None
+                fields["for"] = d
+            if "reason" in fm.values:
+                code = ctx.choice(fm.values["reason"], "'reason'", [c.name for c in Code])
+                if code is None:
+                    ok = False
+                else:
+                    fields["reason"] = Code[code.upper()]
+        else:
+            ctx.keys(fm, ("level", "text"), "a 'notify' expectation")
+            if "level" in fm.values:
+                lv = ctx.choice(fm.values["level"], "'level'", NOTIFY_LEVELS)
+                ok = ok and lv is not None
+                fields["level"] = lv
+            if "text" in fm.values:
+                tx = ctx.text(fm.values["text"], "'text'")
+                ok = ok and tx is not None
+                fields["text"] = tx
+        if not ok:
+            return None
+        return Expectation(at, kind, fields, m.pos)  # type: ignore[arg-type]
+
+    # result --------------------------------------------------------------
+    def deployment(self, files: list[str]) -> Deployment:
+        return Deployment(
+            devices=dict(self.devices),
+            safety=Safety(self.defaults or SafetyDefaults(), dict(self.limits), tuple(self.interlocks)),
+            rules=tuple(self.rules),
+            tests=tuple(self.tests),
+            files=tuple(files),
+            tz=self.tz,
+        )
+
+
+def _is_null(n: YNode) -> bool:
+    return isinstance(n, YScalar) and n.value is None
+
+
+def _float_state(v: object) -> float | None:
+    return v if isinstance(v, float) else None
+
+
+_WIN_DRIVE = re.compile(r"^[A-Za-z]:[\\/]")
+
+
+def load_deployment(path: str | os.PathLike[str], tz: str = "UTC") -> tuple[Deployment, list[Diagnostic]]:
+    """Every *.yaml/*.yml under ``path`` (a directory, recursively) or the one file.
+
+    Returns the best-effort ``Deployment`` (bad items skipped) and every finding
+    (syntax, structure, types, names, sensor types), sorted by position. Never
+    raises. Positions carry file names as ``path`` joined with the relative name.
+    """
+    out: list[Diagnostic] = []
+    loader = _Loader(tz=tz, out=out)
+    if loader.zone is None:
+        out.append(Diagnostic("K109", "error", f"unknown time zone {tz!r}", NOWHERE,
+                              hint="use an IANA name like Europe/Berlin"))
+    root = Path(path)
+    files: list[Path]
+    try:
+        if root.is_dir():
+            files = yaml_files(root)
+        elif root.exists():
+            files = [root]
+        else:
+            out.append(Diagnostic("K100", "error", f"no such file or directory: {os.fspath(path)}",
+                                  Position(os.fspath(path), 0, 0)))
+            return loader.deployment([]), out
+    except OSError as e:
+        out.append(Diagnostic("K100", "error", f"cannot read {os.fspath(path)}: {e}",
+                              Position(os.fspath(path), 0, 0)))
+        return loader.deployment([]), out
+    names: list[str] = []
+    for f in files:
+        name = os.fspath(f)
+        names.append(name)
+        try:
+            tree = read_yaml(f, name, out)
+            loader.file(tree)
+        except Exception as e:  # a loader bug must not crash the server
+            out.append(Diagnostic("K199", "error", f"internal error while loading this file: "
+                                  f"{type(e).__name__}: {e}", Position(name, 1, 1),
+                                  hint="please report this"))
+    from engine.diagnostics import sort_key
+
+    out.sort(key=sort_key)
+    return loader.deployment(names), out

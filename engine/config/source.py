@@ -1,0 +1,408 @@
+"""Reading YAML files into a small positioned tree (YMap / YSeq / YScalar).
+
+Every node keeps its 1-based ``Position``. Scalars are resolved with the YAML
+1.2 core schema (``on``/``off``/``yes`` stay strings; ``0x44`` is an int), the
+same way editors using the JSON Schemas read the files.
+
+Parsing is done by a YAML *composer* (nodes with marks, no object
+construction): libyaml through PyYAML's ``CSafeLoader`` when it is available
+(about 15x faster), else ruamel.yaml's pure-Python composer. Both give the same
+node shapes. Bad input never raises out of ``read_yaml``: it returns
+diagnostics (too large, not UTF-8, control characters, tabs, syntax errors,
+several documents, duplicate keys, alias bombs, nesting too deep).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeAlias
+
+from ruamel.yaml import YAML as _RuamelYAML
+from ruamel.yaml.error import YAMLError as _RuamelError
+
+from engine.diagnostics import Diagnostic
+from engine.model import Position
+
+#: files larger than this are refused (a rules file is a few hundred KB at most)
+MAX_FILE_BYTES = 2 * 1024 * 1024
+#: an alias may expand to at most this many nodes, and all aliases together to
+#: at most ALIAS_BUDGET nodes (billion-laughs protection)
+ALIAS_BUDGET = 10_000
+MAX_DEPTH = 64
+
+try:  # libyaml: fast C scanner/parser/composer
+    import yaml as _pyyaml
+
+    _CLoader: Any = _pyyaml.CSafeLoader
+    _YAMLError: Any = _pyyaml.YAMLError
+except (ImportError, AttributeError):  # pragma: no cover - depends on the install
+    _CLoader = None
+    _YAMLError = None
+
+_ANY_YAML_ERROR: tuple[type[BaseException], ...] = (_RuamelError,) + (
+    (_YAMLError,) if _YAMLError is not None else ()
+)
+
+
+# --------------------------------------------------------------------------
+# The positioned tree
+
+
+@dataclass(slots=True)
+class YScalar:
+    value: object  # None | bool | int | float | str
+    pos: Position
+    quoted: bool = False
+
+
+@dataclass(slots=True)
+class YMap:
+    pos: Position
+    values: dict[str, YNode] = field(default_factory=dict)
+    keys: dict[str, Position] = field(default_factory=dict)  # key -> where the key is written
+
+    def get(self, key: str) -> YNode | None:
+        return self.values.get(key)
+
+
+@dataclass(slots=True)
+class YSeq:
+    pos: Position
+    items: list[YNode] = field(default_factory=list)
+
+
+YNode: TypeAlias = YScalar | YMap | YSeq
+
+
+def type_name(node: YNode) -> str:
+    """How a user would call what they wrote: 'a mapping', 'a list', 'the number 3'."""
+    if isinstance(node, YMap):
+        return "a mapping"
+    if isinstance(node, YSeq):
+        return "a list"
+    v = node.value
+    if v is None:
+        return "nothing (null)"
+    if isinstance(v, bool):
+        return f"the boolean {str(v).lower()}"
+    if isinstance(v, int | float):
+        return f"the number {v}"
+    s = str(v)
+    return f"the text {s[:40]!r}" if len(s) <= 40 else f"the text {s[:37] + '...'!r}"
+
+
+# --------------------------------------------------------------------------
+# YAML 1.2 core schema scalar resolution
+
+_NULL = {"", "~", "null", "Null", "NULL"}
+_TRUE = {"true", "True", "TRUE"}
+_FALSE = {"false", "False", "FALSE"}
+_INT = re.compile(r"^[-+]?[0-9]+$")
+_OCT = re.compile(r"^0o[0-7]+$")
+_HEX = re.compile(r"^0x[0-9a-fA-F]+$")
+_FLOAT = re.compile(r"^[-+]?(\.[0-9]+|[0-9]+(\.[0-9]*)?)([eE][-+]?[0-9]+)?$")
+_INF = {".inf", ".Inf", ".INF", "+.inf", "+.Inf", "+.INF"}
+_NINF = {"-.inf", "-.Inf", "-.INF"}
+_NAN = {".nan", ".NaN", ".NAN"}
+
+
+def resolve_plain(s: str) -> object:
+    """A plain (unquoted) scalar's value under the YAML 1.2 core schema."""
+    if s in _NULL:
+        return None
+    c = s[0]
+    if c in "tTfF":
+        if s in _TRUE:
+            return True
+        if s in _FALSE:
+            return False
+        return s
+    if c.isdigit() or c in "+-.":
+        if _INT.match(s):
+            return int(s)
+        if _HEX.match(s):
+            return int(s[2:], 16)
+        if _OCT.match(s):
+            return int(s[2:], 8)
+        if _FLOAT.match(s):
+            return float(s)
+        if s in _INF:
+            return math.inf
+        if s in _NINF:
+            return -math.inf
+        if s in _NAN:
+            return math.nan
+    return s
+
+
+# --------------------------------------------------------------------------
+# Reading a file
+
+
+def _pos_at(file: str, text: str, index: int) -> Position:
+    line = text.count("\n", 0, index) + 1
+    col = index - (text.rfind("\n", 0, index) + 1) + 1
+    return Position(file, line, col)
+
+
+_BAD_CHARS = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\ufffe\uffff]")
+
+
+def decode(file: str, data: bytes, out: list[Diagnostic]) -> str | None:
+    """Bytes -> text, or None with a diagnostic (not UTF-8, binary content)."""
+    if data.startswith(b"\xef\xbb\xbf"):
+        data = data[3:]
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        head = data[: e.start].decode("utf-8", errors="replace")
+        out.append(Diagnostic(
+            "K104", "error", f"the file is not UTF-8 text (byte 0x{data[e.start]:02x})",
+            _pos_at(file, head, len(head)), hint="save it as UTF-8",
+        ))
+        return None
+    m = _BAD_CHARS.search(text)
+    if m:
+        out.append(Diagnostic(
+            "K104", "error", f"the file contains a control character (U+{ord(m.group()):04X}); is it binary?",
+            _pos_at(file, text, m.start()), hint="a rules file is plain UTF-8 text",
+        ))
+        return None
+    return text
+
+
+def read_yaml(path: Path, file: str, out: list[Diagnostic]) -> YNode | None:
+    """Read one YAML file into a positioned tree; None when it is empty or unusable.
+
+    ``file`` is the name positions carry. Findings are appended to ``out``.
+    """
+    try:
+        size = path.stat().st_size
+        if size > MAX_FILE_BYTES:
+            out.append(Diagnostic(
+                "K103", "error",
+                f"the file is too large ({size / 1048576:.1f} MB; at most {MAX_FILE_BYTES // 1048576} MB)",
+                Position(file, 1, 1), hint="split it into several files",
+            ))
+            return None
+        data = path.read_bytes()[: MAX_FILE_BYTES + 1]
+    except OSError as e:
+        out.append(Diagnostic("K100", "error", f"cannot read the file: {e.strerror or e}", Position(file, 1, 1)))
+        return None
+    text = decode(file, data, out)
+    if text is None:
+        return None
+    return parse_text(text, file, out)
+
+
+def parse_text(text: str, file: str, out: list[Diagnostic]) -> YNode | None:
+    """Compose YAML text and convert it to the positioned tree."""
+    if len(text.encode("utf-8", errors="ignore")) > MAX_FILE_BYTES:
+        out.append(Diagnostic("K103", "error", "the text is too large", Position(file, 1, 1)))
+        return None
+    try:
+        node = _compose(text)
+    except _ANY_YAML_ERROR as e:
+        out.append(_syntax_diagnostic(e, text, file))
+        return None
+    except RecursionError:
+        out.append(Diagnostic("K105", "error", "the YAML is nested too deeply", Position(file, 1, 1)))
+        return None
+    except Exception as e:  # a parser bug must not take the server down
+        out.append(Diagnostic("K101", "error", f"cannot parse the YAML: {e}", Position(file, 1, 1)))
+        return None
+    if node is None:
+        return None
+    return _Converter(file, out).convert(node)
+
+
+def _compose(text: str) -> Any:
+    if _CLoader is not None:
+        loader = _CLoader(text)
+        try:
+            return loader.get_single_node()
+        finally:
+            loader.dispose()
+    y = _RuamelYAML(typ="safe", pure=True)
+    return y.compose(text)
+
+
+def _syntax_diagnostic(e: BaseException, text: str, file: str) -> Diagnostic:
+    mark = getattr(e, "problem_mark", None) or getattr(e, "context_mark", None)
+    problem = str(getattr(e, "problem", None) or "")
+    context = str(getattr(e, "context", None) or "")
+    if mark is not None:
+        line, col = int(mark.line) + 1, int(mark.column) + 1
+    elif hasattr(e, "position") and isinstance(getattr(e, "position", None), int):
+        p = _pos_at(file, text, int(e.position))
+        line, col = p.line, p.col
+    else:
+        line, col = 1, 1
+    lines = text.split("\n")
+    src = lines[line - 1] if 0 < line <= len(lines) else ""
+    pos = Position(file, line, col)
+    if "\t" in problem or "'\\t'" in problem or (src[: col].lstrip(" ").startswith("\t")):
+        tab_line = line
+        # the tab is usually at the start of this line or the next
+        for i in range(max(0, line - 2), min(len(lines), line + 1)):
+            if lines[i].lstrip(" ").startswith("\t") or "\t" in lines[i][: len(lines[i]) - len(lines[i].lstrip())]:
+                tab_line = i + 1
+                break
+        tl = lines[tab_line - 1] if 0 < tab_line <= len(lines) else ""
+        return Diagnostic(
+            "K102", "error", "a tab character in the indentation",
+            Position(file, tab_line, max(1, tl.find("\t") + 1)),
+            hint="YAML indents with spaces, not tabs",
+        )
+    if "expected a single document" in problem or "expected a single document" in context:
+        return Diagnostic(
+            "K106", "error", "more than one YAML document in this file", pos,
+            hint="remove the '---' separator or split the file",
+        )
+    if "nesting depth" in problem or "nesting depth" in context:
+        return Diagnostic("K105", "error", "the YAML is nested too deeply", pos)
+    msg = problem or str(e).split("\n")[0] or "invalid YAML"
+    if context and context not in msg:
+        msg = f"{msg} ({context})"
+    hint = ""
+    if any(s in msg for s in ("mapping values are not allowed", "did not find expected key",
+                               "expected <block end>", "could not find expected ':'",
+                               "did not find expected '-' indicator")):
+        hint = "check this line's indentation against the lines above; " \
+               "a value containing ': ' needs quotes"
+    elif "found undefined alias" in msg or "found undefined alias" in context:
+        hint = "an alias *name needs an anchor &name earlier in the same file"
+    elif "found character" in msg and ("'@'" in msg or "'`'" in msg):
+        hint = "quote values starting with @ or `"
+    return Diagnostic("K101", "error", f"YAML syntax error: {msg}", pos, hint=hint)
+
+
+class _Converter:
+    """Composer nodes -> YMap/YSeq/YScalar, checking duplicate keys and aliases."""
+
+    def __init__(self, file: str, out: list[Diagnostic]) -> None:
+        self.file = file
+        self.out = out
+        self.seen: dict[int, YNode] = {}  # id(composer node) -> converted (alias reuse)
+        self.budget = ALIAS_BUDGET
+        self.size: dict[int, int] = {}
+        self.failed_alias = False
+
+    def pos(self, node: Any) -> Position:
+        m = node.start_mark
+        return Position(self.file, m.line + 1, m.column + 1)
+
+    def convert(self, node: Any) -> YNode | None:
+        return self._node(node, 0, set())
+
+    def _expanded_size(self, node: Any, active: set[int]) -> int:
+        """Nodes an alias to ``node`` stands for; -1 for a cycle."""
+        k = id(node)
+        if k in self.size:
+            return self.size[k]
+        if k in active:
+            return -1
+        active.add(k)
+        n = 1
+        v = node.value
+        if isinstance(v, list):
+            for item in v:
+                subs = item if isinstance(item, tuple) else (item,)
+                for s in subs:
+                    c = self._expanded_size(s, active)
+                    if c < 0:
+                        active.discard(k)
+                        return -1
+                    n += c
+                    if n > ALIAS_BUDGET * 10:
+                        break
+        active.discard(k)
+        self.size[k] = n
+        return n
+
+    def _node(self, node: Any, depth: int, path: set[int]) -> YNode | None:
+        k = id(node)
+        if k in self.seen:  # an alias (or a node reached twice)
+            n = self._expanded_size(node, set())
+            if n < 0 or k in path:
+                self._alias_error(node, "an alias refers to a node that contains it")
+                return None
+            self.budget -= n
+            if self.budget < 0:
+                self._alias_error(node, f"aliases expand to more than {ALIAS_BUDGET} nodes")
+                return None
+            return self.seen[k]
+        if depth > MAX_DEPTH:
+            if not self.failed_alias:
+                self.failed_alias = True
+                self.out.append(Diagnostic(
+                    "K105", "error", f"the YAML is nested more than {MAX_DEPTH} levels deep", self.pos(node)))
+            return None
+        kind = node.id
+        if kind == "scalar":
+            style = getattr(node, "style", None)
+            # quoted or block scalars are strings; plain ones resolve (YAML 1.2 core)
+            value: object = node.value if style else resolve_plain(node.value)
+            y: YNode = YScalar(value, self.pos(node), bool(style))
+            self.seen[k] = y
+            return y
+        path.add(k)
+        try:
+            if kind == "sequence":
+                seq = YSeq(self.pos(node))
+                self.seen[k] = seq
+                for item in node.value:
+                    c = self._node(item, depth + 1, path)
+                    if c is not None:
+                        seq.items.append(c)
+                return seq
+            ymap = YMap(self.pos(node))
+            self.seen[k] = ymap
+            merges: list[YMap] = []
+            for knode, vnode in node.value:
+                if knode.id != "scalar":
+                    self.out.append(Diagnostic(
+                        "K202", "error", "a key must be a plain name, not a list or mapping",
+                        self.pos(knode)))
+                    continue
+                key = str(knode.value)
+                if key == "<<" and not getattr(knode, "style", None):
+                    v = self._node(vnode, depth + 1, path)
+                    if isinstance(v, YMap):
+                        merges.append(v)
+                    elif isinstance(v, YSeq):
+                        merges.extend(i for i in v.items if isinstance(i, YMap))
+                    continue
+                kpos = self.pos(knode)
+                if key in ymap.keys:
+                    self.out.append(Diagnostic(
+                        "K107", "error", f"duplicate key {key!r}", kpos,
+                        hint="a key may appear once per mapping; the later one is ignored",
+                        related=ymap.keys[key],
+                    ))
+                    continue
+                v = self._node(vnode, depth + 1, path)
+                if v is None:
+                    continue
+                ymap.keys[key] = kpos
+                ymap.values[key] = v
+            for m in merges:
+                for key, v in m.values.items():
+                    if key not in ymap.values:
+                        ymap.values[key] = v
+                        ymap.keys[key] = m.keys[key]
+            return ymap
+        finally:
+            path.discard(k)
+
+    def _alias_error(self, node: Any, why: str) -> None:
+        if self.failed_alias:
+            return
+        self.failed_alias = True
+        self.out.append(Diagnostic(
+            "K105", "error", f"refused YAML aliases: {why}", self.pos(node),
+            hint="write the values out, or use fewer anchors (&) and aliases (*)",
+        ))
