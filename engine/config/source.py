@@ -265,8 +265,12 @@ def _syntax_diagnostic(e: BaseException, text: str, file: str) -> Diagnostic:
     if "nesting depth" in problem or "nesting depth" in context:
         return Diagnostic("K105", "error", "the YAML is nested too deeply", pos)
     msg = problem or str(e).split("\n")[0] or "invalid YAML"
+    cmark = getattr(e, "context_mark", None)
     if context and context not in msg:
-        msg = f"{msg} ({context})"
+        where = ""
+        if cmark is not None and (cmark.line + 1, cmark.column + 1) != (line, col):
+            where = f" that starts at line {cmark.line + 1}, column {cmark.column + 1}"
+        msg = f"{msg} ({context}{where})"
     hint = ""
     if any(s in msg for s in ("mapping values are not allowed", "did not find expected key",
                                "expected <block end>", "could not find expected ':'",

@@ -1,0 +1,358 @@
+"""``kaiser.toml``: server settings (SPEC section 1).
+
+``load_settings(path)`` returns a frozen ``Settings``; every key has a default.
+Unknown sections or keys, wrong types and bad values raise ``ConfigError``
+whose ``diagnostics`` name ``file:line:col`` (tomllib reports no positions for
+values, so the line of ``key =`` is found by scanning the text).
+
+Paths (``kaiser.rules``, ``store.path``) are resolved relative to the toml
+file's directory. The MQTT password comes only from the environment variable
+``KAISER_MQTT_PASSWORD``; the WebSocket token from the variable ``token_env``
+names.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from engine.config.fields import did_you_mean
+from engine.diagnostics import Diagnostic
+from engine.errors import ConfigError
+from engine.model import Position
+from engine.units import parse_duration
+
+PASSWORD_ENV = "KAISER_MQTT_PASSWORD"
+DEFAULT_PATH = "kaiser.toml"
+
+
+@dataclass(frozen=True, slots=True)
+class KaiserSettings:
+    id: str = "god"  # kaiser_id in topics: kaiser/{id}/esp/...
+    rules: Path = Path("rules")  # absolute, or relative to the working directory when no file
+    tz: str = "UTC"
+
+
+@dataclass(frozen=True, slots=True)
+class MqttSettings:
+    url: str = "mqtt://127.0.0.1:1883"  # or "embedded"
+    client_id: str = "god-kaiser"
+    username: str = ""
+    password: str = field(default="", repr=False)  # from KAISER_MQTT_PASSWORD only
+
+    @property
+    def embedded(self) -> bool:
+        return self.url == "embedded"
+
+    @property
+    def tls(self) -> bool:
+        return self.url.startswith("mqtts://")
+
+    @property
+    def host(self) -> str:
+        return "127.0.0.1" if self.embedded else (urlsplit(self.url).hostname or "127.0.0.1")
+
+    @property
+    def port(self) -> int:
+        if self.embedded:
+            return 1883
+        return urlsplit(self.url).port or (8883 if self.tls else 1883)
+
+
+@dataclass(frozen=True, slots=True)
+class StoreSettings:
+    path: str = "kaiser.duckdb"  # ":memory:" allowed
+    flush_interval: float = 1.0  # seconds
+    retention: float = 90 * 86400.0  # seconds
+
+
+@dataclass(frozen=True, slots=True)
+class WebsocketSettings:
+    listen: str = "127.0.0.1:8765"
+    token_env: str = "KAISER_WS_TOKEN"
+    max_clients: int = 100
+
+    @property
+    def host(self) -> str:
+        return self.listen.rpartition(":")[0].strip("[]") or "0.0.0.0"
+
+    @property
+    def port(self) -> int:
+        return int(self.listen.rpartition(":")[2])
+
+    @property
+    def token(self) -> str | None:
+        """The control token from the environment (None: control needs no token)."""
+        return os.environ.get(self.token_env) or None
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    kaiser: KaiserSettings = KaiserSettings()
+    mqtt: MqttSettings = MqttSettings()
+    store: StoreSettings = StoreSettings()
+    websocket: WebsocketSettings = WebsocketSettings()
+    #: the file these came from (None: all defaults)
+    path: Path | None = None
+
+
+# key -> kind: "str", "duration", "int"
+_SCHEMA: dict[str, dict[str, str]] = {
+    "kaiser": {"id": "str", "rules": "str", "tz": "str"},
+    "mqtt": {"url": "str", "client_id": "str", "username": "str"},
+    "store": {"path": "str", "flush_interval": "duration", "retention": "duration"},
+    "websocket": {"listen": "str", "token_env": "str", "max_clients": "int"},
+}
+_DOCS: dict[str, dict[str, str]] = {
+    "kaiser": {"id": "kaiser_id in MQTT topics: kaiser/{id}/esp/...",
+               "rules": "rules directory, relative to kaiser.toml",
+               "tz": "IANA time zone for time windows and `at` triggers"},
+    "mqtt": {"url": "mqtt://host:port, mqtts://host:port, or \"embedded\" (in-process broker)",
+             "client_id": "MQTT client id (persistent session)",
+             "username": "MQTT user name; the password comes only from env KAISER_MQTT_PASSWORD"},
+    "store": {"path": "DuckDB file, relative to kaiser.toml; \":memory:\" allowed",
+              "flush_interval": "at most this much data is lost on a crash",
+              "retention": "readings older than this are deleted"},
+    "websocket": {"listen": "HOST:PORT for ws://HOST:PORT/ws, GET /health and /metrics",
+                  "token_env": "environment variable holding the control token",
+                  "max_clients": "at most this many WebSocket clients"},
+}
+
+
+def _defaults(section: str) -> dict[str, Any]:
+    obj = {"kaiser": KaiserSettings(), "mqtt": MqttSettings(), "store": StoreSettings(),
+           "websocket": WebsocketSettings()}[section]
+    return {f.name: getattr(obj, f.name) for f in fields(obj)}  # type: ignore[arg-type]
+
+
+class _Lines:
+    """Find where a section or key is written (tomllib gives no positions)."""
+
+    _HEADER = re.compile(r"^\s*\[\s*([A-Za-z0-9_.\-\"' ]+?)\s*\]\s*(#.*)?$")
+    _KEY = re.compile(r"^\s*([A-Za-z0-9_\-]+|\"[^\"]*\"|'[^']*')\s*(\.|=)")
+
+    def __init__(self, file: str, text: str) -> None:
+        self.file = file
+        self.sections: dict[str, int] = {}
+        self.keys: dict[tuple[str, str], tuple[int, int]] = {}
+        current = ""
+        for n, line in enumerate(text.splitlines(), start=1):
+            h = self._HEADER.match(line)
+            if h:
+                current = h.group(1).strip().strip("\"'")
+                self.sections.setdefault(current, n)
+                continue
+            k = self._KEY.match(line)
+            if k:
+                key = k.group(1).strip("\"'")
+                self.keys.setdefault((current, key), (n, line.index(k.group(1)) + 1))
+
+    def key(self, section: str, key: str) -> Position:
+        if (section, key) in self.keys:
+            line, col = self.keys[(section, key)]
+            return Position(self.file, line, col)
+        return self.section(section)
+
+    def section(self, section: str) -> Position:
+        if section in self.sections:
+            return Position(self.file, self.sections[section], 1)
+        if ("", section) in self.keys:  # inline table: kaiser = {...}
+            line, col = self.keys[("", section)]
+            return Position(self.file, line, col)
+        return Position(self.file, 1, 1)
+
+
+def load_settings(path: str | os.PathLike[str] | None) -> Settings:
+    """Read ``kaiser.toml``. ``None``: ./kaiser.toml when it exists, else all defaults.
+
+    Raises ConfigError (with positioned diagnostics) when the file is missing
+    (an explicit path), unreadable, not TOML, or has unknown keys or bad values.
+    """
+    if path is None:
+        if not Path(DEFAULT_PATH).is_file():
+            return Settings(mqtt=MqttSettings(password=os.environ.get(PASSWORD_ENV, "")))
+        path = DEFAULT_PATH
+    p = Path(path)
+    file = os.fspath(path)
+    try:
+        text = p.read_bytes().decode("utf-8")
+    except FileNotFoundError:
+        d = Diagnostic("K805", "error", f"no such settings file: {file}", Position(file, 0, 0),
+                       hint="create it, or leave out -c to use the defaults")
+        raise ConfigError(d.text(), [d]) from None
+    except (OSError, UnicodeDecodeError) as e:
+        d = Diagnostic("K805", "error", f"cannot read the settings file: {e}", Position(file, 1, 1))
+        raise ConfigError(d.text(), [d]) from None
+    return parse_settings(text, file, base=p.resolve().parent)
+
+
+def parse_settings(text: str, file: str = DEFAULT_PATH, base: Path | None = None) -> Settings:
+    """Settings from TOML text; relative paths are taken against ``base``."""
+    out: list[Diagnostic] = []
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        msg = str(e)
+        m = re.search(r"\(at line (\d+), column (\d+)\)", msg)
+        pos = Position(file, int(m.group(1)), int(m.group(2))) if m else Position(file, 1, 1)
+        msg = re.sub(r"\s*\(at line \d+, column \d+\)", "", msg) if m else msg
+        hint = ""
+        if "Invalid value" in msg:
+            hint = "strings need quotes: id = \"god\""
+        elif "Illegal character '\\n'" in msg:
+            hint = "a string is missing its closing quote"
+        d = Diagnostic("K801", "error", f"TOML syntax error: {msg}", pos, hint=hint)
+        raise ConfigError(d.text(), [d]) from None
+    lines = _Lines(file, text)
+    values: dict[str, dict[str, Any]] = {}
+    for section, body in data.items():
+        spos = lines.section(section)
+        if section not in _SCHEMA:
+            out.append(Diagnostic("K802", "error", f"unknown section [{section}]", spos,
+                                  hint=did_you_mean(section, _SCHEMA)
+                                  or "sections: " + ", ".join(f"[{s}]" for s in _SCHEMA)))
+            continue
+        if not isinstance(body, Mapping):
+            out.append(Diagnostic("K803", "error", f"{section} must be a table [{section}]", spos))
+            continue
+        got = values.setdefault(section, {})
+        for key, value in body.items():
+            kpos = lines.key(section, key)
+            kind = _SCHEMA[section].get(key)
+            if kind is None:
+                hint = did_you_mean(key, _SCHEMA[section])
+                if not hint and key == "password":
+                    hint = f"the MQTT password is read only from the environment variable {PASSWORD_ENV}"
+                elif not hint:
+                    other = [s for s, ks in _SCHEMA.items() if key in ks]
+                    hint = f"{key!r} belongs in [{other[0]}]" if other else \
+                        "keys here: " + ", ".join(_SCHEMA[section])
+                out.append(Diagnostic("K802", "error", f"unknown key {key!r} in [{section}]", kpos,
+                                      hint=hint))
+                continue
+            v = _value(section, key, kind, value, kpos, out)
+            if v is not None:
+                got[key] = v
+    return _build(values, file, base, lines, out)
+
+
+def _value(section: str, key: str, kind: str, value: object, pos: Position,
+           out: list[Diagnostic]) -> object | None:
+    what = f"{section}.{key}"
+    if kind == "str":
+        if not isinstance(value, str):
+            out.append(Diagnostic("K803", "error", f"{what} must be a string, not {value!r}", pos,
+                                  hint=f"write {key} = \"{value}\""))
+            return None
+        return value
+    if kind == "int":
+        if isinstance(value, bool) or not isinstance(value, int):
+            out.append(Diagnostic("K803", "error", f"{what} must be a whole number, not {value!r}", pos))
+            return None
+        return value
+    try:
+        return parse_duration(value)
+    except ValueError as e:
+        out.append(Diagnostic("K803", "error", f"{what}: {e}", pos))
+        return None
+
+
+def _build(values: dict[str, dict[str, Any]], file: str, base: Path | None, lines: _Lines,
+           out: list[Diagnostic]) -> Settings:
+    lines_needed: list[tuple[str, str, str, str]] = []  # (section, key, message, hint)
+    k = {**_defaults("kaiser"), **values.get("kaiser", {})}
+    m = {**_defaults("mqtt"), **values.get("mqtt", {})}
+    s = {**_defaults("store"), **values.get("store", {})}
+    w = {**_defaults("websocket"), **values.get("websocket", {})}
+    if not k["id"] or re.search(r"[/+#\s]", str(k["id"])):
+        lines_needed.append(("kaiser", "id", f"kaiser.id {k['id']!r} cannot be used in MQTT topics",
+                             "use letters, digits, '_' or '-'"))
+    try:
+        ZoneInfo(str(k["tz"]))
+    except (ZoneInfoNotFoundError, ValueError):
+        lines_needed.append(("kaiser", "tz", f"unknown time zone {k['tz']!r}",
+                             "use an IANA name like Europe/Berlin or UTC"))
+    url = str(m["url"])
+    if url != "embedded":
+        parts = urlsplit(url)
+        try:
+            port_ok = parts.port is None or 0 < parts.port < 65536
+        except ValueError:
+            port_ok = False
+        if parts.scheme not in ("mqtt", "mqtts", "tcp") or not parts.hostname or not port_ok:
+            lines_needed.append(("mqtt", "url", f"mqtt.url {url!r} is not mqtt://HOST:PORT",
+                                 "e.g. mqtt://127.0.0.1:1883, mqtts://broker:8883 or \"embedded\""))
+    if not m["client_id"]:
+        lines_needed.append(("mqtt", "client_id", "mqtt.client_id must not be empty", ""))
+    if not s["path"]:
+        lines_needed.append(("store", "path", "store.path must not be empty", "\":memory:\" is allowed"))
+    if float(s["flush_interval"]) <= 0:
+        lines_needed.append(("store", "flush_interval", "store.flush_interval must be longer than 0", ""))
+    listen = str(w["listen"])
+    _host, sep, port = listen.rpartition(":")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+        lines_needed.append(("websocket", "listen", f"websocket.listen {listen!r} is not HOST:PORT",
+                             "e.g. 127.0.0.1:8765 or 0.0.0.0:8765"))
+    if int(w["max_clients"]) < 1:
+        lines_needed.append(("websocket", "max_clients", "websocket.max_clients must be at least 1", ""))
+    for section, key, msg, hint in lines_needed:
+        out.append(Diagnostic("K804", "error", msg, lines.key(section, key), hint=hint))
+    if out:
+        out.sort(key=lambda d: (d.pos.line, d.pos.col))
+        raise ConfigError(f"{file}: {len(out)} error(s) in the settings", out)
+
+    def rel(p: str) -> Path:
+        q = Path(p)
+        return q if q.is_absolute() or base is None else base / q
+
+    store_path = str(s["path"])
+    if store_path != ":memory:":
+        store_path = os.fspath(rel(store_path))
+    return Settings(
+        kaiser=KaiserSettings(id=str(k["id"]), rules=rel(str(k["rules"])), tz=str(k["tz"])),
+        mqtt=MqttSettings(url=url, client_id=str(m["client_id"]), username=str(m["username"]),
+                          password=os.environ.get(PASSWORD_ENV, "")),
+        store=StoreSettings(path=store_path, flush_interval=float(s["flush_interval"]),
+                            retention=float(s["retention"])),
+        websocket=WebsocketSettings(listen=listen, token_env=str(w["token_env"]),
+                                    max_clients=int(w["max_clients"])),
+        path=Path(file) if base is not None else None,
+    )
+
+
+def settings_schema() -> dict[str, Any]:
+    """JSON Schema (draft 2020-12) of kaiser.toml (for editors with TOML schema support)."""
+    kinds: dict[str, dict[str, Any]] = {
+        "str": {"type": "string"},
+        "int": {"type": "integer", "minimum": 1},
+        "duration": {"anyOf": [{"type": "number", "minimum": 0},
+                               {"type": "string", "pattern": r"^\s*\d+(\.\d+)?\s*(ms|s|m|h|d)?\s*$"}]},
+    }
+    props: dict[str, Any] = {}
+    for section, keys in _SCHEMA.items():
+        d = _defaults(section)
+        sp: dict[str, Any] = {}
+        for key, kind in keys.items():
+            default = d[key]
+            if isinstance(default, Path):
+                default = os.fspath(default)
+            if kind == "duration":
+                default = {"flush_interval": "1s", "retention": "90d"}[key]
+            sp[key] = {**kinds[kind], "description": _DOCS[section][key], "default": default}
+        props[section] = {"type": "object", "properties": sp, "additionalProperties": False}
+    return {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "$id": "kaiser-toml.schema.json",
+        "title": "kaiser.toml",
+        "description": "Kaiser server settings. Every key has a default; unknown keys are errors.",
+        "type": "object",
+        "properties": props,
+        "additionalProperties": False,
+    }
