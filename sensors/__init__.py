@@ -55,9 +55,7 @@ def process(sensor_type: str, raw: object, calibration: Mapping[str, float] | No
     UnknownSensorType for an unknown type.
     """
     st, q = quantity_of(sensor_type, quantity)
-    if raw.__class__ is int or raw.__class__ is float:
-        r = float(raw)  # type: ignore[arg-type]
-    elif isinstance(raw, int | float) and not isinstance(raw, bool):
+    if raw.__class__ is float or (isinstance(raw, int | float) and not isinstance(raw, bool)):
         r = float(raw)
     else:
         return Processed(0.0, q.unit, "bad")
