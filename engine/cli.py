@@ -59,7 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--duration", type=float, default=None, metavar="S")
 
     sp = sub.add_parser("lint", help="every static check of the YAML, offline")
-    sp.add_argument("path", nargs="?", default="rules")
+    sp.add_argument("path", nargs="?", default=None, help="rules dir or file (default: rules, or the one -c names)")
     sp.add_argument("--format", choices=["text", "json", "github"], default="text")
     sp.add_argument("--strict", action="store_true", help="warnings fail too")
     sp.add_argument("-c", "--config", default=None, help="kaiser.toml (for tz; optional)")

@@ -1,0 +1,93 @@
+"""``kaiser lint [PATH] [--format text|json|github] [--strict] [-c kaiser.toml]``.
+
+Every static check, offline: YAML syntax and structure, schema, names (the
+loader), then the semantic checks of ``engine.config.checks``. Prints every
+finding sorted by position, then a one-line summary on stderr.
+
+Exit codes: 0 no errors, 1 errors (or warnings with ``--strict``), 2 usage
+error (the path does not exist, bad settings file).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from engine.config.loader import load_deployment
+from engine.diagnostics import Diagnostic, render
+from engine.errors import ConfigError
+from engine.model import Deployment
+
+
+def _run_checks(deployment: Deployment) -> list[Diagnostic]:
+    try:
+        from engine.config.checks import run_checks
+    except ImportError:  # the semantic checks module is optional until it lands
+        return []
+    try:
+        return list(run_checks(deployment))
+    except Exception as e:  # a check bug must not hide the loader's findings
+        from engine.model import Position
+
+        return [Diagnostic("K499", "error", f"internal error in the semantic checks: "
+                           f"{type(e).__name__}: {e}", Position("<checks>", 0, 0),
+                           hint="please report this")]
+
+
+def lint(path: str | os.PathLike[str], tz: str = "UTC") -> tuple[Deployment, list[Diagnostic]]:
+    """Load and check: the deployment and every finding (loader + semantic checks), deduplicated."""
+    deployment, found = load_deployment(path, tz)
+    found = found + _run_checks(deployment)
+    seen: set[tuple[object, ...]] = set()
+    unique: list[Diagnostic] = []
+    for d in found:
+        key = (d.code, d.pos, d.message)
+        if key not in seen:
+            seen.add(key)
+            unique.append(d)
+    return deployment, unique
+
+
+def _summary(diags: list[Diagnostic], files: int) -> str:
+    errors = sum(1 for d in diags if d.is_error)
+    warnings = len(diags) - errors
+    plural = lambda n, w: f"{n} {w}{'' if n == 1 else 's'}"  # noqa: E731
+    return f"{plural(errors, 'error')}, {plural(warnings, 'warning')} in {plural(files, 'file')}"
+
+
+def cmd_lint(args: argparse.Namespace) -> int:
+    """The ``kaiser lint`` command (see the module docstring for exit codes)."""
+    fmt = getattr(args, "format", "text") or "text"
+    if fmt not in ("text", "json", "github"):
+        print(f"kaiser lint: unknown format {fmt!r} (text, json or github)", file=sys.stderr)
+        return 2
+    tz = "UTC"
+    config = getattr(args, "config", None)
+    path_arg = getattr(args, "path", None)
+    if config is not None:
+        from engine.config.settings import load_settings
+
+        try:
+            settings = load_settings(config)
+        except ConfigError as e:
+            print(render(e.diagnostics, fmt), file=sys.stdout)
+            print(f"kaiser lint: {config}: the settings file has errors", file=sys.stderr)
+            return 2
+        tz = settings.kaiser.tz
+        if path_arg is None:
+            path_arg = os.fspath(settings.kaiser.rules)
+    path = Path(path_arg or "rules")
+    if not path.exists():
+        print(f"kaiser lint: no such file or directory: {path}", file=sys.stderr)
+        return 2
+    deployment, diags = lint(path, tz)
+    text = render(diags, fmt)
+    if text or fmt == "json":
+        print(text)
+    print(_summary(diags, len(deployment.files)), file=sys.stderr)
+    errors = any(d.is_error for d in diags)
+    if errors or (getattr(args, "strict", False) and diags):
+        return 1
+    return 0
