@@ -107,9 +107,8 @@ class MqttLink:
     def publish(self, msg: Any) -> None:
         """Send ``msg`` (Publish or (topic, payload, qos, retain)) now or on reconnect."""
         m = _as_publish(msg)
-        if self._paho is not None and self.connected and not self._queue:
-            if self._send(m):
-                return
+        if self._paho is not None and self.connected and not self._queue and self._send(m):
+            return
         if len(self._queue) == self._queue.maxlen:
             self.dropped += 1
         self._queue.append((time.monotonic(), m))
