@@ -36,7 +36,13 @@ MAX_DEPTH = 64
 try:  # libyaml: fast C scanner/parser/composer
     import yaml as _pyyaml
 
-    _CLoader: Any = _pyyaml.CSafeLoader
+    class _FastLoader(_pyyaml.CSafeLoader):
+        """libyaml composer; tags are not needed (we resolve scalars ourselves)."""
+
+        def resolve(self, kind: Any, value: Any, implicit: Any) -> str:
+            return "?"
+
+    _CLoader: Any = _FastLoader
     _YAMLError: Any = _pyyaml.YAMLError
 except (ImportError, AttributeError):  # pragma: no cover - depends on the install
     _CLoader = None
@@ -284,6 +290,9 @@ def _syntax_diagnostic(e: BaseException, text: str, file: str) -> Diagnostic:
     return Diagnostic("K101", "error", f"YAML syntax error: {msg}", pos, hint=hint)
 
 
+_MISS = object()
+
+
 class _Converter:
     """Composer nodes -> YMap/YSeq/YScalar, checking duplicate keys and aliases."""
 
@@ -294,6 +303,7 @@ class _Converter:
         self.budget = ALIAS_BUDGET
         self.size: dict[int, int] = {}
         self.failed_alias = False
+        self.plain: dict[str, object] = {}
 
     def pos(self, node: Any) -> Position:
         m = node.start_mark
@@ -349,7 +359,13 @@ class _Converter:
         if kind == "scalar":
             style = getattr(node, "style", None)
             # quoted or block scalars are strings; plain ones resolve (YAML 1.2 core)
-            value: object = node.value if style else resolve_plain(node.value)
+            if style:
+                value: object = node.value
+            else:
+                raw = node.value
+                value = self.plain.get(raw, _MISS)
+                if value is _MISS:
+                    value = self.plain[raw] = resolve_plain(raw)
             y: YNode = YScalar(value, self.pos(node), bool(style))
             self.seen[k] = y
             return y
