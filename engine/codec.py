@@ -992,3 +992,189 @@ def encode_server_status(kaiser_id: str, *, online: bool, timestamp: float,
         body["reason"] = reason or "unexpected_disconnect"
     body["timestamp"] = int(timestamp)
     return Outgoing(f"kaiser/{kaiser_id}/server/status", _dumps(body), 1, True)
+
+
+# --------------------------------------------------------------------------
+# The firmware side (simulated boards, tests): encode what an ESP32 sends,
+# decode what the server sends. Both generations.
+
+#: message kind -> topic tail below kaiser/{k}/esp/{esp}/ ("{gpio}" filled in)
+DEVICE_TAILS: dict[str, str] = {
+    kind: "/".join("{gpio}" if p == "+" else p for p in tail) for tail, kind in _TAILS.items()
+}
+
+
+def encode_device(kaiser_id: str, esp_id: str, kind: str, body: Mapping[str, Any], *,
+                  gpio: int | None = None, qos: int = 1, retain: bool = False) -> Outgoing:
+    """Any ESP32-to-server message: ``kind`` as in DEVICE_TAILS, ``body`` the payload."""
+    tail = DEVICE_TAILS.get(kind)
+    if tail is None:
+        raise CodecError(f"unknown device message kind {kind!r} ({', '.join(DEVICE_TAILS)})")
+    if "{gpio}" in tail:
+        if gpio is None or not (0 <= gpio <= GPIO_MAX or (kind == "actuator_alert" and gpio == BOARD_GPIO)):
+            raise CodecError(f"{kind} needs a gpio 0-{GPIO_MAX}, got {gpio!r}")
+        tail = tail.replace("{gpio}", str(gpio))
+    return Outgoing(f"kaiser/{kaiser_id}/esp/{_esp(esp_id)}/{tail}", _dumps(body), qos, retain)
+
+
+def reading_body(esp_id: str, gpio: int, sensor_type: str, *, ts: float, raw: float | None = None,
+                 value: float | None = None, generation: str = "current", unit: str = "",
+                 quality: str = "good", zone_id: str = "", subzone_id: str = "",
+                 seq: int | None = None) -> dict[str, Any]:
+    """A reading payload as each generation spells it. ``ts``: Unix seconds (current)
+    or milliseconds since boot (legacy)."""
+    if generation == "legacy":
+        body: dict[str, Any] = {"esp_id": esp_id, "zone_id": zone_id, "subzone_id": subzone_id,
+                                "gpio": gpio, "sensor_type": sensor_type}
+        if raw is not None:
+            body["raw_value"] = raw
+        body["processed_value"] = value if value is not None else 0
+        body.update(unit=unit, quality=quality, timestamp=int(ts))
+        return body
+    body = {"esp_id": esp_id}
+    if seq is not None:
+        body["seq"] = seq
+    body.update(zone_id=zone_id, subzone_id=subzone_id, gpio=gpio, sensor_type=sensor_type)
+    if raw is not None:
+        body["raw"] = raw
+    body.update(value=value if value is not None else 0, unit=unit, quality=quality, ts=int(ts),
+                time_valid=True, raw_mode=raw is not None)
+    return body
+
+
+def encode_reading(kaiser_id: str, esp_id: str, gpio: int, sensor_type: str, *, ts: float,
+                   raw: float | None = None, value: float | None = None,
+                   generation: str = "current", **extra: Any) -> Outgoing:
+    """``sensor/{gpio}/data`` as a board sends it. Legacy boards publish QoS 0 retained."""
+    body = reading_body(esp_id, gpio, sensor_type, ts=ts, raw=raw, value=value,
+                        generation=generation, **extra)
+    legacy = generation == "legacy"
+    return encode_device(kaiser_id, esp_id, "sensor_data", body, gpio=gpio,
+                         qos=0 if legacy else 1, retain=legacy)
+
+
+def encode_heartbeat(kaiser_id: str, esp_id: str, *, ts: float, uptime: float, heap_free: int = 180000,
+                     wifi_rssi: int = -60, sensor_count: int = 0, actuator_count: int = 0,
+                     zone_id: str = "", generation: str = "current") -> Outgoing:
+    """``system/heartbeat`` as a board sends it (``uptime`` in seconds)."""
+    body: dict[str, Any] = {"esp_id": esp_id, "zone_id": zone_id, "master_zone_id": "",
+                            "zone_assigned": bool(zone_id), "ts": int(ts), "uptime": int(uptime),
+                            "heap_free": heap_free, "wifi_rssi": wifi_rssi,
+                            "sensor_count": sensor_count, "actuator_count": actuator_count}
+    if generation == "current":
+        body["time_valid"] = True
+    return encode_device(kaiser_id, esp_id, "heartbeat", body)
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceCommand:
+    """``actuator/{gpio}/command`` as a board receives it."""
+
+    kaiser_id: str
+    esp_id: str
+    gpio: int
+    command: str
+    value: float
+    duration: int
+
+
+@dataclass(frozen=True, slots=True)
+class EmergencyRequest:
+    """``kaiser/broadcast/emergency`` (esp_id None) or ``actuator/emergency``."""
+
+    kaiser_id: str | None
+    esp_id: str | None
+    action: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceConfig:
+    kaiser_id: str
+    esp_id: str
+    sensors: tuple[Mapping[str, Any], ...]
+    actuators: tuple[Mapping[str, Any], ...]
+
+
+@dataclass(frozen=True, slots=True)
+class HeartbeatAck:
+    kaiser_id: str
+    esp_id: str
+    status: str
+    config_available: bool
+    server_time: int
+    handover_epoch: int
+    ack_type: str
+    contract_version: int
+
+    @property
+    def opens_command_path(self) -> bool:
+        """Current firmware accepts commands only after an ack like this one."""
+        return self.ack_type == "heartbeat" and self.contract_version == CONTRACT_VERSION \
+            and self.status == "online"
+
+
+@dataclass(frozen=True, slots=True)
+class ServerStatus:
+    kaiser_id: str
+    online: bool
+    reason: str | None
+    timestamp: int
+
+
+ServerMessage: TypeAlias = DeviceCommand | EmergencyRequest | DeviceConfig | HeartbeatAck | ServerStatus
+
+_ACK_FIELDS = ("status", "config_available", "server_time", "handover_epoch", "ack_type", "contract_version")
+
+
+def decode_server(topic: str, payload: bytes) -> ServerMessage | Rejection:
+    """Decode a server-to-ESP32 message the way a board reads it. Never raises."""
+    try:
+        return _decode_server(topic, payload)
+    except _Bad as exc:
+        return Rejection(str(topic), exc.reason, _esp_guess(topic), "server", exc.error)
+    except Exception as exc:
+        return Rejection(str(topic), f"cannot decode: {type(exc).__name__}: {_short(str(exc))}",
+                         _esp_guess(topic), "server", "field")
+
+
+def _decode_server(topic: str, payload: bytes) -> ServerMessage:
+    if len(payload) > MAX_PAYLOAD:
+        raise _Bad(f"payload of {len(payload)} bytes exceeds the {MAX_PAYLOAD}-byte limit", "size")
+    try:
+        d = _JSON.decode(bytes(payload).decode("utf-8"))
+    except (ValueError, RecursionError) as exc:
+        raise _Bad(f"payload is not valid JSON: {exc}", "json") from None
+    if d.__class__ is not dict:
+        raise _Bad(f"payload must be a JSON object, got {_json_kind(d)}", "json")
+    if topic == "kaiser/broadcast/emergency":
+        return EmergencyRequest(None, None, _req_str(d, "action"), _soft_str(d, "reason") or "")
+    p = topic.split("/")
+    if len(p) >= 3 and p[0] == "kaiser" and p[2:] == ["server", "status"]:
+        status = _req_str(d, "status")
+        return ServerStatus(p[1], status == "online", _soft_str(d, "reason"), _soft_int(d, "timestamp") or 0)
+    if len(p) < 5 or p[0] != "kaiser" or p[2] != "esp" or not valid_esp_id(p[3]):
+        raise _Bad("not a server-to-ESP32 topic", "topic")
+    k, esp, tail = p[1], p[3], p[4:]
+    if len(tail) == 3 and tail[0] == "actuator" and tail[2] == "command":
+        gpio = _gpio_text(tail[1])
+        cmd = _req_str(d, "command").upper()
+        value = _opt_number(d, "value")
+        dur = _opt_int(d, "duration")
+        return DeviceCommand(k, esp, gpio, cmd, 0.0 if value is None else value, dur or 0)
+    if tail == ["actuator", "emergency"]:
+        return EmergencyRequest(k, esp, _req_str(d, "action"), _soft_str(d, "reason") or "")
+    if tail == ["config"]:
+        s, a = d.get("sensors", []), d.get("actuators", [])
+        if s.__class__ is not list or a.__class__ is not list:
+            raise _Bad("sensors and actuators must be lists")
+        return DeviceConfig(k, esp, tuple(s), tuple(a))
+    if tail == ["system", "heartbeat", "ack"]:
+        missing = [f for f in _ACK_FIELDS if f not in d]
+        if missing:
+            raise _Bad(f"heartbeat ack lacks {', '.join(missing)}")
+        ca = _opt_bool(d, "config_available")
+        return HeartbeatAck(k, esp, _req_str(d, "status"), bool(ca), _opt_int(d, "server_time") or 0,
+                            _opt_int(d, "handover_epoch") or 0, _req_str(d, "ack_type"),
+                            _opt_int(d, "contract_version") or 0)
+    raise _Bad(f"unknown server-to-ESP32 topic tail {'/'.join(tail)!r}", "topic")
