@@ -1,0 +1,826 @@
+"""The rule engine's core: readings and clock ticks in, decisions out. No I/O.
+
+``Engine(deployment)`` decides with the Rete network (engine/rete.py) over facts
+that Kaiser's clock-side code keeps current (docs/engine.md has the split). The
+part after a rule's truth is known (edges and levels, cooldowns, actions, ``wait``,
+arbitration, the loop guard) lives in ``BaseEngine`` and is shared with the
+reference evaluator (engine/reference.py), which decides truth by plain recursion.
+
+Every public method takes ``now`` (Unix seconds) and returns ``Decisions``.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+import re
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from zoneinfo import ZoneInfo
+
+from engine import compiler as C
+from engine.errors import EngineError
+from engine.model import (
+    USABLE_QUALITY,
+    Action,
+    ActuatorIs,
+    At,
+    Blocked,
+    Change,
+    Code,
+    Command,
+    Comparison,
+    Condition,
+    Deployment,
+    DeviceIs,
+    Difference,
+    EmergencyStop,
+    Event,
+    Every,
+    NoData,
+    Notification,
+    Notify,
+    Reading,
+    Rule,
+    RuleRun,
+    SetActuator,
+    TimeWindow,
+    Wait,
+)
+
+SNAPSHOT_VERSION = 1
+
+
+@dataclass(frozen=True, slots=True)
+class EmergencyRequest:
+    """An ``emergency_stop`` action: the pipeline hands it to the guard."""
+
+    target: str
+    reason: str
+    rule: str
+
+
+@dataclass(slots=True)
+class Decisions:
+    """What one engine step decided, in order. ``commands`` won arbitration and
+    still have to pass the guard; ``blocked`` lost (CONFLICT) or were suspended."""
+
+    commands: list[Command] = field(default_factory=list)
+    blocked: list[Blocked] = field(default_factory=list)
+    runs: list[RuleRun] = field(default_factory=list)
+    notifications: list[Notification] = field(default_factory=list)
+    events: list[Event] = field(default_factory=list)
+    emergencies: list[EmergencyRequest] = field(default_factory=list)
+
+    def extend(self, other: Decisions) -> None:
+        self.commands.extend(other.commands)
+        self.blocked.extend(other.blocked)
+        self.runs.extend(other.runs)
+        self.notifications.extend(other.notifications)
+        self.events.extend(other.events)
+        self.emergencies.extend(other.emergencies)
+
+    def __bool__(self) -> bool:
+        return bool(self.commands or self.blocked or self.runs or self.notifications or self.events or self.emergencies)
+
+
+@dataclass(slots=True)
+class _Proposal:
+    command: Command
+    rule: Rule
+
+
+@dataclass(slots=True)
+class _Batch:
+    now: float
+    proposals: list[_Proposal] = field(default_factory=list)
+    out: Decisions = field(default_factory=Decisions)
+
+
+_TEMPLATE = re.compile(r"\{([A-Za-z0-9_.\-]+)\}")
+
+
+def _tz(name: str) -> ZoneInfo:
+    try:
+        return ZoneInfo(name)
+    except Exception:
+        return ZoneInfo("UTC")
+
+
+def _fmt(v: float) -> str:
+    return f"{v:g}"
+
+
+class BaseEngine:
+    """Inputs, rule state and decisions; subclasses decide truth."""
+
+    def __init__(self, deployment: Deployment, *, start: float | None = None, version: str = "") -> None:
+        self.version = version
+        self._start = start
+        self._now: float | None = None
+        # inputs
+        self._readings: dict[str, tuple[float | None, float, str]] = {}  # ref -> (value, ts, quality)
+        self._last_data: dict[str, float] = {}
+        self._history: dict[str, list[tuple[float, float]]] = {}
+        self._devices: dict[str, int] = {}  # 1 online, 0 offline
+        self._actuators: dict[str, float] = {}  # reported duty
+        self._commanded: dict[str, float] = {}
+        # rule state
+        self._prev: dict[str, bool] = {}
+        self._last_run: dict[str, float] = {}
+        self._holds: dict[str, list[str]] = {}
+        self._waits: list[tuple[float, int, str, str, int]] = []  # (due, seq, rule, list, index)
+        self._wait_seq = 0
+        self._switches: dict[str, list[float]] = {}
+        self._suspended: set[str] = set()
+        self._install(deployment)
+
+    # ------------------------------------------------------------------ setup
+    def _install(self, dep: Deployment) -> None:
+        self._dep = dep
+        self._tzinfo = _tz(dep.tz)
+        self._stale_after = dep.safety.defaults.stale_after
+        self._max_switches = dep.safety.defaults.max_switches_per_minute
+        self._rules: dict[str, Rule] = {r.name: r for r in dep.rules if r.enabled}
+        self._index = {r.name: (r.index, i) for i, r in enumerate(dep.rules)}
+        self._keep_history: dict[str, float] = {}
+        self._trigger_refs: dict[str, list[str]] = {}
+        for r in self._rules.values():
+            refs = C.sensors_of(r.condition)
+            for leaf in C.leaves(r.condition):
+                if isinstance(leaf, Change):
+                    self._keep_history[leaf.sensor] = max(self._keep_history.get(leaf.sensor, 0.0), leaf.within)
+                elif isinstance(leaf, DeviceIs) and leaf.device not in refs:
+                    refs.append(leaf.device)
+                elif isinstance(leaf, ActuatorIs) and leaf.actuator not in refs:
+                    refs.append(leaf.actuator)
+            self._trigger_refs[r.name] = refs
+
+    # ------------------------------------------------------------------ truth (subclasses)
+    def _truth(self, rule: str) -> bool:
+        raise NotImplementedError
+
+    def _advance(self, now: float) -> set[str]:
+        """Apply everything time-based due at or before ``now``; rules to re-read."""
+        raise NotImplementedError
+
+    def _pulse(self, now: float, on: bool) -> set[str]:
+        """Raise (on) or lower the ``at``/``every`` triggers due now; rules to re-read."""
+        raise NotImplementedError
+
+    def _on_sensor(self, ref: str, now: float) -> set[str]:
+        raise NotImplementedError
+
+    def _on_device(self, device: str, now: float) -> set[str]:
+        raise NotImplementedError
+
+    def _on_actuator(self, ref: str, now: float) -> set[str]:
+        raise NotImplementedError
+
+    def _truth_due(self) -> float | None:
+        raise NotImplementedError
+
+    def _truth_snapshot(self) -> dict[str, object]:
+        raise NotImplementedError
+
+    def _truth_restore(self, d: dict[str, object], now: float) -> None:
+        raise NotImplementedError
+
+    def _truth_reload(self, dep: Deployment, now: float) -> None:
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------ inputs
+    def usable(self, ref: str, now: float) -> float | None:
+        """The sensor's latest value if it may satisfy a comparison at ``now``."""
+        r = self._readings.get(ref)
+        if r is None or r[0] is None or r[2] not in USABLE_QUALITY:
+            return None
+        if now >= r[1] + self._stale_after:
+            return None
+        return r[0]
+
+    def latest(self, ref: str) -> float | None:
+        """The latest value of a sensor ref (any quality), or None."""
+        r = self._readings.get(ref)
+        return None if r is None else r[0]
+
+    def _stale_at(self, ref: str) -> float | None:
+        r = self._readings.get(ref)
+        if r is None or r[0] is None or r[2] not in USABLE_QUALITY:
+            return None
+        return r[1] + self._stale_after
+
+    def _store_reading(self, r: Reading, now: float) -> None:
+        v = C.normalise(r.value)
+        ts = r.ts if isinstance(r.ts, int | float) and math.isfinite(r.ts) else now
+        self._readings[r.sensor] = (v, ts, r.quality)
+        self._last_data[r.sensor] = now
+        within = self._keep_history.get(r.sensor)
+        if within is not None:
+            h = self._history.setdefault(r.sensor, [])
+            u = self.usable(r.sensor, now)
+            if u is not None:
+                h.append((now, u))
+            while h and now - h[0][0] >= within:
+                h.pop(0)
+
+    def window(self, ref: str, within: float, now: float) -> list[float]:
+        """Usable values of ``ref`` received in the last ``within`` seconds."""
+        return [v for t, v in self._history.get(ref, ()) if now - t < within]
+
+    # ------------------------------------------------------------------ public API
+    def receive(self, reading: Reading, now: float) -> Decisions:
+        """A sensor reading. Retained readings fill state but fire no edge."""
+        def apply() -> set[str]:
+            self._store_reading(reading, now)
+            return self._on_sensor(reading.sensor, now)
+
+        return self._step(now, apply, fire=not reading.retained)
+
+    def tick(self, now: float) -> Decisions:
+        """Advance the clock: ``for:`` timers, windows, triggers, waits, staleness."""
+        return self._step(now, set)
+
+    def device_state(self, device: str, online: bool, now: float) -> Decisions:
+        """A device came online (heartbeat/data) or went offline."""
+        def apply() -> set[str]:
+            st = 1 if online else 0
+            if self._devices.get(device) == st:
+                return set()
+            self._devices[device] = st
+            return self._on_device(device, now)
+
+        return self._step(now, apply)
+
+    def actuator_reported(self, ref: str, value: float, now: float) -> Decisions:
+        """The state an actuator reports (duty 0.0-1.0)."""
+        def apply() -> set[str]:
+            v = C.normalise(value)
+            if v is None:
+                return set()
+            self._actuators[ref] = v
+            return self._on_actuator(ref, now)
+
+        return self._step(now, apply)
+
+    def commanded(self, ref: str, value: float) -> None:
+        """The guard allowed ``value`` for ``ref`` (used to resolve ``toggle``)."""
+        self._commanded[ref] = value
+
+    def next_due(self) -> float | None:
+        """Earliest instant something time-based is due (None: nothing pending)."""
+        cands: list[float] = []
+        t = self._truth_due()
+        if t is not None:
+            cands.append(t)
+        if self._waits:
+            cands.append(min(w[0] for w in self._waits))
+        if self._now is not None:
+            for name, last in self._last_run.items():
+                r = self._rules.get(name)
+                if r is not None and r.cooldown > 0 and last + r.cooldown > self._now:
+                    cands.append(last + r.cooldown)
+        return min(cands) if cands else None
+
+    def is_true(self, rule: str) -> bool:
+        return self._prev.get(rule, False)
+
+    def holds(self) -> dict[str, list[str]]:
+        """Level rules currently holding -> the actuators they hold."""
+        return {k: list(v) for k, v in self._holds.items()}
+
+    # ------------------------------------------------------------------ the step
+    def _step(self, now: float, apply: Callable[[], set[str]], fire: bool = True) -> Decisions:
+        batch = _Batch(now)
+        first = self._start is None or self._now is None
+        if self._start is None:
+            self._start = now
+        if self._now is not None and now < self._now:
+            now = self._now  # the clock never goes backwards here
+            batch.now = now
+        self._now = now
+        affected = self._advance(now)
+        if first:
+            affected |= set(self._rules)
+        if fire:
+            affected |= apply()
+        pulsed = self._pulse(now, True)
+        self._evaluate(affected | pulsed, batch, fire=True)
+        if pulsed:
+            self._evaluate(self._pulse(now, False), batch, fire=True)
+        if not fire:
+            self._evaluate(apply(), batch, fire=False)
+        self._run_waits(now, batch)
+        self._arbitrate(batch)
+        return batch.out
+
+    def _order(self, names: Iterable[str]) -> list[str]:
+        return sorted((n for n in names if n in self._rules), key=self._index.__getitem__)
+
+    def _evaluate(self, names: Iterable[str], batch: _Batch, fire: bool) -> None:
+        for name in self._order(names):
+            rule = self._rules[name]
+            now_true = self._truth(name)
+            was = self._prev.get(name, False)
+            if now_true == was:
+                continue
+            self._prev[name] = now_true
+            if not fire:
+                continue
+            if rule.kind == "edge":
+                if now_true:
+                    self._run(rule, batch)
+            elif now_true:
+                self._run(rule, batch)
+            elif name in self._holds:
+                self._release(rule, batch)
+
+    def _run(self, rule: Rule, batch: _Batch) -> None:
+        now = batch.now
+        last = self._last_run.get(rule.name)
+        trigger = self._trigger(rule)
+        if rule.cooldown > 0 and last is not None and now - last < rule.cooldown:
+            batch.out.runs.append(RuleRun(rule.name, now, trigger, (), "skipped_cooldown", self.version))
+            return
+        self._last_run[rule.name] = now
+        if rule.kind == "level":
+            self._holds[rule.name] = [a.actuator for a in rule.actions if isinstance(a, SetActuator)]
+        self._run_actions(rule, "hold" if rule.kind == "level" else "then", 0, batch)
+        batch.out.runs.append(
+            RuleRun(rule.name, now, trigger, tuple(C.describe_action(a) for a in rule.actions), "ran", self.version)
+        )
+
+    def _release(self, rule: Rule, batch: _Batch) -> None:
+        held = self._holds.pop(rule.name, [])
+        self._waits = [w for w in self._waits if not (w[2] == rule.name and w[3] == "hold")]
+        if rule.release is not None:
+            self._run_actions(rule, "release", 0, batch)
+            summary = tuple(C.describe_action(a) for a in rule.release)
+        else:
+            for ref in dict.fromkeys(held):
+                batch.proposals.append(_Proposal(
+                    Command(ref, 0.0, None, "rule", rule.name, rule.priority, f"rule {rule.name} released its hold"),
+                    rule,
+                ))
+            summary = tuple(f"set {ref} off" for ref in dict.fromkeys(held))
+        batch.out.runs.append(RuleRun(rule.name, batch.now, self._trigger(rule), summary, "released", self.version))
+
+    def _actions_of(self, rule: Rule, which: str) -> tuple[Action, ...]:
+        if which == "release":
+            return rule.release or ()
+        return rule.actions
+
+    def _run_actions(self, rule: Rule, which: str, start: int, batch: _Batch) -> None:
+        actions = self._actions_of(rule, which)
+        for i in range(start, len(actions)):
+            a = actions[i]
+            if isinstance(a, Wait):
+                self._wait_seq += 1
+                self._waits.append((batch.now + a.duration, self._wait_seq, rule.name, which, i + 1))
+                return
+            if isinstance(a, SetActuator):
+                batch.proposals.append(_Proposal(self._command(rule, a, which == "hold"), rule))
+            elif isinstance(a, Notify):
+                batch.out.notifications.append(Notification(batch.now, a.level, self.render(a.text), rule.name))
+            elif isinstance(a, EmergencyStop):
+                batch.out.emergencies.append(EmergencyRequest(a.target, a.reason, rule.name))
+
+    def _run_waits(self, now: float, batch: _Batch) -> None:
+        while True:
+            due = [w for w in self._waits if w[0] <= now]
+            if not due:
+                return
+            w = min(due)
+            self._waits.remove(w)
+            rule = self._rules.get(w[2])
+            if rule is None or (w[3] == "hold" and w[2] not in self._holds):
+                continue
+            self._run_actions(rule, w[3], w[4], batch)
+
+    def _command(self, rule: Rule, a: SetActuator, hold: bool) -> Command:
+        toggle = a.state == "toggle"
+        if toggle:
+            cur = self._actuators.get(a.actuator, self._commanded.get(a.actuator, 0.0))
+            value = 0.0 if cur > 0 else 1.0
+        else:
+            value = float(a.state)
+        reason = f"rule {rule.name}"
+        if rule.description:
+            reason += f": {rule.description}"
+        return Command(a.actuator, value, a.for_, "rule", rule.name, rule.priority, reason, toggle, hold)
+
+    def _rank(self, rule: Rule) -> tuple[int, int]:
+        return (rule.priority, -self._index[rule.name][0])
+
+    def _arbitrate(self, batch: _Batch) -> None:
+        now = batch.now
+        out = batch.out
+        by_act: dict[str, list[_Proposal]] = {}
+        for p in batch.proposals:
+            by_act.setdefault(p.command.actuator, []).append(p)
+        for act, props in by_act.items():
+            holders = [self._rules[h] for h, refs in self._holds.items() if act in refs and h in self._rules]
+            best: Rule | None = None
+            for p in props:
+                if best is None or self._rank(p.rule) > self._rank(best):
+                    best = p.rule
+            assert best is not None
+            for h in holders:
+                if h.name != best.name and self._rank(h) > self._rank(best):
+                    best = h
+            for p in props:
+                if p.rule.name != best.name:
+                    why = (f"rule {p.rule.name} (priority {p.rule.priority}) lost {act} to rule "
+                           f"{best.name} (priority {best.priority})")
+                    out.blocked.append(Blocked(p.command, Code.CONFLICT, why))
+                    out.events.append(Event(now, "conflict", "warning", act, why,
+                                            {"winner": best.name, "loser": p.rule.name}))
+                    continue
+                if self._loop_guard(p, now, out):
+                    continue
+                out.commands.append(p.command)
+                self._commanded[act] = p.command.value
+
+    def _loop_guard(self, p: _Proposal, now: float, out: Decisions) -> bool:
+        """True when the command is refused because its rule switches too often."""
+        key = f"{p.rule.name}|{p.command.actuator}"
+        cmd = p.command
+        if key in self._suspended:
+            if cmd.is_off:
+                return False
+            out.blocked.append(Blocked(cmd, Code.RATE_LIMIT,
+                                       f"rule {p.rule.name} is suspended for {cmd.actuator} (switching too often)"))
+            return True
+        times = [t for t in self._switches.get(key, []) if now - t < 60.0]
+        if len(times) >= self._max_switches and not cmd.is_off:
+            self._suspended.add(key)
+            self._switches.pop(key, None)
+            why = (f"rule {p.rule.name} switched {cmd.actuator} more than {self._max_switches} times a "
+                   f"minute; suspended for it until the rules are reloaded")
+            out.blocked.append(Blocked(cmd, Code.RATE_LIMIT, why))
+            out.events.append(Event(now, "suspended", "critical", p.rule.name, why,
+                                    {"rule": p.rule.name, "actuator": cmd.actuator}))
+            out.runs.append(RuleRun(p.rule.name, now, self._trigger(p.rule), (), "suspended", self.version))
+            return True
+        times.append(now)
+        self._switches[key] = times
+        return False
+
+    # ------------------------------------------------------------------ helpers
+    def _trigger(self, rule: Rule) -> dict[str, float | None]:
+        now = self._now if self._now is not None else 0.0
+        out: dict[str, float | None] = {}
+        for ref in self._trigger_refs.get(rule.name, ()):
+            if ref in self._dep.devices:
+                st = self._devices.get(ref)
+                out[ref] = None if st is None else float(st)
+            elif ref in self._actuators or self._dep.actuator(ref) is not None:
+                out[ref] = self._actuators.get(ref)
+            else:
+                out[ref] = self.usable(ref, now)
+        return out
+
+    def render(self, text: str) -> str:
+        """Replace ``{REF}`` by the latest value of a sensor (or an actuator's state)."""
+        def sub(m: re.Match[str]) -> str:
+            ref = m.group(1)
+            r = self._readings.get(ref)
+            if r is not None:
+                return "?" if r[0] is None else _fmt(r[0])
+            if ref in self._actuators:
+                return _fmt(self._actuators[ref])
+            if self._dep.sensor(ref) is not None:
+                return "?"
+            return m.group(0)
+
+        return _TEMPLATE.sub(sub, text)
+
+    # ------------------------------------------------------------------ persistence
+    def snapshot(self) -> dict[str, object]:
+        """JSON-able state: latest readings, timers, latches, cooldowns, holds, waits."""
+        return {
+            "version": SNAPSHOT_VERSION,
+            "start": self._start,
+            "now": self._now,
+            "readings": {k: list(v) for k, v in self._readings.items()},
+            "last_data": dict(self._last_data),
+            "history": {k: [list(e) for e in v] for k, v in self._history.items()},
+            "devices": dict(self._devices),
+            "actuators": dict(self._actuators),
+            "commanded": dict(self._commanded),
+            "prev": dict(self._prev),
+            "last_run": dict(self._last_run),
+            "holds": {k: list(v) for k, v in self._holds.items()},
+            "waits": [list(w) for w in self._waits],
+            "wait_seq": self._wait_seq,
+            "switches": {k: list(v) for k, v in self._switches.items()},
+            "suspended": sorted(self._suspended),
+            "truth": self._truth_snapshot(),
+        }
+
+    def restore(self, d: dict[str, object]) -> None:
+        """Load a snapshot() (from this or an older config version)."""
+        try:
+            self._restore(d)
+        except (KeyError, TypeError, ValueError, IndexError) as e:
+            raise EngineError(f"cannot restore engine state: {e}") from e
+
+    def _restore(self, d: dict[str, object]) -> None:
+        g = d.get
+        self._start = g("start")  # type: ignore[assignment]
+        self._now = g("now")  # type: ignore[assignment]
+        now = float(self._now) if self._now is not None else 0.0
+        self._readings = {k: (v[0], float(v[1]), str(v[2])) for k, v in dict(g("readings") or {}).items()}  # type: ignore[call-overload]
+        self._last_data = {k: float(v) for k, v in dict(g("last_data") or {}).items()}  # type: ignore[call-overload]
+        self._history = {k: [(float(a), float(b)) for a, b in v] for k, v in dict(g("history") or {}).items()}  # type: ignore[call-overload]
+        self._devices = {k: int(v) for k, v in dict(g("devices") or {}).items()}  # type: ignore[call-overload]
+        self._actuators = {k: float(v) for k, v in dict(g("actuators") or {}).items()}  # type: ignore[call-overload]
+        self._commanded = {k: float(v) for k, v in dict(g("commanded") or {}).items()}  # type: ignore[call-overload]
+        self._prev = {k: bool(v) for k, v in dict(g("prev") or {}).items() if k in self._rules}  # type: ignore[call-overload]
+        self._last_run = {k: float(v) for k, v in dict(g("last_run") or {}).items()}  # type: ignore[call-overload]
+        self._holds = {k: list(v) for k, v in dict(g("holds") or {}).items() if k in self._rules}  # type: ignore[call-overload]
+        self._waits = [(float(w[0]), int(w[1]), str(w[2]), str(w[3]), int(w[4])) for w in list(g("waits") or [])  # type: ignore[call-overload]
+                       if w[2] in self._rules]
+        self._wait_seq = int(g("wait_seq") or 0)  # type: ignore[call-overload]
+        self._switches = {k: [float(t) for t in v] for k, v in dict(g("switches") or {}).items()}  # type: ignore[call-overload]
+        self._suspended = set(g("suspended") or [])  # type: ignore[call-overload]
+        self._truth_restore(dict(g("truth") or {}), now)  # type: ignore[call-overload]
+
+    def reload(self, deployment: Deployment, now: float) -> Decisions:
+        """Switch to a new deployment, carrying over state; rules that are gone release
+        their holds, new rules are evaluated (an already-true new `when` is an edge)."""
+        old_rules = self._rules
+        batch = _Batch(now)
+        self._install(deployment)
+        self._truth_reload(deployment, now)
+        for name in list(self._holds):
+            if name not in self._rules:
+                rule = old_rules[name]
+                self._holds[name] = self._holds[name]
+                self._rules[name] = rule  # temporarily, to release through the normal path
+                self._index.setdefault(name, (rule.index, len(self._index)))
+                self._release(rule, batch)
+                del self._rules[name]
+        self._prev = {k: v for k, v in self._prev.items() if k in self._rules}
+        self._waits = [w for w in self._waits if w[2] in self._rules]
+        self._suspended = set()
+        self._switches = {}
+        self._arbitrate(batch)
+        out = batch.out
+        out.extend(self._step(now, lambda: set(self._rules)))
+        return out
+
+
+# ==========================================================================
+# The Rete engine
+
+
+class _Atom:
+    """Clock-side state of one derived leaf (``b:KEY`` fact)."""
+
+    __slots__ = ("latch", "leaf", "nxt", "since", "value")
+
+    def __init__(self, leaf: Condition) -> None:
+        self.leaf = leaf
+        self.latch = False
+        self.since: float | None = None
+        self.nxt: float | None = None  # at/every: next pulse
+        self.value = False
+
+
+class Engine(BaseEngine):
+    """Rules decided by the durable-rules Rete network (engine/rete.py)."""
+
+    def __init__(self, deployment: Deployment, *, start: float | None = None, version: str = "") -> None:
+        from engine.rete import Network
+
+        self._program = C.compile_program(deployment)
+        self._net = Network(self._program)
+        self._atoms: dict[str, _Atom] = {}
+        self._atoms_by_sensor: dict[str, list[str]] = {}
+        self._pulses: list[str] = []
+        self._heap: list[tuple[float, str]] = []
+        self._due: dict[str, float] = {}
+        super().__init__(deployment, start=start, version=version or self._program.digest())
+        self._build_atoms()
+
+    @property
+    def program(self) -> C.Program:
+        return self._program
+
+    def errors(self) -> dict[str, str]:
+        """Rules left out of the network, and why."""
+        return dict(self._program.errors)
+
+    def _build_atoms(self, keep: dict[str, _Atom] | None = None) -> None:
+        keep = keep or {}
+        self._atoms = {}
+        self._atoms_by_sensor = {}
+        self._pulses = []
+        for key, leaf in self._program.derived.items():
+            atom = keep.get(key) or _Atom(leaf)
+            atom.leaf = leaf
+            self._atoms[key] = atom
+            refs: tuple[str, ...] = ()
+            if isinstance(leaf, Comparison | Change | NoData):
+                refs = (leaf.sensor,)
+            elif isinstance(leaf, Difference):
+                refs = (leaf.a, leaf.b)
+            for r in refs:
+                self._atoms_by_sensor.setdefault(r, []).append(key)
+            if isinstance(leaf, At | Every):
+                self._pulses.append(key)
+
+    # ------------------------------------------------------------------ scheduling
+    def _schedule(self, key: str, due: float | None) -> None:
+        if due is None:
+            self._due.pop(key, None)
+            return
+        if self._due.get(key) == due:
+            return
+        self._due[key] = due
+        heapq.heappush(self._heap, (due, key))
+
+    def _truth_due(self) -> float | None:
+        while self._heap:
+            due, key = self._heap[0]
+            if self._due.get(key) == due:
+                return due
+            heapq.heappop(self._heap)
+        return None
+
+    # ------------------------------------------------------------------ facts
+    def _sensor_fact(self, ref: str, now: float) -> set[str]:
+        v = self.usable(ref, now)
+        self._schedule(f"stale:{ref}", self._stale_at(ref) if v is not None else None)
+        fields: dict[str, object] = {"ok": 1, "v": v} if v is not None else {"ok": 0, "v": 0}
+        return self._net.set_fact(f"s:{ref}", fields)
+
+    def _compute(self, key: str, now: float) -> set[str]:
+        atom = self._atoms[key]
+        value, due = self._evaluate_atom(atom, now)
+        if isinstance(atom.leaf, At | Every):
+            return set()
+        self._schedule(key, due)
+        atom.value = value
+        return self._net.set_fact(f"b:{key}", {"st": int(value)})
+
+    def _evaluate_atom(self, atom: _Atom, now: float) -> tuple[bool, float | None]:
+        leaf = atom.leaf
+        if isinstance(leaf, Comparison | Difference):
+            if isinstance(leaf, Comparison):
+                v = self.usable(leaf.sensor, now)
+            else:
+                a, b = self.usable(leaf.a, now), self.usable(leaf.b, now)
+                v = None if a is None or b is None else C.normalise(a - b)
+            thr = C.norm_threshold(leaf.value)
+            if v is None:
+                atom.latch = False
+            elif atom.latch:
+                atom.latch = C.hold_compare(leaf.op, v, thr, leaf.hysteresis)
+            else:
+                atom.latch = C.compare(leaf.op, v, thr)
+            if not atom.latch:
+                atom.since = None
+                return False, None
+            if atom.since is None:
+                atom.since = now
+            if now - atom.since >= leaf.for_:
+                return True, None
+            return False, atom.since + leaf.for_
+        if isinstance(leaf, Change):
+            hist = [(t, v) for t, v in self._history.get(leaf.sensor, ()) if now - t < leaf.within]
+            cur = self.usable(leaf.sensor, now)
+            due = min(t for t, _ in hist) + leaf.within if hist else None
+            if cur is None or not hist:
+                return False, due
+            vals = [v for _, v in hist]
+            d = C.normalise(cur - min(vals) if leaf.direction == "rises" else max(vals) - cur)
+            return (d is not None and d >= leaf.amount), due
+        if isinstance(leaf, NoData):
+            last = self._last_data.get(leaf.sensor, self._start if self._start is not None else now)
+            if now - last >= leaf.duration:
+                return True, None
+            return False, last + leaf.duration
+        if isinstance(leaf, TimeWindow):
+            return C.in_window(leaf, now, self._tzinfo), C.next_window_change(leaf, now, self._tzinfo)
+        return False, None
+
+    # ------------------------------------------------------------------ hooks
+    def _truth(self, rule: str) -> bool:
+        return self._net.is_true(rule)
+
+    def _on_sensor(self, ref: str, now: float) -> set[str]:
+        aff = self._sensor_fact(ref, now) if self._net.mentions(f"s:{ref}") else set()
+        for key in self._atoms_by_sensor.get(ref, ()):
+            aff |= self._compute(key, now)
+        return aff
+
+    def _on_device(self, device: str, now: float) -> set[str]:
+        return self._net.set_fact(f"d:{device}", {"st": self._devices.get(device, -1)})
+
+    def _on_actuator(self, ref: str, now: float) -> set[str]:
+        v = self._actuators.get(ref)
+        return self._net.set_fact(f"a:{ref}", {"st": -1 if v is None else int(v > 0)})
+
+    def _advance(self, now: float) -> set[str]:
+        aff: set[str] = set()
+        if not getattr(self, "_initialised", False):
+            self._initialised = True
+            for key in self._atoms:
+                atom = self._atoms[key]
+                if isinstance(atom.leaf, At | Every):
+                    self._init_pulse(atom, now)
+                else:
+                    aff |= self._compute(key, now)
+        while self._heap and self._heap[0][0] <= now:
+            due, key = heapq.heappop(self._heap)
+            if self._due.get(key) != due:
+                continue
+            del self._due[key]
+            if key.startswith("stale:"):
+                aff |= self._on_sensor(key[6:], now)
+            elif key in self._atoms and key not in self._pulses:
+                aff |= self._compute(key, now)
+        return aff
+
+    def _init_pulse(self, atom: _Atom, now: float) -> None:
+        leaf = atom.leaf
+        start = self._start if self._start is not None else now
+        if atom.nxt is None:
+            if isinstance(leaf, At):
+                atom.nxt = C.next_at(leaf.minute, start - 1e-3, self._tzinfo)
+                if atom.nxt < now:
+                    atom.nxt = C.next_at(leaf.minute, now - 1e-3, self._tzinfo)
+            elif isinstance(leaf, Every):
+                atom.nxt = start + leaf.interval
+        self._schedule(f"pulse:{C.leaf_key(leaf)}", atom.nxt)
+
+    def _pulse(self, now: float, on: bool) -> set[str]:
+        aff: set[str] = set()
+        for key in self._pulses:
+            atom = self._atoms[key]
+            if on:
+                if atom.nxt is None or atom.nxt > now:
+                    continue
+                leaf = atom.leaf
+                if isinstance(leaf, At):
+                    atom.nxt = C.next_at(leaf.minute, now, self._tzinfo)
+                elif isinstance(leaf, Every):
+                    while atom.nxt <= now:
+                        atom.nxt += max(leaf.interval, 1e-3)
+                self._schedule(f"pulse:{key}", atom.nxt)
+                atom.value = True
+                aff |= self._net.set_fact(f"b:{key}", {"st": 1})
+            elif atom.value:
+                atom.value = False
+                aff |= self._net.set_fact(f"b:{key}", {"st": 0})
+        return aff
+
+    # ------------------------------------------------------------------ persistence
+    def _truth_snapshot(self) -> dict[str, object]:
+        return {
+            "atoms": {k: {"latch": a.latch, "since": a.since, "next": a.nxt} for k, a in self._atoms.items()},
+        }
+
+    def _truth_restore(self, d: dict[str, object], now: float) -> None:
+        atoms = dict(d.get("atoms") or {})  # type: ignore[call-overload]
+        for k, st in atoms.items():
+            a = self._atoms.get(k)
+            if a is not None:
+                a.latch = bool(st.get("latch"))
+                a.since = st.get("since")
+                a.nxt = st.get("next")
+        self._refresh(now)
+
+    def _refresh(self, now: float) -> None:
+        """Recompute every fact from the carried-over state (restore, reload)."""
+        self._heap, self._due = [], {}
+        for fid in list(self._net_facts()):
+            kind, _, name = fid.partition(":")
+            if kind == "s":
+                self._sensor_fact(name, now)
+            elif kind == "d":
+                self._on_device(name, now)
+            elif kind == "a":
+                self._on_actuator(name, now)
+        self._initialised = False
+        if self._start is not None:
+            self._advance(now)
+
+    def _net_facts(self) -> list[str]:
+        facts: set[str] = set()
+        for part in self._program.partitions:
+            facts |= part.facts
+        return sorted(facts)
+
+    def _truth_reload(self, dep: Deployment, now: float) -> None:
+        self._program = C.compile_program(dep)
+        self.version = self._program.digest()
+        self._net.load(self._program)
+        self._build_atoms(keep=self._atoms)
+        self._refresh(now)
+
+    def close(self) -> None:
+        """Free the durable rulesets now (otherwise when garbage-collected)."""
+        self._net.close()

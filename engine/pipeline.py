@@ -1,0 +1,244 @@
+"""Kaiser's pure pipeline: rule engine -> arbitration -> safety guard. No I/O.
+
+``Kaiser(deployment)`` is the one thing the server (engine/app.py) and ``kaiser
+test`` drive. Every method takes ``now`` (Unix seconds) and returns
+``engine.model.Outputs``: ``sent`` holds the commands that passed the guard (to be
+published), ``blocked`` every refused command (arbitration CONFLICT, loop-guard
+RATE_LIMIT, or the guard's code), ``runs``/``notifications`` from the rules,
+``events`` (one per block, conflict, suspension, emergency, online/offline),
+``emergencies`` to publish. Nothing reaches ``sent`` without ``Guard.check``
+(or the guard's own server-originated commands).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from engine.core import Decisions, Engine
+from engine.errors import EngineError
+from engine.model import Allowed, Blocked, Command, Deployment, Event, Outputs, Reading
+
+GuardFactory = Callable[[Deployment, bool, float | None], Any]
+
+
+def _default_guard(deployment: Deployment, assume_online: bool, start: float | None) -> Any:
+    from engine.safety import Guard
+
+    return Guard(deployment, assume_online=assume_online, start=start)
+
+
+class Kaiser:
+    """Engine + Guard over one deployment.
+
+    ``assume_online``: devices count as online from the start and are never timed
+    out (``kaiser test``; a test step may still set them offline). Otherwise a
+    device is offline until seen, and goes offline after
+    ``safety.defaults.offline_after`` without heartbeat or data (checked in tick).
+    """
+
+    def __init__(self, deployment: Deployment, *, assume_online: bool = False, start: float | None = None,
+                 guard_factory: GuardFactory | None = None) -> None:
+        self.deployment = deployment
+        self._assume_online = assume_online
+        self._start = start
+        self._guard_factory = guard_factory or _default_guard
+        self.engine = Engine(deployment, start=start)
+        self.guard = self._guard_factory(deployment, assume_online, start)
+        self._last_seen: dict[str, float] = {}
+        self._online: dict[str, bool] = {}
+        self._started = False
+
+    @property
+    def version(self) -> str:
+        """The compiled rules' version (a content hash)."""
+        return self.engine.version
+
+    # ------------------------------------------------------------------ helpers
+    def _device(self, name: str) -> str | None:
+        if name in self.deployment.devices:
+            return name
+        d = self.deployment.device_by_esp(name)
+        return d.name if d is not None else None
+
+    def _begin(self, now: float) -> Outputs:
+        out = Outputs()
+        if self._started:
+            return out
+        self._started = True
+        if self._start is None:
+            self._start = now
+        if self._assume_online:
+            for dev in self.deployment.devices:
+                self._online[dev] = True
+                self._last_seen.setdefault(dev, now)
+                out.extend(self._apply(self.engine.device_state(dev, True, now), now))
+        return out
+
+    def _apply(self, d: Decisions, now: float) -> Outputs:
+        """Decisions -> guard -> Outputs."""
+        out = Outputs(runs=list(d.runs), notifications=list(d.notifications), events=list(d.events))
+        out.blocked.extend(d.blocked)
+        for e in d.emergencies:
+            out.extend(self.guard.emergency_stop(e.target, e.reason, f"rule {e.rule}", now))
+        for cmd in d.commands:
+            out.extend(self._guarded(cmd, now))
+        return out
+
+    def _guarded(self, cmd: Command, now: float) -> Outputs:
+        out = Outputs()
+        verdict = self.guard.check(cmd, now)
+        if isinstance(verdict, Allowed):
+            out.sent.append(verdict)
+            self.engine.commanded(verdict.command.actuator, verdict.command.value)
+        else:
+            out.blocked.append(verdict)
+            out.events.append(self._block_event(verdict, now))
+        return out
+
+    @staticmethod
+    def _block_event(b: Blocked, now: float) -> Event:
+        c = b.command
+        who = f"rule {c.rule}" if c.rule else c.source
+        return Event(now, "safety", "warning", c.actuator, f"{who}: {c.actuator} blocked ({b.code}): {b.reason}",
+                     {"code": str(b.code), "rule": c.rule, "source": c.source, "value": c.value})
+
+    def _set_online(self, device: str, online: bool, now: float, reason: str) -> Outputs:
+        out = Outputs()
+        if self._online.get(device) == online:
+            return out
+        self._online[device] = online
+        self.guard.device_online(device, online, now)
+        msg = f"device {device} is {'online' if online else 'offline'}" + (f": {reason}" if reason else "")
+        out.events.append(Event(now, "device", "info" if online else "warning", device, msg,
+                                {"online": online}))
+        out.extend(self._apply(self.engine.device_state(device, online, now), now))
+        return out
+
+    # ------------------------------------------------------------------ inputs
+    def receive(self, reading: Reading, now: float) -> Outputs:
+        """One sensor reading (already routed to its ref)."""
+        out = self._begin(now)
+        self.guard.reading(reading)
+        dev = reading.sensor.split(".", 1)[0]
+        if dev in self.deployment.devices:
+            self._last_seen[dev] = now
+            out.extend(self._set_online(dev, True, now, ""))
+        out.extend(self._apply(self.engine.receive(reading, now), now))
+        return out
+
+    def device_seen(self, device: str, now: float) -> Outputs:
+        """A heartbeat (or any message) from ``device`` (name or esp_id)."""
+        out = self._begin(now)
+        dev = self._device(device)
+        if dev is None:
+            return out
+        self._last_seen[dev] = now
+        out.extend(self._set_online(dev, True, now, ""))
+        return out
+
+    def device_offline(self, device: str, now: float, reason: str = "") -> Outputs:
+        """``device`` went offline (last will, or a test step)."""
+        out = self._begin(now)
+        dev = self._device(device)
+        if dev is None:
+            return out
+        out.extend(self._set_online(dev, False, now, reason))
+        return out
+
+    def actuator_reported(self, ref: str, value: float, now: float) -> Outputs:
+        """The state the firmware reports for an actuator (duty 0.0-1.0)."""
+        out = self._begin(now)
+        self.guard.actuator_reported(ref, value, now)
+        dev = ref.split(".", 1)[0]
+        if dev in self.deployment.devices:
+            self._last_seen[dev] = now
+            out.extend(self._set_online(dev, True, now, ""))
+        out.extend(self._apply(self.engine.actuator_reported(ref, value, now), now))
+        return out
+
+    def command(self, cmd: Command, now: float) -> Outputs:
+        """A manual command (person, CLI, WebSocket): guarded like any other."""
+        out = self._begin(now)
+        out.extend(self._guarded(cmd, now))
+        return out
+
+    def emergency_stop(self, target: str, reason: str, who: str, now: float) -> Outputs:
+        """Latch an emergency stop for ``"all"`` or one device."""
+        out = self._begin(now)
+        out.extend(self.guard.emergency_stop(target, reason, who, now))
+        return out
+
+    def reset(self, target: str, who: str, reason: str, now: float) -> Outputs:
+        """Release an emergency stop (turns nothing on)."""
+        out = self._begin(now)
+        out.extend(self.guard.reset(target, who, reason, now))
+        return out
+
+    def tick(self, now: float) -> Outputs:
+        """Advance time: offline detection, guard leases/for:-ends, rule timers."""
+        out = self._begin(now)
+        if not self._assume_online and self._start is not None:
+            after = self.deployment.safety.defaults.offline_after
+            for dev in self.deployment.devices:
+                if self._online.get(dev) is False:
+                    continue
+                last = self._last_seen.get(dev, self._start)
+                if now - last >= after:
+                    seen = "never seen" if dev not in self._last_seen else f"no heartbeat or data for {after:g}s"
+                    out.extend(self._set_online(dev, False, now, seen))
+        out.extend(self.guard.tick(now))
+        out.extend(self._apply(self.engine.tick(now), now))
+        return out
+
+    def next_due(self) -> float | None:
+        """Earliest instant ``tick`` has something to do (None: nothing pending)."""
+        cands = [t for t in (self.engine.next_due(), self.guard.next_due()) if t is not None]
+        if not self._assume_online and self._start is not None:
+            after = self.deployment.safety.defaults.offline_after
+            for dev in self.deployment.devices:
+                if self._online.get(dev) is not False:
+                    cands.append(self._last_seen.get(dev, self._start) + after)
+        return min(cands) if cands else None
+
+    # ------------------------------------------------------------------ lifecycle
+    def reload(self, deployment: Deployment, now: float) -> Outputs:
+        """Switch to a checked deployment, carrying over every piece of state."""
+        out = self._begin(now)
+        self.deployment = deployment
+        self.guard.reload(deployment)
+        for dev in list(self._online):
+            if dev not in deployment.devices:
+                del self._online[dev]
+                self._last_seen.pop(dev, None)
+        if self._assume_online:
+            for dev in deployment.devices:
+                if dev not in self._online:
+                    self._online[dev] = True
+                    self._last_seen[dev] = now
+                    self.engine.device_state(dev, True, now)
+        out.extend(self._apply(self.engine.reload(deployment, now), now))
+        out.events.append(Event(now, "reload", "info", "", f"rules version {self.version} loaded",
+                                {"version": self.version, "rules": len(deployment.rules)}))
+        return out
+
+    def snapshot(self) -> dict[str, object]:
+        """JSON-able state of engine, guard and device liveness."""
+        return {
+            "engine": self.engine.snapshot(),
+            "guard": self.guard.snapshot(),
+            "last_seen": dict(self._last_seen),
+            "start": self._start,
+        }
+
+    def restore(self, data: dict[str, object]) -> None:
+        """Load a snapshot (device online flags are not restored: boards must be seen again)."""
+        try:
+            self.engine.restore(dict(data.get("engine") or {}))  # type: ignore[call-overload]
+            self.guard.restore(dict(data.get("guard") or {}))  # type: ignore[call-overload]
+            self._last_seen = {k: float(v) for k, v in dict(data.get("last_seen") or {}).items()}  # type: ignore[call-overload]
+            start = data.get("start")
+            if isinstance(start, int | float):
+                self._start = float(start)
+        except (TypeError, ValueError, AttributeError) as e:
+            raise EngineError(f"cannot restore state: {e}") from e

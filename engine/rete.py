@@ -1,0 +1,201 @@
+"""The only module that imports durable-rules: a Rete network over Kaiser's facts.
+
+durable-rules 2.0.28 has sharp edges; this module keeps them in:
+
+- its ``Host`` starts two polling threads and its timers are whole seconds: we use
+  the C module directly, with no Host, no threads and no durable timers. Kaiser
+  drives dispatch after every assert (time is Kaiser's business, engine/core.py);
+- a ruleset name can never be registered twice: every ruleset gets a fresh name
+  and is freed with ``delete_ruleset`` when a reload drops it;
+- its JSON parser rejects exponents (``1e-05``) and non-finite numbers: every
+  fact is encoded by ``compiler.dumps`` (normalised, no exponent);
+- a message that matches nothing is normal, not an error;
+- events that match nothing stay in memory forever: we keep one FACT per thing and
+  replace it (retract + assert), so working memory is bounded by the deployment;
+- errors from the C engine are raised as EngineError, never swallowed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import json
+
+import durable_rules_engine as _dre
+
+from engine.compiler import Partition, Program, dumps
+from engine.errors import EngineError
+
+_names = itertools.count(1)
+
+DEFAULT_FACTS: dict[str, dict[str, object]] = {
+    "s": {"ok": 0, "v": 0},
+    "d": {"st": -1},
+    "a": {"st": -1},
+    "b": {"st": 0},
+    "c": {"st": 1},
+}
+
+
+def default_fact(fid: str) -> dict[str, object]:
+    return dict(DEFAULT_FACTS[fid.split(":", 1)[0]])
+
+
+class _Ruleset:
+    """One durable ruleset (a partition) and its C handle."""
+
+    __slots__ = ("handle", "part")
+
+    def __init__(self, part: Partition) -> None:
+        self.part = part
+        try:
+            self.handle = _dre.create_ruleset(f"kaiser_{next(_names)}", part.definition)
+        except _dre.error as e:  # pragma: no cover - compiler output is valid
+            raise EngineError(f"durable-rules refused a ruleset: {e}") from e
+
+    def _run(self, fn: object, text: str) -> list[str]:
+        try:
+            res = fn(self.handle, text)  # type: ignore[operator]
+        except _dre.error as e:
+            raise EngineError(f"durable-rules failed on {text}: {e}") from e
+        if not res or res[0] != 0:
+            return []  # 1: matched nothing (normal), 2: observed before, 3: queued
+        return self._dispatch(res[1])
+
+    def _dispatch(self, state_handle: int) -> list[str]:
+        fired: list[str] = []
+        try:
+            started = _dre.start_action_for_state(self.handle, state_handle)
+            if not started:
+                return fired
+            message: str | None = started[1]
+            while message:
+                fired.extend(json.loads(message).keys())
+                message = _dre.complete_and_start_action(self.handle, state_handle)
+        except _dre.error as e:
+            raise EngineError(f"durable-rules dispatch failed: {e}") from e
+        return fired
+
+    def assert_fact(self, text: str) -> list[str]:
+        return self._run(_dre.assert_fact, text)
+
+    def retract_fact(self, text: str) -> list[str]:
+        return self._run(_dre.retract_fact, text)
+
+    def close(self) -> None:
+        with contextlib.suppress(_dre.error):
+            _dre.delete_ruleset(self.handle)
+
+
+class Network:
+    """Current facts and the rulesets deciding over them.
+
+    ``set_fact(fid, fields)`` replaces one fact and returns the rules whose truth
+    may have changed; ``is_true(rule)`` says whether any of its terms matches.
+    """
+
+    def __init__(self, program: Program) -> None:
+        self._facts: dict[str, tuple[dict[str, object], str]] = {}
+        self._seq = itertools.count(1)
+        self._sets: dict[str, _Ruleset] = {}
+        self._by_fact: dict[str, list[_Ruleset]] = {}
+        self._terms_by_fact: dict[str, list[str]] = {}
+        self._rules_by_fact: dict[str, set[str]] = {}
+        self._terms: dict[str, tuple[str, ...]] = {}
+        self._term_rule: dict[str, str] = {}
+        self._live: set[str] = set()
+        self.load(program)
+
+    # ------------------------------------------------------------------
+    def load(self, program: Program) -> set[str]:
+        """Switch to a new program, reusing identical rulesets (and their facts).
+
+        Returns the rules whose truth must be re-read."""
+        old = self._sets
+        new: dict[str, _Ruleset] = {}
+        created: list[_Ruleset] = []
+        for part in program.partitions:
+            rs = old.get(part.key)
+            if rs is None:
+                rs = _Ruleset(part)
+                created.append(rs)
+            new[part.key] = rs
+        for key, rs in old.items():
+            if key not in new:
+                rs.close()
+        self._sets = new
+        self._by_fact = {}
+        self._terms_by_fact = {}
+        self._rules_by_fact = {}
+        self._terms = {r: tuple(t.name for t in ts) for r, ts in program.terms.items()}
+        self._term_rule = {t.name: t.rule for ts in program.terms.values() for t in ts}
+        for rs in new.values():
+            for fid in rs.part.facts:
+                self._by_fact.setdefault(fid, []).append(rs)
+            for t in rs.part.terms:
+                for fid in t.facts:
+                    self._terms_by_fact.setdefault(fid, []).append(t.name)
+                    self._rules_by_fact.setdefault(fid, set()).add(t.rule)
+        self._live &= set(self._term_rule)
+        for rs in created:
+            for fid in sorted(rs.part.facts):
+                if fid not in self._facts:
+                    self._store(fid, default_fact(fid))
+                self._live.update(rs.assert_fact(self._facts[fid][1]))
+        # facts nobody mentions any more are dropped (working memory stays bounded)
+        for fid in [f for f in self._facts if f not in self._by_fact]:
+            del self._facts[fid]
+        return set(self._terms)
+
+    def _store(self, fid: str, fields: dict[str, object]) -> str:
+        body = {"id": fid, **fields, "k": next(self._seq)}
+        text = dumps(body)
+        self._facts[fid] = (fields, text)
+        return text
+
+    # ------------------------------------------------------------------
+    def mentions(self, fid: str) -> bool:
+        return fid in self._by_fact
+
+    def fact(self, fid: str) -> dict[str, object] | None:
+        f = self._facts.get(fid)
+        return None if f is None else f[0]
+
+    def set_fact(self, fid: str, fields: dict[str, object]) -> set[str]:
+        """Replace fact ``fid`` (retract + assert in every ruleset mentioning it).
+
+        Returns the rules to re-read (empty when nothing changed)."""
+        sets = self._by_fact.get(fid)
+        if not sets:
+            return set()
+        old = self._facts.get(fid)
+        if old is not None and old[0] == fields:
+            return set()
+        for t in self._terms_by_fact.get(fid, ()):
+            self._live.discard(t)
+        text = self._store(fid, fields)
+        for rs in sets:
+            if old is not None:
+                rs.retract_fact(old[1])
+            self._live.update(rs.assert_fact(text))
+        return self._rules_by_fact.get(fid, set())
+
+    def is_true(self, rule: str) -> bool:
+        live = self._live
+        return any(t in live for t in self._terms.get(rule, ()))
+
+    def size(self) -> tuple[int, int]:
+        """(rulesets, facts) for metrics."""
+        return len(self._sets), len(self._facts)
+
+    def close(self) -> None:
+        for rs in self._sets.values():
+            rs.close()
+        self._sets = {}
+        self._by_fact = {}
+        self._facts = {}
+        self._live = set()
+
+    def __del__(self) -> None:  # free the C rulesets when a version is dropped
+        with contextlib.suppress(Exception):
+            self.close()
