@@ -49,6 +49,7 @@ from engine.model import (
     SetActuator,
     TimeWindow,
 )
+from engine.units import format_duration
 
 # --------------------------------------------------------------------------
 # Codes (stable; every one is documented in docs/lint.md)
@@ -113,14 +114,20 @@ _ON_OFF_TYPES = ("pump", "relay")
 # Entry point
 
 
-def run_checks(deployment: Deployment) -> list[Diagnostic]:
+def run_checks(deployment: Deployment, *, partial: bool = False) -> list[Diagnostic]:
     """Every semantic finding about ``deployment`` (K4xx codes), in check order.
+
+    ``partial``: the loader reported errors and skipped the items it could not
+    build. Then the warnings that rest on something being *absent* (an actuator no
+    rule uses, an expected command no rule sends) are left out: the skipped items
+    may be exactly what uses it. Callers pass ``partial=any(d.is_error for d in
+    loader_findings)``.
 
     Never raises: a check that fails unexpectedly becomes a K499 warning naming it.
     """
     out: list[Diagnostic] = []
     try:
-        ctx = _Context(deployment, out)
+        ctx = _Context(deployment, out, partial)
     except Exception as exc:
         return [_internal("index", exc)]
     for check in _CHECKS:
@@ -162,9 +169,10 @@ class _Quantity:
 
 
 class _Context:
-    def __init__(self, dep: Deployment, out: list[Diagnostic]) -> None:
+    def __init__(self, dep: Deployment, out: list[Diagnostic], partial: bool = False) -> None:
         self.dep = dep
         self.out = out
+        self.partial = partial
         self.readings: dict[str, _Quantity] = {}
         self.multi: dict[str, Sensor] = {}  # base ref of a multi-value chip
         self.actuators: dict[str, Actuator] = {}
@@ -204,7 +212,7 @@ class _Context:
         chip = self.multi.get(ref)
         if chip is not None:
             refs = " or ".join(chip.refs())
-            return f"{ref} is a {chip.type} with several values: write {refs}"
+            return f"{ref} is a {chip.type.upper()} chip with several values: write {refs}"
         if ref in self.actuators:
             return f"{ref} is an actuator: use {{actuator: {ref}, is: on}}"
         head, _, tail = ref.rpartition(".")
@@ -293,6 +301,10 @@ def _actions(rule: Rule) -> Iterator[tuple[Action, bool]]:
 
 def _fmt(x: float) -> str:
     return f"{x:g}"
+
+
+def _span(lo: float, hi: float, unit: str) -> str:
+    return f"{_fmt(lo)} to {_fmt(hi)} {unit}".rstrip()
 
 
 # --------------------------------------------------------------------------
@@ -503,8 +515,8 @@ def _values(ctx: _Context) -> None:
             elif (a.for_ is not None and lim is not None and lim.max_runtime is not None
                   and a.for_ > lim.max_runtime):
                 ctx.emit(FOR_OVER_MAX_RUNTIME, "warning",
-                         f"`for: {_fmt(a.for_)}s` on {a.actuator} is longer than its max_runtime "
-                         f"({_fmt(lim.max_runtime)}s): the guard turns it off early", a.pos, related=lim.pos)
+                         f"`for: {format_duration(a.for_)}` on {a.actuator} is longer than its max_runtime "
+                         f"({format_duration(lim.max_runtime)}): the guard turns it off early", a.pos, related=lim.pos)
 
 
 # --------------------------------------------------------------------------
@@ -533,7 +545,7 @@ def _condition_sanity(ctx: _Context) -> None:
             elif q and q.lo is not None and q.hi is not None and c.amount > q.hi - q.lo:
                 ctx.emit(IMPOSSIBLE_CHANGE, "error",
                          f"{c.sensor} cannot {c.direction[:-1]} by {_fmt(c.amount)}: its whole range is "
-                         f"{_fmt(q.lo)}-{_fmt(q.hi)} {q.unit}".rstrip(), c.pos)
+                         f"{_span(q.lo, q.hi, q.unit)}", c.pos)
             if c.within <= 0:
                 ctx.emit(IMPOSSIBLE_CHANGE, "error", "`within:` must be a duration above 0", c.pos)
         elif isinstance(c, TimeWindow):
@@ -567,7 +579,7 @@ def _comparison(
         ctx.emit(NEGATIVE_HYSTERESIS, "error", f"hysteresis must be 0 or more, got {_fmt(hysteresis)}", pos)
     elif hysteresis > 0 and lo is not None and hi is not None and hysteresis >= hi - lo:
         ctx.emit(HUGE_HYSTERESIS, "warning",
-                 f"hysteresis {_fmt(hysteresis)} spans the whole range of {what} ({_fmt(lo)}-{_fmt(hi)} {unit}): "
+                 f"hysteresis {_fmt(hysteresis)} spans the whole range of {what} ({_span(lo, hi, unit)}): "
                  "once true, the condition never turns false".replace(" )", ")"), pos,
                  "hysteresis is a small margin, e.g. 1 degC or 5 % RH")
     if isinstance(value, tuple):
@@ -580,10 +592,10 @@ def _comparison(
             return
         if op == "between" and (a > hi or b < lo):
             ctx.emit(NEVER_IN_RANGE, "error", f"{what} is never between {_fmt(a)} and {_fmt(b)}: it reads "
-                     f"{_fmt(lo)}-{_fmt(hi)} {unit}".rstrip(), pos)
+                     f"{_span(lo, hi, unit)}".rstrip(), pos)
         elif op == "outside" and a <= lo and b >= hi:
             ctx.emit(NEVER_IN_RANGE, "error", f"{what} is never outside [{_fmt(a)}, {_fmt(b)}]: it reads "
-                     f"{_fmt(lo)}-{_fmt(hi)} {unit}".rstrip(), pos)
+                     f"{_span(lo, hi, unit)}".rstrip(), pos)
         return
     if lo is None or hi is None or op not in _NEVER:
         return
@@ -591,10 +603,10 @@ def _comparison(
     x = float(value)
     if never(x, lo, hi):
         ctx.emit(NEVER_IN_RANGE, "error", f"{what} is never {op.replace('_', ' ')} {_fmt(x)}: it reads "
-                 f"{_fmt(lo)}-{_fmt(hi)} {unit}".rstrip(), pos, "check the threshold and its unit")
+                 f"{_span(lo, hi, unit)}".rstrip(), pos, "check the threshold and its unit")
     elif always(x, lo, hi):
         ctx.emit(ALWAYS_IN_RANGE, "warning", f"{what} is always {op.replace('_', ' ')} {_fmt(x)}: it reads "
-                 f"{_fmt(lo)}-{_fmt(hi)} {unit}".rstrip(), pos, "check the threshold and its unit")
+                 f"{_span(lo, hi, unit)}".rstrip(), pos, "check the threshold and its unit")
 
 
 def _window(ctx: _Context, w: TimeWindow) -> None:
@@ -964,7 +976,8 @@ def _tests(ctx: _Context) -> None:
             last = max(last, step.at)
         for exp in test.expect:
             ref = exp.fields.get("actuator")
-            if exp.kind == "command" and isinstance(ref, str) and ref in ctx.actuators and ref not in driven:
+            if (exp.kind == "command" and isinstance(ref, str) and ref in ctx.actuators and ref not in driven
+                    and not ctx.partial):
                 ctx.emit(EXPECT_UNREACHABLE, "warning",
                          f"no rule sets {ref}, so this expected command can never come", exp.pos)
 
@@ -995,7 +1008,7 @@ def _hygiene(ctx: _Context) -> None:
         for step in test.steps:
             used.update(step.actuators)
     for ref, act in ctx.actuators.items():
-        if ref not in used:
+        if ref not in used and not ctx.partial:
             ctx.emit(ACTUATOR_UNUSED, "warning", f"actuator {ref} is not used by any rule, limit or interlock",
                      act.pos, "remove it, or give it safety limits if people switch it by hand")
     for dev in ctx.dep.devices.values():
