@@ -80,6 +80,8 @@ def compare(m: YMap, ctx: Ctx, what: str) -> tuple[str, float | tuple[float, flo
     """The one comparison operator in ``m`` and its value (pairs for between/outside)."""
     ops = [k for k in COMPARE_OPS if k in m.values]
     if not ops:
+        if any(did_you_mean(k, COMPARE_OPS) for k in m.keys if k not in _KNOWN_KEYS):
+            return None  # a misspelt operator: already reported as an unknown key
         ctx.error("K203", f"{what} needs a comparison: one of {', '.join(COMPARE_OPS)}", m.pos)
         return None
     if len(ops) > 1:
@@ -95,6 +97,9 @@ def compare(m: YMap, ctx: Ctx, what: str) -> tuple[str, float | tuple[float, flo
     if value is None:
         return None
     return op, value
+
+
+_KNOWN_KEYS = frozenset(("sensor", "difference", "for", "hysteresis", *COMPARE_OPS))
 
 
 def _comparison(m: YMap, ctx: Ctx) -> Condition | None:

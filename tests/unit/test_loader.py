@@ -1,3 +1,4 @@
+# mypy: disable-error-code="union-attr"
 """engine.config.load_deployment: the model it builds and the findings it reports
 (code, line, column) for every class of bad input."""
 
@@ -6,6 +7,7 @@ from __future__ import annotations
 import textwrap
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -51,7 +53,7 @@ devices:
 """
 
 
-def load(tmp_path: Path, files: dict[str, str], tz: str = "UTC") -> tuple[object, list[Diagnostic]]:
+def load(tmp_path: Path, files: dict[str, str], tz: str = "UTC") -> tuple[Any, list[Diagnostic]]:
     for name, text in files.items():
         p = tmp_path / name
         p.parent.mkdir(parents=True, exist_ok=True)
@@ -83,7 +85,7 @@ def test_example_deployment_loads_clean() -> None:
 def test_devices_are_built_with_positions_and_canonical_types(tmp_path: Path) -> None:
     dep, diags = load(tmp_path, {"devices.yaml": DEVICES})
     assert diags == []
-    north = dep.devices["north"]  # type: ignore[attr-defined]
+    north = dep.devices["north"]
     assert (north.esp_id, north.zone, north.board) == ("ESP_12AB34CD", "greenhouse", "esp32dev")
     assert (north.pos.line, north.pos.col) == (2, 3)
     assert north.pos.file == str(tmp_path / "devices.yaml")
@@ -94,7 +96,7 @@ def test_devices_are_built_with_positions_and_canonical_types(tmp_path: Path) ->
     assert set(sensors["climate"].quantities) == {"temperature", "humidity"}
     assert sensors["climate"].i2c_address == 0x44
     assert sensors["soil"].calibration == {"dry": 3200.0, "wet": 1300.0}
-    assert dep.sensor("north.climate.humidity") is sensors["climate"]  # type: ignore[attr-defined]
+    assert dep.sensor("north.climate.humidity") is sensors["climate"]
     acts = {a.name: a for a in north.actuators}
     assert acts["pump"].critical and acts["pump"].type == "pump"
     assert (acts["vent"].pos.line, acts["vent"].pos.col) == (13, 15)
@@ -125,7 +127,7 @@ def test_safety_section(tmp_path: Path) -> None:
               only_if: {sensor: north.soil, below: 80}
         """})
     assert diags == []
-    s = dep.safety  # type: ignore[attr-defined]
+    s = dep.safety
     assert (s.defaults.offline_after, s.defaults.stale_after, s.defaults.max_switches_per_minute,
             s.defaults.lease) == (120.0, 600.0, 4, 30.0)
     pump = s.actuators["north.pump"]
@@ -175,7 +177,9 @@ def test_every_condition_and_action_type(tmp_path: Path) -> None:
               - {actuator: north.heater, set: off}
         """})
     assert diags == []
-    hot, thermo = dep.rules  # type: ignore[attr-defined]
+    hot: Any
+    thermo: Any
+    hot, thermo = dep.rules
     assert (hot.name, hot.kind, hot.priority, hot.cooldown, hot.index) == ("vent-when-hot", "edge", 10, 300.0, 0)
     assert isinstance(hot.condition, All)
     kinds = [type(c) for c in hot.condition.items]
@@ -212,8 +216,8 @@ def test_index_is_declaration_order_across_files(tmp_path: Path) -> None:
         "sub/b.yaml": "rules:\n" + rule.format(n="b1"),
     })
     assert diags == []
-    assert [(r.name, r.index) for r in dep.rules] == [("a1", 0), ("a2", 1), ("b1", 2)]  # type: ignore[attr-defined]
-    assert dep.files == (str(tmp_path / "a.yaml"), str(tmp_path / "sub/b.yaml"))  # type: ignore[attr-defined]
+    assert [(r.name, r.index) for r in dep.rules] == [("a1", 0), ("a2", 1), ("b1", 2)]
+    assert dep.files == (str(tmp_path / "a.yaml"), str(tmp_path / "sub/b.yaml"))
 
 
 def test_tests_section_is_normalised(tmp_path: Path) -> None:
@@ -237,7 +241,7 @@ def test_tests_section_is_normalised(tmp_path: Path) -> None:
             steps: []
         """})
     assert diags == []
-    t, d = dep.tests  # type: ignore[attr-defined]
+    t, d = dep.tests
     assert t.start == 1780300800.0  # 2026-06-01T08:00:00Z
     assert d.start == 1767225600.0  # 2026-01-01T00:00:00Z
     assert t.only_expected and t.rules == ("vent-when-hot",)
@@ -272,7 +276,7 @@ def test_yaml_12_scalars(tmp_path: Path) -> None:
             then: [{actuator: north.fan, set: off}]
         """})
     assert diags == []
-    r = dep.rules[0]  # type: ignore[attr-defined]
+    r = dep.rules[0]
     assert r.name == "no" and r.condition.value == 10.0 and r.actions[0].state == 0.0
 
 
@@ -351,7 +355,7 @@ def test_small_aliases_and_merge_keys_are_fine(tmp_path: Path) -> None:
             when: *hot
             then: *fan
         """})
-    assert diags == [] and len(dep.rules) == 2  # type: ignore[attr-defined]
+    assert diags == [] and len(dep.rules) == 2
 
 
 def test_deep_nesting(tmp_path: Path) -> None:
@@ -566,7 +570,7 @@ def test_all_errors_at_once_and_good_items_kept(tmp_path: Path) -> None:
           - {name: good2, when: {every: 1m}, then: [{notify: x}]}
         """})
     assert len([d for d in diags if d.is_error]) == 2
-    assert [r.name for r in dep.rules] == ["good", "good2"]  # type: ignore[attr-defined]
+    assert [r.name for r in dep.rules] == ["good", "good2"]
 
 
 def test_diagnostic_text_format(tmp_path: Path) -> None:
