@@ -201,6 +201,10 @@ def _time(m: YMap, ctx: Ctx) -> Condition | None:
         q = ctx.seq(w.values["weekdays"], "'weekdays'")
         if q is None:
             ok = False
+        elif not q.items:
+            ctx.error("K204", "'weekdays' is empty, so the window is never open", q.pos,
+                      hint="list the days, or leave 'weekdays' out for every day")
+            ok = False
         else:
             for item in q.items:
                 try:

@@ -15,22 +15,17 @@ import os
 import sys
 from pathlib import Path
 
+from engine.config.checks import run_checks
 from engine.config.loader import load_deployment
 from engine.diagnostics import Diagnostic, render
 from engine.errors import ConfigError
-from engine.model import Deployment
+from engine.model import Deployment, Position
 
 
-def _run_checks(deployment: Deployment) -> list[Diagnostic]:
+def _run_checks(deployment: Deployment, partial: bool = False) -> list[Diagnostic]:
     try:
-        from engine.config.checks import run_checks
-    except ImportError:  # the semantic checks module is optional until it lands
-        return []
-    try:
-        return list(run_checks(deployment))
+        return list(run_checks(deployment, partial=partial))
     except Exception as e:  # a check bug must not hide the loader's findings
-        from engine.model import Position
-
         return [Diagnostic("K499", "error", f"internal error in the semantic checks: "
                            f"{type(e).__name__}: {e}", Position("<checks>", 0, 0),
                            hint="please report this")]
@@ -39,7 +34,7 @@ def _run_checks(deployment: Deployment) -> list[Diagnostic]:
 def lint(path: str | os.PathLike[str], tz: str = "UTC") -> tuple[Deployment, list[Diagnostic]]:
     """Load and check: the deployment and every finding (loader + semantic checks), deduplicated."""
     deployment, found = load_deployment(path, tz)
-    found = found + _run_checks(deployment)
+    found = found + _run_checks(deployment, partial=any(d.is_error for d in found))
     seen: set[tuple[object, ...]] = set()
     unique: list[Diagnostic] = []
     for d in found:
