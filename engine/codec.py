@@ -365,8 +365,10 @@ def _number(v: object, key: str) -> float:
             return v  # type: ignore[return-value]
         raise _Bad(f"{key} must be a finite number, got {_short(v)}")
     if c is int:
-        f = float(v)  # type: ignore[arg-type]  # ints beyond 1e308 raise OverflowError
-        return f
+        try:
+            return float(v)  # type: ignore[arg-type]
+        except OverflowError:
+            raise _Bad(f"{key} is too large, got {_short(v)}") from None
     raise _Bad(f"{key} must be a number, got {_short(v)}")
 
 

@@ -20,11 +20,33 @@ from sensors.common import GRADES, RANK, worse
 from sensors.registry import Processed, Quantity, SensorType, all_names, register, resolve, types
 
 __all__ = [
-    "GRADES", "RANK", "Processed", "Quantity", "SensorType", "all_names", "grade", "process",
-    "quantity_of", "register", "resolve", "types", "worse",
+    "GRADES",
+    "RANK",
+    "Processed",
+    "Quantity",
+    "SensorType",
+    "all_names",
+    "grade",
+    "plain",
+    "process",
+    "quantity_of",
+    "register",
+    "resolve",
+    "types",
+    "worse",
 ]
 
 _EMPTY: Mapping[str, float] = {}
+
+
+def plain(value: float) -> float | None:
+    """A float whose repr needs no exponent (the rule network's JSON parser refuses
+    ``1e-05`` and non-finite numbers): six decimals, |x| < 1e-4 -> 0.0, None when
+    not finite or |x| >= 1e15."""
+    if not math.isfinite(value) or abs(value) >= 1e15:
+        return None
+    value = round(value, 6)
+    return 0.0 if abs(value) < 1e-4 else value + 0.0
 
 
 def quantity_of(sensor_type: str, quantity: str | None = None) -> tuple[SensorType, Quantity]:
@@ -74,9 +96,9 @@ def process(sensor_type: str, raw: object, calibration: Mapping[str, float] | No
             return Processed(0.0, q.unit, "bad")
     if not math.isfinite(value):
         return Processed(0.0, q.unit, "bad")
-    # six decimals: no float noise such as 1e-17, whose exponent notation the
-    # rule network's JSON parser would refuse
-    value = round(value, 6) + 0.0
+    value = plain(value)
+    if value is None:
+        return Processed(0.0, q.unit, "bad")
     if p.quality not in RANK:
         return Processed(value, q.unit, "bad")
     return Processed(value, p.unit, p.quality)
@@ -91,8 +113,8 @@ def grade(sensor_type: str, value: object, *, quantity: str | None = None) -> Pr
     _st, q = quantity_of(sensor_type, quantity)
     if isinstance(value, bool) or not isinstance(value, int | float):
         return Processed(0.0, q.unit, "bad")
-    v = round(float(value), 6) + 0.0
-    if not math.isfinite(v):
+    v = plain(float(value))
+    if v is None:
         return Processed(0.0, q.unit, "bad")
     if v < q.min or v > q.max:
         return Processed(v, q.unit, "bad")
