@@ -94,14 +94,12 @@ def process(sensor_type: str, raw: object, calibration: Mapping[str, float] | No
             value = float(value)
         except (TypeError, ValueError, OverflowError):
             return Processed(0.0, q.unit, "bad")
-    if not math.isfinite(value):
-        return Processed(0.0, q.unit, "bad")
-    value = plain(value)
-    if value is None:
+    v = plain(value)
+    if v is None:
         return Processed(0.0, q.unit, "bad")
     if p.quality not in RANK:
-        return Processed(value, q.unit, "bad")
-    return Processed(value, p.unit, p.quality)
+        return Processed(v, q.unit, "bad")
+    return Processed(v, p.unit, p.quality)
 
 
 def grade(sensor_type: str, value: object, *, quantity: str | None = None) -> Processed:
