@@ -23,7 +23,7 @@ def anyio_backend() -> str:
 
 
 async def _recv(ws: Any, timeout: float = 5.0) -> dict[str, Any]:
-    return json.loads(await asyncio.wait_for(ws.recv(), timeout))  # type: ignore[no-any-return]
+    return json.loads(await asyncio.wait_for(ws.recv(), timeout))
 
 
 def _get(url: str) -> tuple[int, str, str]:

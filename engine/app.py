@@ -1,0 +1,1284 @@
+"""``kaiser run`` and friends: wire codec, routing, the pure pipeline and the guard to
+MQTT, DuckDB and WebSocket (SPEC sections 1, 4, 5, 6; PROTOCOL.md).
+
+The ``Server`` owns one event loop's worth of state. Every input (an MQTT message,
+a timer, a WebSocket control message, a reload) becomes one synchronous call into
+``engine.pipeline.Kaiser`` and its ``Outputs`` are handed to ``_apply``: publish the
+commands the guard allowed, append everything to the store, fan out to WebSocket.
+Nothing here decides what an actuator does.
+
+CLI entry points (engine/cli.py maps them): cmd_run, cmd_estop, cmd_reset, cmd_why,
+cmd_history, cmd_query, cmd_plan.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Iterable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from engine import codec
+from engine.adapters.mqtt import MqttLink
+from engine.adapters.store import QueryResult, Store
+from engine.adapters.ws import ControlRefused, Hub
+from engine.clock import Clock, SystemClock
+from engine.config import load_deployment
+from engine.config.settings import Settings, load_settings
+from engine.diagnostics import Diagnostic, render
+from engine.errors import ConfigError, KaiserError, StoreError
+from engine.model import (
+    Allowed,
+    Blocked,
+    Command,
+    Deployment,
+    Device,
+    Event,
+    Outputs,
+    Reading,
+)
+from engine.routing import Router, Unmapped
+from engine.units import parse_duration
+
+log = logging.getLogger("kaiser")
+
+STATE_KEY = "pipeline"
+MALFORMED_LOG_EVERY = 60.0  # seconds: one log line per board and topic kind
+
+
+# --------------------------------------------------------------------------
+# config versions
+
+
+@dataclass(frozen=True, slots=True)
+class Version:
+    """One loaded document set: ``id`` is the short hash shown everywhere."""
+
+    id: str
+    hash: str
+    git_commit: str | None
+    files: tuple[str, ...]
+
+
+def _rules_files(rules_dir: Path) -> list[Path]:
+    if rules_dir.is_file():
+        return [rules_dir]
+    return sorted(p for p in rules_dir.rglob("*") if p.suffix in (".yaml", ".yml") and p.is_file())
+
+
+def version_of(rules_dir: Path) -> Version:
+    """Hash of every YAML file's relative path and bytes, plus the git commit when
+    the rules dir is inside a git checkout."""
+    h = hashlib.sha256()
+    files = _rules_files(rules_dir)
+    base = rules_dir if rules_dir.is_dir() else rules_dir.parent
+    for p in files:
+        h.update(str(p.relative_to(base)).encode() + b"\0")
+        with contextlib.suppress(OSError):
+            h.update(p.read_bytes())
+        h.update(b"\0")
+    digest = h.hexdigest()
+    commit = None
+    try:
+        r = subprocess.run(
+            ["git", "-C", str(base), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, check=False
+        )
+        if r.returncode == 0:
+            commit = r.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        commit = None
+    return Version(digest[:12], digest, commit, tuple(str(p) for p in files))
+
+
+def load_rules(rules_dir: Path, tz: str) -> tuple[Deployment, list[Diagnostic], Version]:
+    """Load and check a document set; the caller refuses it when any finding is an error."""
+    version = version_of(rules_dir)
+    deployment, diagnostics = load_deployment(rules_dir, tz)
+    return deployment, diagnostics, version
+
+
+def _errors(diagnostics: Iterable[Diagnostic]) -> list[Diagnostic]:
+    return [d for d in diagnostics if d.is_error]
+
+
+# --------------------------------------------------------------------------
+# the server
+
+
+@dataclass(slots=True)
+class DeviceLink:
+    """What the server knows about one board (known or discovered)."""
+
+    esp_id: str
+    device: str | None  # device map name; None = not in the map
+    online: bool = False
+    last_seen: float = 0.0
+    uptime: float | None = None
+    config_sent: bool = False
+    discovered_logged: bool = False
+
+
+@dataclass(slots=True)
+class Sent:
+    """The last command sent to an actuator, to compare firmware answers with."""
+
+    value: float
+    ts: float
+    responded: bool = False
+
+
+@dataclass(slots=True)
+class Metrics:
+    readings: int = 0
+    messages: int = 0
+    malformed: int = 0
+    unmapped: int = 0
+    commands_sent: int = 0
+    commands_blocked: int = 0
+    rule_runs: int = 0
+    events: int = 0
+    notifications: int = 0
+    heartbeats: int = 0
+    reloads: int = 0
+    reload_failures: int = 0
+    handler_errors: int = 0
+    by_kind: dict[str, int] = field(default_factory=dict)
+
+
+def parse_set(value: object) -> tuple[float, bool]:
+    """A manual ``set``: on/off/toggle or a duty 0.0-1.0 -> (value, toggle). Raises ValueError."""
+    if isinstance(value, bool):
+        return (1.0 if value else 0.0), False
+    if isinstance(value, str):
+        v = value.strip().lower()
+        if v == "on":
+            return 1.0, False
+        if v == "off":
+            return 0.0, False
+        if v == "toggle":
+            return 0.0, True
+        try:
+            value = float(v)
+        except ValueError:
+            raise ValueError(f"set must be on, off, toggle or a number 0.0-1.0, got {value!r}") from None
+    if isinstance(value, int | float) and 0.0 <= float(value) <= 1.0:
+        return float(value), False
+    raise ValueError(f"set must be on, off, toggle or a number 0.0-1.0, got {value!r}")
+
+
+class Server:
+    """The running Kaiser: ``await start()``, ``await stop()``; or ``await run(stop_event)``.
+
+    ``mqtt_url`` overrides the settings (the demo's embedded broker); ``ws_listen``
+    overrides the WebSocket listen address ("127.0.0.1:0" picks a free port);
+    ``websocket=False`` runs without the WebSocket port; ``watch=False`` without the
+    file watcher.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        clock: Clock | None = None,
+        mqtt_url: str | None = None,
+        ws_listen: str | None = None,
+        websocket: bool = True,
+        watch: bool = True,
+        rules_dir: Path | None = None,
+        client_id: str | None = None,
+    ) -> None:
+        self.settings = settings
+        self.clock = clock or SystemClock()
+        self.kaiser_id = settings.kaiser.id
+        self.rules_dir = Path(rules_dir or settings.kaiser.rules)
+        self.tz = settings.kaiser.tz
+        self.mqtt_url = mqtt_url or settings.mqtt.url
+        self.ws_enabled = websocket
+        self.ws_listen = ws_listen or settings.websocket.listen
+        self.watch_enabled = watch
+        self.client_id = client_id or settings.mqtt.client_id
+        self.metrics = Metrics()
+        self.devices: dict[str, DeviceLink] = {}
+        self.last_sent: dict[str, Sent] = {}
+        self._malformed_logged: dict[tuple[str, str], float] = {}
+        self._tasks: list[asyncio.Task[Any]] = []
+        self._wake = asyncio.Event()
+        self._started_at = self.clock.monotonic()
+        self._stopping = False
+        self._last_snapshot = 0.0
+        self._reload_lock = asyncio.Lock()
+        self.version: Version | None = None
+        self.deployment: Deployment | None = None
+        self.router: Router | None = None
+        self.kaiser: Any = None
+        self.store: Store | None = None
+        self.mqtt: MqttLink | None = None
+        self.hub: Hub | None = None
+        self.broker: Any = None
+        self._esp_to_device: dict[str, Device] = {}
+
+    # ------------------------------------------------------------------ lifecycle
+    async def start(self) -> None:
+        """Load the rules (ConfigError when they have errors), open the store, restore
+        state, connect MQTT, open the WebSocket port."""
+        from engine.pipeline import Kaiser
+
+        deployment, diagnostics, version = load_rules(self.rules_dir, self.tz)
+        errors = _errors(diagnostics)
+        if errors:
+            raise ConfigError(f"{len(errors)} error(s) in {self.rules_dir}", diagnostics)
+        for d in diagnostics:
+            log.warning("%s", d.text())
+        s = self.settings.store
+        self.store = Store(s.path, s.flush_interval, s.retention, now=self.clock.now)
+        self.store.start()
+        self._install(deployment, version)
+        self.kaiser = Kaiser(deployment)
+        self._restore()
+        now = self.clock.now()
+        self._record_version(version, ok=True, now=now)
+        await self._start_mqtt()
+        if self.ws_enabled:
+            w = self.settings.websocket
+            self.hub = Hub(
+                self.ws_listen,
+                token=w.token,
+                max_clients=w.max_clients,
+                on_control=self._control,
+                health=self.health,
+                metrics=self.prometheus,
+                query=self._query,
+                now=self.clock.now,
+            )
+            await self.hub.start()
+        self._tasks.append(asyncio.create_task(self._timer_loop(), name="kaiser-timers"))
+        if self.watch_enabled and self.rules_dir.exists():
+            from engine.adapters.watch import watch_rules
+
+            self._tasks.append(asyncio.create_task(watch_rules(self.rules_dir, self._on_files_changed)))
+        log.info("kaiser %s running: rules %s (version %s), %d devices, %d rules",
+                 self.kaiser_id, self.rules_dir, version.id, len(deployment.devices), len(deployment.rules))
+
+    async def _start_mqtt(self) -> None:
+        url = self.mqtt_url
+        if url == "embedded":
+            from engine.adapters.broker import EmbeddedBroker
+
+            self.broker = EmbeddedBroker()
+            await self.broker.start()
+            url = self.broker.url
+        now = self.clock.now()
+        self.mqtt = MqttLink(
+            url,
+            self.client_id,
+            codec.subscriptions(self.kaiser_id),
+            self.on_mqtt,
+            will=codec.encode_server_status(self.kaiser_id, online=False, timestamp=now),
+            on_connect=lambda: [codec.encode_server_status(self.kaiser_id, online=True, timestamp=self.clock.now())],
+            on_state=self._on_mqtt_state,
+            username=self.settings.mqtt.username,
+            password=self.settings.mqtt.password,
+        )
+        self._tasks.append(asyncio.create_task(self.mqtt.run(), name="kaiser-mqtt"))
+        if not await self.mqtt.wait_connected(10):
+            log.warning("MQTT broker %s not reachable yet; retrying in the background", url)
+
+    async def stop(self) -> None:
+        """Clean shutdown: status offline published, snapshot saved, store flushed."""
+        if self._stopping:
+            return
+        self._stopping = True
+        now = self.clock.now()
+        if self.mqtt is not None:
+            try:
+                await self.mqtt.close([codec.encode_server_status(
+                    self.kaiser_id, online=False, timestamp=now, reason="graceful_shutdown")])
+            except Exception as exc:  # shutting down anyway: flush the store regardless
+                log.warning("MQTT shutdown: %s", exc)
+        for t in self._tasks:
+            t.cancel()
+        for t in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await t
+        self._tasks.clear()
+        if self.hub is not None:
+            await self.hub.stop()
+        if self.store is not None:
+            self._save_snapshot(immediate=False)
+            await asyncio.to_thread(self.store.close)
+        if self.broker is not None:
+            await self.broker.stop()
+        log.info("kaiser %s stopped", self.kaiser_id)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        await self.start()
+        try:
+            await stop.wait()
+        finally:
+            await self.stop()
+
+    # ------------------------------------------------------------------ state
+    def _install(self, deployment: Deployment, version: Version) -> None:
+        self.deployment = deployment
+        self.router = Router(deployment)
+        self.version = version
+        self._esp_to_device = {d.esp_id: d for d in deployment.devices.values()}
+        for link in self.devices.values():
+            dev = self._esp_to_device.get(link.esp_id)
+            link.device = dev.name if dev else None
+
+    def _restore(self) -> None:
+        assert self.store is not None
+        try:
+            snap = self.store.get_state(STATE_KEY)
+        except StoreError as exc:
+            log.warning("cannot read the saved state: %s", exc)
+            snap = None
+        if snap:
+            try:
+                self.kaiser.restore(snap)
+                log.info("restored timers, latches, cooldowns, holds and emergency stops from the store")
+                return
+            except Exception as exc:
+                log.warning("saved state not usable (%s); rebuilding from latest readings", exc)
+        # no snapshot: the latest stored readings fill the state (snapshots fire no edges)
+        now = self.clock.now()
+        try:
+            latest = self.store.latest_readings()
+        except StoreError:
+            latest = []
+        for r in latest:
+            with contextlib.suppress(Exception):
+                self.kaiser.receive(r, now)
+
+    def _save_snapshot(self, immediate: bool = False) -> None:
+        if self.store is None or self.kaiser is None:
+            return
+        try:
+            snap = self.kaiser.snapshot()
+        except Exception:
+            log.exception("pipeline snapshot failed")
+            return
+        self.store.put_state(STATE_KEY, snap, immediate=immediate)
+
+    def _record_version(self, version: Version, ok: bool, now: float, errors: Iterable[str] = ()) -> None:
+        assert self.store is not None
+        self.store.config_version(
+            version.id, version.hash, version.git_commit, now, str(self.rules_dir), version.files, ok, list(errors)
+        )
+
+    # ------------------------------------------------------------------ MQTT in
+    def _on_mqtt_state(self, up: bool) -> None:
+        now = self.clock.now()
+        ev = Event(now, "mqtt", "info" if up else "warning", "", "MQTT connected" if up else "MQTT connection lost")
+        self._event(ev)
+
+    def on_mqtt(self, topic: str, payload: bytes, retained: bool) -> None:
+        """Every MQTT message: decode, route, drive the pipeline. Never raises."""
+        now = self.clock.now()
+        self.metrics.messages += 1
+        msg = codec.decode(topic, payload, retained=retained, received_at=now)
+        try:
+            if isinstance(msg, codec.SensorData):
+                self._on_sensor_data(msg, now)
+            elif isinstance(msg, codec.Rejection):
+                self._on_malformed(msg, now)
+            elif isinstance(msg, codec.Heartbeat):
+                self._on_heartbeat(msg, now)
+            elif isinstance(msg, codec.ActuatorStatus):
+                self._on_actuator_status(msg, now)
+            elif isinstance(msg, codec.ActuatorResponse):
+                self._on_actuator_response(msg, now)
+            elif isinstance(msg, codec.ActuatorAlert):
+                self._on_alert(msg, now)
+            elif isinstance(msg, codec.Will):
+                self._on_will(msg, now)
+            elif isinstance(msg, codec.ConfigResponse):
+                self._on_config_response(msg, now)
+            elif isinstance(msg, codec.Diagnostics):
+                self._seen(msg.esp_id, now, retained)
+            elif isinstance(msg, codec.ZoneAck):
+                self._seen(msg.esp_id, now, retained)
+                self._event(Event(now, "zone", "info", msg.esp_id, f"zone ack from {msg.esp_id}: {msg.status}"))
+        except Exception as exc:  # a bug must not stop the server: record and go on
+            self.metrics.handler_errors += 1
+            log.exception("handling %s failed", topic)
+            self._event(Event(now, "error", "warning", getattr(msg, "esp_id", "") or "",
+                              f"handling {topic} failed: {exc}"))
+
+    def _on_sensor_data(self, msg: codec.SensorData, now: float) -> None:
+        assert self.router is not None and self.store is not None
+        esp = msg.esp_id
+        routed = self.router.route(msg)
+        self._seen(esp, now, msg.retained, tell_pipeline=not routed.readings)
+        store, kaiser, hub = self.store, self.kaiser, self.hub
+        for r in routed.readings:
+            self.metrics.readings += 1
+            store.reading(r, esp)
+            out = kaiser.receive(r, now)
+            if out:
+                self._apply(out, now)
+            if hub is not None and hub.clients:
+                hub.publish(f"sensor_data/{esp}", "sensor_data",
+                            {"esp_id": esp, "sensor": r.sensor, "value": r.value, "unit": r.unit,
+                             "quality": r.quality, "retained": r.retained}, r.ts)
+        for u in routed.unmapped:
+            self._on_unmapped(u, now)
+
+    def _on_unmapped(self, u: Unmapped, now: float) -> None:
+        self.metrics.unmapped += 1
+        if u.why == "device":
+            return  # discovered boards are reported once, on their first message (see _seen)
+        key = (u.esp_id, f"unmapped/{u.gpio}/{u.sensor_type}")
+        if now - self._malformed_logged.get(key, -1e18) >= MALFORMED_LOG_EVERY:
+            self._malformed_logged[key] = now
+            log.warning("%s", u.message)
+            self._event(Event(now, "unmapped", "warning", u.device or u.esp_id, u.message,
+                              {"esp_id": u.esp_id, "gpio": u.gpio, "sensor_type": u.sensor_type, "why": u.why}))
+
+    def _on_malformed(self, rej: codec.Rejection, now: float) -> None:
+        assert self.store is not None
+        self.metrics.malformed += 1
+        who = rej.esp_id or ""
+        self.store.event(Event(now, "malformed", "warning", who, rej.reason,
+                               {"topic": rej.topic[:300], "kind": rej.kind, "error": rej.error}))
+        key = (who, rej.kind)
+        if now - self._malformed_logged.get(key, -1e18) >= MALFORMED_LOG_EVERY:
+            self._malformed_logged[key] = now
+            log.warning("%s (further ones from this board and topic are counted, not logged, for a minute)", rej)
+            if self.hub is not None:
+                self.hub.publish("system", "system", {"kind": "malformed", "message": str(rej)}, now)
+            if len(self._malformed_logged) > 10_000:
+                self._malformed_logged.clear()
+
+    def _link(self, esp: str) -> DeviceLink:
+        link = self.devices.get(esp)
+        if link is None:
+            dev = self._esp_to_device.get(esp)
+            link = DeviceLink(esp, dev.name if dev else None)
+            self.devices[esp] = link
+        return link
+
+    def _seen(self, esp: str, now: float, retained: bool = False, tell_pipeline: bool = True) -> DeviceLink:
+        """A board spoke: it is alive (retained snapshots prove nothing); config on first sight.
+
+        Online/offline is the pipeline's business (it emits the ``device`` events);
+        ``tell_pipeline`` False when the message already went to it (readings)."""
+        link = self._link(esp)
+        if retained:
+            return link
+        link.last_seen = now
+        if link.device is None:
+            if not link.discovered_logged:
+                link.discovered_logged = True
+                assert self.store is not None
+                self.store.device_status(now, "", esp, "discovered", "not in the device map")
+                self._event(Event(now, "device", "warning", esp,
+                                  f"discovered {esp}: not in the device map (answered pending_approval)",
+                                  {"esp_id": esp, "status": "discovered"}))
+            return link
+        if tell_pipeline:
+            out = self.kaiser.device_seen(link.device, now)
+            if out:
+                self._apply(out, now)
+        if not link.config_sent:
+            self._push_config(link, now, "first seen")
+        return link
+
+    def _device_changed(self, ev: Event) -> None:
+        """The pipeline says a device went online or offline: remember and record it."""
+        if self.deployment is None or self.store is None:
+            return
+        dev = self.deployment.devices.get(ev.subject)
+        if dev is None:
+            return
+        online = bool(ev.data.get("online"))
+        link = self._link(dev.esp_id)
+        link.online = online
+        self.store.device_status(ev.ts, dev.name, dev.esp_id, "online" if online else "offline", ev.message)
+
+    def _push_config(self, link: DeviceLink, now: float, why: str) -> None:
+        dev = self._esp_to_device.get(link.esp_id)
+        if dev is None or self.mqtt is None:
+            return
+        try:
+            self.mqtt.publish(codec.encode_config(self.kaiser_id, dev))
+        except KaiserError as exc:
+            log.warning("cannot send config to %s: %s", dev.name, exc)
+            return
+        link.config_sent = True
+        self._event(Event(now, "config", "info", dev.name, f"sent device config to {dev.name} ({why})",
+                          {"esp_id": dev.esp_id}))
+
+    def _on_heartbeat(self, hb: codec.Heartbeat, now: float) -> None:
+        assert self.store is not None
+        self.metrics.heartbeats += 1
+        if hb.retained:
+            return  # a replayed heartbeat is no sign of life and needs no answer
+        link = self._link(hb.esp_id)
+        rebooted = (
+            hb.uptime is not None and link.uptime is not None and hb.uptime + 1 < link.uptime
+        )
+        link.uptime = hb.uptime
+        known = link.device is not None
+        if self.mqtt is not None:
+            self.mqtt.publish(codec.encode_heartbeat_ack(
+                self.kaiser_id, hb.esp_id, server_time=now, status="online" if known else "pending_approval",
+                config_available=known,
+            ))
+        self._seen(hb.esp_id, now)
+        # one row per heartbeat carries the board's health (one a minute per board)
+        self.store.device_status(now, link.device or "", hb.esp_id, "heartbeat" if known else "pending_approval",
+                                 "", _int(hb.uptime), hb.heap_free, hb.wifi_rssi)
+        if known and rebooted:
+            self._event(Event(now, "device", "warning", link.device or hb.esp_id,
+                              f"{link.device} ({hb.esp_id}) rebooted (uptime went back to {hb.uptime:.0f} s)",
+                              {"esp_id": hb.esp_id}))
+            self._push_config(link, now, "reboot")
+
+    def _on_will(self, w: codec.Will, now: float) -> None:
+        if w.retained:
+            return
+        link = self._link(w.esp_id)
+        if link.device is None:
+            return
+        out = self.kaiser.device_offline(link.device, now, f"last will: {w.reason}")
+        if out:
+            self._apply(out, now)
+
+    def _on_actuator_status(self, st: codec.ActuatorStatus, now: float) -> None:
+        assert self.router is not None and self.store is not None
+        ref = self.router.actuator_ref(st.esp_id, st.gpio)
+        self._seen(st.esp_id, now, st.retained, tell_pipeline=ref is None)
+        value = st.value
+        self.store.actuator_status(now, ref or "", st.esp_id, st.gpio, st.state, value, st.runtime_ms,
+                                   "active" if st.emergency else "normal")
+        if self.hub is not None and self.hub.clients:
+            self.hub.publish(f"actuator_status/{st.esp_id}", "actuator_status",
+                             {"esp_id": st.esp_id, "actuator": ref, "gpio": st.gpio, "state": st.state,
+                              "value": value, "runtime_ms": st.runtime_ms, "emergency": st.emergency}, now)
+        if ref is None:
+            return
+        out = self.kaiser.actuator_reported(ref, value, now)
+        if out:
+            self._apply(out, now)
+        sent = self.last_sent.get(ref)
+        if sent is not None and sent.responded and not st.retained and abs(sent.value - value) > 0.02 \
+                and not (sent.value > 0 and value > 0 and ref_type(self.deployment, ref) in ("pump", "relay", "valve")):
+            self._event(Event(now, "mismatch", "warning", ref,
+                              f"{ref} reports {_state_text(value)} but was commanded {_state_text(sent.value)}",
+                              {"esp_id": st.esp_id, "gpio": st.gpio, "reported": value, "commanded": sent.value}))
+            sent.responded = False  # one event per disagreement
+
+    def _on_actuator_response(self, r: codec.ActuatorResponse, now: float) -> None:
+        assert self.router is not None and self.store is not None
+        self._seen(r.esp_id, now, r.retained)
+        ref = self.router.actuator_ref(r.esp_id, r.gpio) or ""
+        self.store.command_response(now, ref, r.esp_id, r.gpio, r.command, r.value, r.duration, r.success, r.message)
+        sent = self.last_sent.get(ref)
+        if sent is not None:
+            sent.responded = True
+        if self.hub is not None and self.hub.clients:
+            self.hub.publish(f"actuator_command/{r.esp_id}", "actuator_response",
+                             {"esp_id": r.esp_id, "actuator": ref, "gpio": r.gpio, "command": r.command,
+                              "value": r.value, "success": r.success, "message": r.message}, now)
+        if not r.success:
+            self._event(Event(now, "command_failed", "warning", ref or r.esp_id,
+                              f"{ref or r.esp_id} refused {r.command}: {r.message}",
+                              {"esp_id": r.esp_id, "gpio": r.gpio, "command": r.command, "message": r.message}))
+
+    def _on_alert(self, a: codec.ActuatorAlert, now: float) -> None:
+        assert self.router is not None
+        self._seen(a.esp_id, now, a.retained)
+        ref = None if a.whole_board else self.router.actuator_ref(a.esp_id, a.gpio)
+        link = self._link(a.esp_id)
+        subject = ref or link.device or a.esp_id
+        sev = "critical" if a.alert_type in ("emergency_stop", "runtime_protection") else "warning"
+        self._event(Event(now, "alert", sev, subject, f"{subject}: {a.alert_type}: {a.message}",
+                          {"esp_id": a.esp_id, "gpio": a.gpio, "type": a.alert_type}))
+
+    def _on_config_response(self, c: codec.ConfigResponse, now: float) -> None:
+        self._seen(c.esp_id, now, c.retained)
+        link = self._link(c.esp_id)
+        subject = link.device or c.esp_id
+        text = f"{subject} config {c.config_type or ''} {c.status}: {c.message}".replace("  ", " ")
+        self._event(Event(now, "config_response", "info" if c.ok else "warning", subject, text,
+                          {"esp_id": c.esp_id, "status": c.status, "type": c.config_type, "count": c.count,
+                           "error_code": c.error_code, "failed_item": dict(c.failed_item or {})}))
+
+    # ------------------------------------------------------------------ outputs
+    def _event(self, ev: Event) -> None:
+        self.metrics.events += 1
+        if self.store is not None:
+            self.store.event(ev)
+        if self.hub is not None and self.hub.clients:
+            esp = str(ev.data.get("esp_id", "")) if ev.data else ""
+            if ev.kind == "device":
+                topic = f"device/{esp or self._esp_of(ev.subject) or ev.subject}"
+            elif ev.kind in ("safety", "emergency", "alert", "mismatch", "command_failed", "suspended", "conflict"):
+                topic = f"safety/{esp or self._esp_of(ev.subject) or 'all'}"
+            else:
+                topic = "system"
+            self.hub.publish(topic, ev.kind if topic == "system" else topic.split("/")[0],
+                             {"kind": ev.kind, "severity": ev.severity, "subject": ev.subject,
+                              "message": ev.message, "data": dict(ev.data)}, ev.ts)
+
+    def _esp_of(self, ref: str) -> str | None:
+        if self.deployment is None or not ref:
+            return None
+        dev = self.deployment.devices.get(ref.split(".", 1)[0])
+        return dev.esp_id if dev else None
+
+    def _apply(self, out: Outputs, now: float) -> None:
+        """Hand one step's outputs to the world: publish, store, stream."""
+        store, hub, mqtt, router = self.store, self.hub, self.mqtt, self.router
+        assert store is not None and router is not None
+        version = self.version.id if self.version else ""
+        for em in out.emergencies:
+            self._publish_emergency(em.target, em.reason, em.active, now)
+        gpio: int | None
+        for a in out.sent:
+            c = a.command
+            try:
+                esp, gpio, _ = router.actuator_target(c.actuator)
+                msg = router.encode(self.kaiser_id, c)
+            except (KeyError, KaiserError) as exc:
+                log.error("cannot encode %s: %s", c, exc)
+                continue
+            if mqtt is not None:
+                mqtt.publish(msg)
+            self.metrics.commands_sent += 1
+            self.last_sent[c.actuator] = Sent(c.value, now)
+            store.command(now, a, esp, gpio, version)
+            if hub is not None and hub.clients:
+                hub.publish(f"actuator_command/{esp}", "actuator_command", _command_json(a, esp, gpio), now)
+        for b in out.blocked:
+            self.metrics.commands_blocked += 1
+            esp = self._esp_of(b.command.actuator) or ""
+            gpio = None
+            with contextlib.suppress(KeyError):
+                gpio = router.actuator_target(b.command.actuator)[1]
+            store.command(now, b, esp, gpio, version)
+            if hub is not None and hub.clients:
+                hub.publish(f"safety/{esp or 'all'}", "safety", _command_json(b, esp, gpio), now)
+        for run in out.runs:
+            self.metrics.rule_runs += 1
+            if not run.config_version:
+                run = replace(run, config_version=version)
+            store.rule_run(run, (self.clock.now() - now) * 1000.0)
+            if hub is not None and hub.clients:
+                hub.publish(f"logic_execution/{run.rule}", "logic_execution",
+                            {"rule": run.rule, "trigger": dict(run.trigger), "actions": list(run.actions),
+                             "outcome": run.outcome, "config_version": run.config_version}, run.ts)
+        for n in out.notifications:
+            self.metrics.notifications += 1
+            store.notification(n)
+            log.log(logging.WARNING if n.level in ("warning", "critical") else logging.INFO,
+                    "notify [%s]%s: %s", n.level, f" {n.rule}" if n.rule else "", n.text)
+            if hub is not None and hub.clients:
+                hub.publish("notification", "notification",
+                            {"level": n.level, "text": n.text, "rule": n.rule}, n.ts)
+        for ev in out.events:
+            if ev.kind == "device" and "online" in ev.data:
+                self._device_changed(ev)
+            self._event(ev)
+        if out.emergencies:
+            self._save_snapshot(immediate=True)
+
+    def _publish_emergency(self, target: str, reason: str, active: bool, now: float) -> None:
+        if not active or self.mqtt is None or self.deployment is None:
+            return  # a reset publishes nothing: it only permits a restart
+        if target == "all":
+            self.mqtt.publish(codec.encode_emergency(reason, timestamp=now))
+            return
+        dev = self.deployment.devices.get(target)
+        if dev is None:
+            log.error("emergency stop for unknown device %s", target)
+            return
+        for m in codec.emergency_for_device(self.kaiser_id, dev, reason, timestamp=now):
+            self.mqtt.publish(m)
+
+    # ------------------------------------------------------------------ timers
+    def poke(self) -> None:
+        """Something may have moved the next due time earlier."""
+        self._wake.set()
+
+    async def _timer_loop(self) -> None:
+        flush = max(0.05, self.settings.store.flush_interval)
+        while True:
+            now = self.clock.now()
+            due = None
+            with contextlib.suppress(Exception):
+                due = self.kaiser.next_due()
+            wait = 1.0 if due is None else min(1.0, max(0.0, due - now))
+            if wait > 0:
+                self._wake.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), wait)
+            now = self.clock.now()
+            try:
+                out = self.kaiser.tick(now)
+                if out:
+                    self._apply(out, now)
+            except Exception:
+                self.metrics.handler_errors += 1
+                log.exception("timer tick failed")
+            if now - self._last_snapshot >= flush:
+                self._last_snapshot = now
+                self._save_snapshot()
+
+    # ------------------------------------------------------------------ reload
+    async def _on_files_changed(self, paths: list[str]) -> None:
+        log.info("rules changed: %s", ", ".join(Path(p).name for p in paths))
+        await self.reload()
+
+    async def reload(self) -> bool:
+        """Load+check+compile the rules dir; only an error-free version replaces the
+        running one. Returns True when the new version runs."""
+        async with self._reload_lock:
+            now = self.clock.now()
+            try:
+                deployment, diagnostics, version = await asyncio.to_thread(load_rules, self.rules_dir, self.tz)
+            except Exception as exc:
+                diagnostics, version, deployment = [
+                    Diagnostic("K900", "error", f"cannot load the rules: {exc}")], version_of(self.rules_dir), None
+            errors = _errors(diagnostics)
+            if self.version is not None and version.hash == self.version.hash and not errors:
+                return True  # nothing changed (an editor touched a file)
+            if errors or deployment is None:
+                self.metrics.reload_failures += 1
+                text = render(errors)
+                log.error("reload refused, version %s keeps running:\n%s",
+                          self.version.id if self.version else "?", text)
+                self._record_version(version, ok=False, now=now, errors=[d.text() for d in errors])
+                self._event(Event(now, "reload", "warning", "",
+                                  f"reload refused: {len(errors)} error(s); the running rules stay",
+                                  {"errors": [d.text() for d in errors], "version": version.id}))
+                return False
+            try:
+                old = self.deployment
+                out = self.kaiser.reload(deployment, now)
+            except Exception as exc:
+                self.metrics.reload_failures += 1
+                log.exception("reload failed in the engine; the running rules stay")
+                self._event(Event(now, "reload", "warning", "", f"reload failed: {exc}", {"version": version.id}))
+                self._record_version(version, ok=False, now=now, errors=[str(exc)])
+                return False
+            self._install(deployment, version)
+            self.metrics.reloads += 1
+            self._record_version(version, ok=True, now=now)
+            self._event(Event(now, "reload", "info", "", f"rules version {version.id} running",
+                              {"version": version.id, "warnings": [d.text() for d in diagnostics]}))
+            if out:
+                self._apply(out, now)
+            for link in self.devices.values():
+                dev = self._esp_to_device.get(link.esp_id)
+                before = old.devices.get(dev.name) if (old is not None and dev is not None) else None
+                if dev is not None and link.online and before != dev:
+                    self._push_config(link, now, "device map changed")
+            self._save_snapshot(immediate=True)
+            self.poke()
+            return True
+
+    # ------------------------------------------------------------------ control
+    async def _control(self, msg: dict[str, Any]) -> dict[str, Any]:
+        """WebSocket control messages (the token is already checked)."""
+        now = self.clock.now()
+        kind = msg.get("type")
+        who = str(msg.get("who") or "websocket")
+        if kind in ("emergency_stop", "reset_emergency"):
+            target = msg.get("device") or "all"
+            if not isinstance(target, str) or (target != "all" and (
+                    self.deployment is None or target not in self.deployment.devices)):
+                raise ControlRefused(f"unknown device {target!r}")
+            reason = str(msg.get("reason") or ("reset" if kind == "reset_emergency" else "emergency stop"))
+            if kind == "emergency_stop":
+                out = self.kaiser.emergency_stop(target, reason, who, now)
+            else:
+                out = self.kaiser.reset(target, who, reason, now)
+            self._apply(out, now)
+            self._save_snapshot(immediate=True)
+            return {"ok": True, "target": target}
+        if kind == "command":
+            ref = msg.get("actuator")
+            if not isinstance(ref, str) or self.deployment is None or self.deployment.actuator(ref) is None:
+                raise ControlRefused(f"unknown actuator {ref!r}")
+            try:
+                value, toggle = parse_set(msg.get("set"))
+                dur = msg.get("for")
+                duration = None if dur in (None, "", 0) else parse_duration(dur)
+            except (ValueError, KaiserError) as exc:
+                raise ControlRefused(str(exc)) from None
+            cmd = Command(ref, value, duration, source="manual", reason=str(msg.get("reason") or f"manual ({who})"),
+                          toggle=toggle, priority=int(msg.get("priority") or 1000))
+            out = self.kaiser.command(cmd, now)
+            self._apply(out, now)
+            blocked = [b for b in out.blocked if b.command.actuator == ref]
+            if blocked:
+                b = blocked[-1]
+                raise ControlRefused(f"blocked {b.code}: {b.reason}")
+            return {"ok": True, "sent": [_command_json(a, "", None) for a in out.sent]}
+        raise ControlRefused(f"unknown control {kind!r}")
+
+    # ------------------------------------------------------------------ health
+    def _query(self, sql: str) -> dict[str, Any]:
+        assert self.store is not None
+        self.store.flush()
+        return self.store.query(sql).as_json()
+
+    def health(self) -> dict[str, Any]:
+        store = self.store
+        return {
+            "status": "ok" if (self.mqtt and self.mqtt.connected) else "degraded",
+            "kaiser_id": self.kaiser_id,
+            "mqtt": {"connected": bool(self.mqtt and self.mqtt.connected),
+                     "url": self.mqtt_url, "reconnects": self.mqtt.reconnects if self.mqtt else 0},
+            "store": {"path": self.settings.store.path, "ok": bool(store and not store.last_error),
+                      "pending": store.pending() if store else 0, "rows_written": store.rows_written if store else 0,
+                      "last_error": store.last_error if store else ""},
+            "rules_version": self.version.id if self.version else None,
+            "git_commit": self.version.git_commit if self.version else None,
+            "devices": {link.device or esp: ("online" if link.online else "offline")
+                        for esp, link in self.devices.items()},
+            "uptime_s": round(self.clock.monotonic() - self._started_at, 1),
+        }
+
+    def prometheus(self) -> str:
+        m = self.metrics
+        lines = []
+
+        def metric(name: str, value: float, help_: str, kind: str = "counter") -> None:
+            lines.append(f"# HELP kaiser_{name} {help_}")
+            lines.append(f"# TYPE kaiser_{name} {kind}")
+            lines.append(f"kaiser_{name} {value}")
+
+        metric("mqtt_messages_total", m.messages, "MQTT messages received")
+        metric("readings_total", m.readings, "sensor readings routed to the rules")
+        metric("malformed_total", m.malformed, "malformed MQTT payloads")
+        metric("unmapped_total", m.unmapped, "readings the device map does not place")
+        metric("commands_sent_total", m.commands_sent, "commands the guard allowed and published")
+        metric("commands_blocked_total", m.commands_blocked, "commands the guard blocked")
+        metric("rule_runs_total", m.rule_runs, "rule runs")
+        metric("events_total", m.events, "events recorded")
+        metric("heartbeats_total", m.heartbeats, "heartbeats answered")
+        metric("reloads_total", m.reloads, "successful reloads")
+        metric("reload_failures_total", m.reload_failures, "refused reloads")
+        metric("handler_errors_total", m.handler_errors, "internal errors while handling input")
+        metric("mqtt_connected", int(bool(self.mqtt and self.mqtt.connected)), "1 when connected", "gauge")
+        metric("devices_online", sum(1 for d in self.devices.values() if d.online), "boards online", "gauge")
+        if self.store is not None:
+            metric("store_rows_written_total", self.store.rows_written, "rows written to DuckDB")
+            metric("store_pending_rows", self.store.pending(), "rows waiting for the next flush", "gauge")
+        if self.hub is not None:
+            metric("websocket_clients", len(self.hub.clients), "connected WebSocket clients", "gauge")
+            metric("websocket_slow_dropped_total", self.hub.slow_dropped, "slow clients dropped")
+        metric("uptime_seconds", round(self.clock.monotonic() - self._started_at, 1), "seconds since start", "gauge")
+        return "\n".join(lines) + "\n"
+
+
+def ref_type(deployment: Deployment | None, ref: str) -> str | None:
+    a = deployment.actuator(ref) if deployment is not None else None
+    return a.type if a is not None else None
+
+
+def _state_text(v: float) -> str:
+    return "off" if v <= 0 else ("on" if v >= 1 else f"{v:.2f}")
+
+
+def _int(v: float | None) -> int | None:
+    return None if v is None else int(v)
+
+
+def _command_json(v: Allowed | Blocked, esp: str, gpio: int | None) -> dict[str, Any]:
+    c = v.command
+    d: dict[str, Any] = {"actuator": c.actuator, "esp_id": esp, "gpio": gpio, "value": c.value,
+                         "duration": c.duration, "source": c.source, "rule": c.rule, "reason": c.reason}
+    if isinstance(v, Blocked):
+        d.update(blocked=True, code=str(v.code), block_reason=v.reason)
+    return d
+
+
+# --------------------------------------------------------------------------
+# CLI
+
+
+def _setup_logging() -> None:
+    level = os.environ.get("KAISER_LOG", "INFO").upper()
+    logging.basicConfig(level=getattr(logging, level, logging.INFO),
+                        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s")
+
+
+def _settings(args: argparse.Namespace) -> Settings | None:
+    path = getattr(args, "config", None)
+    try:
+        return load_settings(path if path and (Path(path).exists() or path != "kaiser.toml") else None)
+    except ConfigError as exc:
+        print(render(exc.diagnostics) or str(exc), file=sys.stderr)
+        return None
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """``kaiser run``: the server until SIGTERM/Ctrl-C; SIGHUP reloads."""
+    _setup_logging()
+    settings = _settings(args)
+    if settings is None:
+        return 1
+    try:
+        return asyncio.run(_serve(settings))
+    except KeyboardInterrupt:
+        return 0
+
+
+async def _serve(settings: Settings) -> int:
+    server = Server(settings)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    with contextlib.suppress(NotImplementedError):
+        loop.add_signal_handler(signal.SIGTERM, stop.set)
+        loop.add_signal_handler(signal.SIGINT, stop.set)
+        loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(server.reload()))
+    try:
+        await server.start()
+    except ConfigError as exc:
+        print(render(exc.diagnostics) or str(exc), file=sys.stderr)
+        print(f"kaiser: refusing to start: {exc}", file=sys.stderr)
+        await server.stop()
+        return 1
+    except StoreError as exc:
+        print(f"kaiser: {exc}", file=sys.stderr)
+        await server.stop()
+        return 1
+    try:
+        await stop.wait()
+    finally:
+        await server.stop()
+    return 0
+
+
+# ---- talking to the running server
+
+
+def _ws_url(settings: Settings) -> str:
+    w = settings.websocket
+    host = w.host if w.host not in ("0.0.0.0", "::", "") else "127.0.0.1"
+    return f"ws://{host}:{w.port}/ws"
+
+
+async def _send_control(url: str, msg: dict[str, Any], timeout: float = 10.0) -> dict[str, Any]:
+    from websockets.asyncio.client import connect
+
+    async with connect(url, open_timeout=timeout) as ws:
+        await ws.send(json.dumps(msg))
+        while True:
+            reply = json.loads(await asyncio.wait_for(ws.recv(), timeout))
+            if reply.get("event_type") in ("control_result", "error"):
+                return reply
+
+
+def _control_cli(args: argparse.Namespace, msg: dict[str, Any]) -> int:
+    settings = _settings(args)
+    if settings is None:
+        return 2
+    token = settings.websocket.token
+    if token:
+        msg["token"] = token
+    msg["who"] = f"cli ({os.environ.get('USER', 'unknown')})"
+    url = _ws_url(settings)
+    try:
+        reply = asyncio.run(_send_control(url, msg))
+    except (OSError, TimeoutError) as exc:
+        print(f"kaiser: no server answers on {url}: {exc}", file=sys.stderr)
+        return 1
+    except Exception as exc:
+        print(f"kaiser: {url}: {exc}", file=sys.stderr)
+        return 1
+    if reply.get("event_type") == "error":
+        print(f"kaiser: {reply['data'].get('message')}", file=sys.stderr)
+        return 1
+    print(json.dumps(reply.get("data", {}), indent=2))
+    return 0
+
+
+def cmd_estop(args: argparse.Namespace) -> int:
+    """``kaiser estop [--device D] --reason TEXT`` through the running server."""
+    msg: dict[str, Any] = {"type": "emergency_stop", "reason": args.reason}
+    if args.device:
+        msg["device"] = args.device
+    return _control_cli(args, msg)
+
+
+def cmd_reset(args: argparse.Namespace) -> int:
+    """``kaiser reset [--device D]``: lift a latched stop (turns nothing on)."""
+    msg: dict[str, Any] = {"type": "reset_emergency", "reason": args.reason}
+    if args.device:
+        msg["device"] = args.device
+    return _control_cli(args, msg)
+
+
+def run_query(settings: Settings, sql: str) -> QueryResult:
+    """Read-only SQL: through the running server (DuckDB has one writer process),
+    else straight from the file opened read-only. Raises StoreError."""
+    w = settings.websocket
+    host = w.host if w.host not in ("0.0.0.0", "::", "") else "127.0.0.1"
+    url = f"http://{host}:{w.port}/query?" + urllib.parse.urlencode({"sql": sql})
+    try:
+        with urllib.request.urlopen(url, timeout=30) as r:
+            data = json.loads(r.read())
+            return QueryResult(data["columns"], [tuple(x) for x in data["rows"]], data.get("truncated", False))
+    except urllib.error.HTTPError as e:
+        try:
+            msg = json.loads(e.read()).get("error", str(e))
+        except ValueError:
+            msg = str(e)
+        raise StoreError(msg) from None
+    except (OSError, ValueError):
+        pass  # no server: open the file
+    path = settings.store.path
+    if path == ":memory:" or not Path(path).exists():
+        raise StoreError(f"no server answers on {host}:{w.port} and there is no store file {path}")
+    store = Store(path, read_only=True)
+    try:
+        return store.query(sql)
+    finally:
+        store.close()
+
+
+def _print_table(res: QueryResult) -> None:
+    try:
+        from rich.console import Console
+        from rich.table import Table
+
+        t = Table(*res.columns, show_lines=False)
+        for row in res.rows:
+            t.add_row(*["" if v is None else str(v) for v in row])
+        Console().print(t)
+    except Exception:
+        print("\t".join(res.columns))
+        for row in res.rows:
+            print("\t".join("" if v is None else str(v) for v in row))
+    if res.truncated:
+        print(f"(first {len(res.rows)} rows)")
+
+
+def cmd_query(args: argparse.Namespace) -> int:
+    """``kaiser query SQL``: read-only SQL against the store."""
+    settings = _settings(args)
+    if settings is None:
+        return 2
+    try:
+        res = run_query(settings, args.sql)
+    except StoreError as exc:
+        print(f"kaiser: {exc}", file=sys.stderr)
+        return 1
+    _print_table(res)
+    return 0
+
+
+def _since(text: str) -> float:
+    return time.time() - parse_duration(text)
+
+
+def cmd_history(args: argparse.Namespace) -> int:
+    """``kaiser history SENSOR [--since 1h]``."""
+    settings = _settings(args)
+    if settings is None:
+        return 2
+    try:
+        since = _since(args.since)
+    except (KaiserError, ValueError) as exc:
+        print(f"kaiser: bad --since: {exc}", file=sys.stderr)
+        return 2
+    sensor = str(args.sensor).replace("'", "''")
+    sql = (f"SELECT ts, value, unit, quality, retained FROM readings WHERE sensor = '{sensor}' "
+           f"AND ts >= to_timestamp({since}) ORDER BY ts")
+    try:
+        res = run_query(settings, sql)
+    except StoreError as exc:
+        print(f"kaiser: {exc}", file=sys.stderr)
+        return 1
+    if not res.rows:
+        print(f"no readings of {args.sensor} in the last {args.since}")
+        return 0
+    _print_table(res)
+    return 0
+
+
+def cmd_why(args: argparse.Namespace) -> int:
+    """``kaiser why ACTUATOR``: its last commands and blocks with rule, trigger facts,
+    guard reason and the firmware's answers."""
+    settings = _settings(args)
+    if settings is None:
+        return 2
+    ref = str(args.actuator).replace("'", "''")
+    n = int(args.n)
+    try:
+        cmds = run_query(settings, (
+            "SELECT epoch(ts), outcome, value, duration, source, rule, reason, code, block_reason, config_version "
+            f"FROM commands WHERE actuator = '{ref}' ORDER BY ts DESC LIMIT {n}"))
+        if not cmds.rows:
+            print(f"no commands or blocks recorded for {args.actuator}")
+            return 0
+        t0 = min(r[0] for r in cmds.rows) - 5
+        runs = run_query(settings, (
+            "SELECT epoch(ts), rule, trigger, actions, outcome FROM rule_runs "
+            f"WHERE ts >= to_timestamp({t0}) ORDER BY ts"))
+        resp = run_query(settings, (
+            "SELECT epoch(ts), command, value, success, message FROM command_responses "
+            f"WHERE actuator = '{ref}' AND ts >= to_timestamp({t0}) ORDER BY ts"))
+        status = run_query(settings, (
+            "SELECT epoch(ts), state, value, emergency FROM actuator_status "
+            f"WHERE actuator = '{ref}' ORDER BY ts DESC LIMIT 1"))
+        evs = run_query(settings, (
+            "SELECT epoch(ts), kind, message FROM events "
+            f"WHERE subject = '{ref}' AND ts >= to_timestamp({t0}) ORDER BY ts"))
+    except StoreError as exc:
+        print(f"kaiser: {exc}", file=sys.stderr)
+        return 1
+    print(f"why {args.actuator}: last {len(cmds.rows)} command(s), newest first")
+    for ts, outcome, value, duration, source, rule, reason, code, block_reason, ver in cmds.rows:
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts))
+        dur = f" for {duration:.0f} s" if duration else ""
+        who = f"rule {rule}" if rule else source
+        head = f"{when}  {outcome.upper():7s} {_state_text(value)}{dur}  by {who} (config {ver})"
+        print(head)
+        if reason:
+            print(f"    because: {reason}")
+        if rule:
+            trig = [r for r in runs.rows if r[1] == rule and r[0] <= ts + 0.001]
+            if trig:
+                facts = trig[-1][2]
+                print(f"    trigger: {facts}")
+        if outcome == "blocked":
+            print(f"    guard: {code}: {block_reason}")
+        else:
+            answers = [r for r in resp.rows if r[0] >= ts - 0.001]
+            if answers:
+                a = answers[0]
+                print(f"    firmware: {a[1]} {'ok' if a[3] else 'REFUSED'}: {a[4]}")
+            else:
+                print("    firmware: no response recorded")
+    if status.rows:
+        ts, state, value, emergency = status.rows[0]
+        print(f"now reported: {'on' if state else 'off'} ({value:.2f}), emergency {emergency}")
+    for ts, kind, message in evs.rows:
+        print(f"event {time.strftime('%H:%M:%S', time.localtime(ts))} {kind}: {message}")
+    return 0
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    """``kaiser plan [PATH] --since 24h``: replay stored readings through the rules
+    at PATH on a virtual clock; print the commands that would differ from what was sent."""
+    from engine.pipeline import Kaiser
+
+    settings = _settings(args)
+    if settings is None:
+        return 2
+    rules = Path(args.path) if args.path else settings.kaiser.rules
+    deployment, diagnostics, version = load_rules(rules, settings.kaiser.tz)
+    errors = _errors(diagnostics)
+    if errors:
+        print(render(errors), file=sys.stderr)
+        return 1
+    try:
+        since = _since(args.since)
+        readings = run_query(settings, (
+            "SELECT sensor, value, epoch(ts), quality, unit, retained FROM readings "
+            f"WHERE ts >= to_timestamp({since}) ORDER BY ts"))
+        sent = run_query(settings, (
+            "SELECT epoch(ts), actuator, value FROM commands WHERE outcome = 'sent' "
+            f"AND ts >= to_timestamp({since}) ORDER BY ts"))
+    except (StoreError, KaiserError, ValueError) as exc:
+        print(f"kaiser: {exc}", file=sys.stderr)
+        return 1
+    planned = replay(Kaiser(deployment), deployment,
+                     [Reading(s, float(v), float(t), q or "good", u or "", bool(r))
+                      for s, v, t, q, u, r in readings.rows])
+    actual = [(float(t), a, float(v)) for t, a, v in sent.rows]
+    only_new, only_old = diff_commands(planned, actual)
+    print(f"plan: rules {rules} (version {version.id}) over {len(readings.rows)} readings since {args.since}")
+    if not only_new and not only_old:
+        print(f"no difference: {len(planned)} command(s), the same as were sent")
+        return 0
+    for t, a, v in only_new:
+        print(f"+ {time.strftime('%m-%d %H:%M:%S', time.localtime(t))} {a} {_state_text(v)}  (would be sent)")
+    for t, a, v in only_old:
+        print(f"- {time.strftime('%m-%d %H:%M:%S', time.localtime(t))} {a} {_state_text(v)}  (was sent, would not be)")
+    print(f"{len(only_new)} new, {len(only_old)} gone")
+    return 0
+
+
+def replay(kaiser: Any, deployment: Deployment, readings: list[Reading]) -> list[tuple[float, str, float]]:
+    """Feed stored readings through a fresh Kaiser on a virtual clock (timers fire on time).
+    Returns the commands it sends as (ts, actuator, value)."""
+    out: list[tuple[float, str, float]] = []
+    by_sensor_device = {ref: ref.split(".", 1)[0] for ref in deployment.sensor_refs()}
+    seen: set[str] = set()
+
+    def collect(o: Outputs) -> None:
+        out.extend((t_now, a.command.actuator, a.command.value) for a in o.sent)
+
+    t_now = readings[0].ts if readings else 0.0
+    for dev in deployment.devices:
+        collect(kaiser.device_seen(dev, t_now))
+        seen.add(dev)
+    for r in readings:
+        while True:
+            due = kaiser.next_due()
+            if due is None or due > r.ts:
+                break
+            t_now = max(t_now, due)
+            collect(kaiser.tick(t_now))
+        t_now = max(t_now, r.ts)
+        owner = by_sensor_device.get(r.sensor)
+        if owner is not None:
+            collect(kaiser.device_seen(owner, t_now))
+        collect(kaiser.receive(replace(r, retained=False), t_now))
+    return out
+
+
+def diff_commands(
+    planned: list[tuple[float, str, float]], actual: list[tuple[float, str, float]], slack: float = 2.0
+) -> tuple[list[tuple[float, str, float]], list[tuple[float, str, float]]]:
+    """Commands only in ``planned`` and only in ``actual`` (same actuator and value
+    within ``slack`` seconds match)."""
+    left = list(actual)
+    only_new = []
+    for p in planned:
+        hit = next((i for i, a in enumerate(left) if a[1] == p[1] and abs(a[2] - p[2]) < 1e-6
+                    and abs(a[0] - p[0]) <= slack), None)
+        if hit is None:
+            only_new.append(p)
+        else:
+            left.pop(hit)
+    return only_new, left
+
+
+__all__ = [
+    "Server",
+    "cmd_estop",
+    "cmd_history",
+    "cmd_plan",
+    "cmd_query",
+    "cmd_reset",
+    "cmd_run",
+    "cmd_why",
+    "diff_commands",
+    "load_rules",
+    "replay",
+    "run_query",
+    "version_of",
+]

@@ -1,0 +1,132 @@
+"""`kaiser run` end to end: real broker, real DuckDB file, firmware-format traffic."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+from typing import Any
+
+import pytest
+
+from engine.app import Server
+
+from .conftest import Board
+
+pytestmark = [pytest.mark.integration, pytest.mark.anyio]
+
+NORTH, SOUTH = "ESP_00A1B2", "ESP_00C3D4"
+
+
+def ds18b20(celsius: float) -> int:
+    return round(celsius * 16)
+
+
+async def _until(pred: Any, timeout: float = 10.0) -> None:
+    async with asyncio.timeout(timeout):
+        while not pred():
+            await asyncio.sleep(0.02)
+
+
+def _rows(server: Server, sql: str) -> list[tuple[Any, ...]]:
+    assert server.store is not None
+    server.store.flush()
+    return server.store.query(sql).rows
+
+
+async def test_reading_on_one_board_commands_an_actuator_on_another(server: Server, board: Board) -> None:
+    await board.heartbeat(SOUTH)
+    await board.expect(lambda t, p: t.endswith(f"{SOUTH}/system/heartbeat/ack"))
+    await board.reading(NORTH, 4, "ds18b20", ds18b20(30.0))
+    topic, payload = await board.expect(lambda t, p: t.endswith(f"{SOUTH}/actuator/5/command"))
+    assert payload == {"command": "ON", "value": 1.0, "duration": 0}
+    rows = _rows(server, "SELECT actuator, outcome, rule, esp_id, gpio, config_version FROM commands")
+    assert rows == [("south.fan", "sent", "cool-south-when-north-hot", SOUTH, 5, server.version.id)]  # type: ignore[union-attr]
+    readings = _rows(server, "SELECT sensor, value, esp_id FROM readings")
+    assert readings == [("north.air_temp", 30.0, NORTH)]
+    runs = _rows(server, "SELECT rule, outcome FROM rule_runs")
+    assert ("cool-south-when-north-hot", "ran") in runs
+
+
+async def test_heartbeat_ack_has_every_field_and_unknown_boards_wait_for_approval(
+        server: Server, board: Board) -> None:
+    await board.heartbeat(NORTH)
+    _, ack = await board.expect(lambda t, p: t.endswith(f"{NORTH}/system/heartbeat/ack"))
+    assert set(ack) >= {"status", "config_available", "server_time", "handover_epoch", "ack_type",
+                        "contract_version"}
+    assert ack["status"] == "online" and ack["ack_type"] == "heartbeat"
+    # the device map is pushed as firmware config when the board first appears
+    _, cfg = await board.expect(lambda t, p: t.endswith(f"{NORTH}/config"))
+    assert [a["gpio"] for a in cfg["actuators"]] == [18]
+    await board.heartbeat("ESP_0BADBE")
+    _, ack = await board.expect(lambda t, p: t.endswith("ESP_0BADBE/system/heartbeat/ack"))
+    assert ack["status"] == "pending_approval"
+    await _until(lambda: bool(_rows(server, "SELECT 1 FROM events WHERE kind='device' AND subject='ESP_0BADBE'")))
+    # a reboot (uptime goes backwards) gets the config again
+    await board.heartbeat(NORTH, uptime=5000)
+    await board.heartbeat(NORTH, uptime=3)
+    await _until(lambda: sum(1 for t, _, _ in board.seen if t.endswith(f"{NORTH}/config")) >= 2)
+
+
+async def test_server_status_online_retained_and_offline_on_shutdown(settings: Any, board: Board) -> None:
+    s = Server(settings, watch=False)
+    await s.start()
+    topic = f"kaiser/{settings.kaiser.id}/server/status"
+    _, p = await board.expect(lambda t, p: t == topic and p and p["status"] == "online")
+    await s.stop()
+    _, p = await board.expect(lambda t, p: t == topic and p and p["status"] == "offline")
+    assert p["reason"] == "graceful_shutdown"
+
+
+async def test_last_will_says_offline_when_the_server_dies(settings: Any, board: Board) -> None:
+    s = Server(settings, watch=False, websocket=False)
+    await s.start()
+    topic = f"kaiser/{settings.kaiser.id}/server/status"
+    await board.expect(lambda t, p: t == topic and p and p["status"] == "online")
+    # cut the connection without DISCONNECT (as a crash would): the broker publishes the will
+    assert s.mqtt is not None and s.mqtt._paho is not None
+    s.mqtt._closing = True  # no reconnect
+    s.mqtt._paho.socket().shutdown(socket.SHUT_RDWR)
+    _, p = await board.expect(lambda t, p: t == topic and p and p["status"] == "offline", timeout=15)
+    assert p["reason"] == "unexpected_disconnect"
+    await s.stop()
+
+
+async def test_firmware_answers_update_state_and_failures_are_events(server: Server, board: Board) -> None:
+    await board.heartbeat(SOUTH)
+    await board.reading(NORTH, 4, "ds18b20", ds18b20(30.0))
+    await board.expect(lambda t, p: t.endswith(f"{SOUTH}/actuator/5/command"))
+    await board.send(SOUTH, "actuator/5/response", {"gpio": 5, "command": "ON", "value": 1.0, "duration": 0,
+                                                    "success": False, "message": "Emergency stop active"})
+    await board.send(SOUTH, "actuator/5/status", {"gpio": 5, "type": "relay", "state": False, "pwm": 0,
+                                                  "runtime_ms": 0, "emergency": "active"})
+    await _until(lambda: len(_rows(server, "SELECT 1 FROM events WHERE kind IN ('command_failed','mismatch')")) == 2)
+    assert _rows(server, "SELECT success, message FROM command_responses") == [(False, "Emergency stop active")]
+    assert _rows(server, "SELECT actuator, state FROM actuator_status") == [("south.fan", False)]
+
+
+async def test_junk_storm_is_counted_and_the_server_keeps_serving(server: Server, board: Board) -> None:
+    junk = [b"{", b"\xff\xfe", b"[]", json.dumps({"gpio": "x"}).encode(), b"null", b"{" * 5000]
+    for i in range(10_000):
+        await board.client.publish(f"kaiser/{server.kaiser_id}/esp/{NORTH}/sensor/4/data", junk[i % len(junk)], qos=0)
+    await board.heartbeat(SOUTH)
+    await board.reading(NORTH, 4, "ds18b20", ds18b20(31.0))
+    await board.expect(lambda t, p: t.endswith(f"{SOUTH}/actuator/5/command"), timeout=60)
+    await _until(lambda: server.metrics.malformed >= 9_000, timeout=60)
+    n = _rows(server, "SELECT count(*) FROM events WHERE kind = 'malformed'")[0][0]
+    assert n == server.metrics.malformed
+
+
+async def test_a_for_timer_survives_a_restart(settings: Any, board: Board) -> None:
+    s = Server(settings, watch=False, websocket=False)
+    await s.start()
+    await board.heartbeat(SOUTH)
+    await board.reading(NORTH, 4, "ds18b20", ds18b20(36.0))  # vent rule: above 35 for 4 s
+    await asyncio.sleep(1.0)
+    await s.stop()
+    s2 = Server(settings, watch=False, websocket=False)
+    await s2.start()
+    await board.heartbeat(SOUTH)  # the board is still there
+    _, p = await board.expect(lambda t, p: t.endswith(f"{SOUTH}/actuator/25/command"), timeout=15)
+    assert p["command"] == "PWM" and p["value"] == 0.5
+    await s2.stop()
