@@ -19,7 +19,13 @@ import pytest
 from engine.adapters.broker import EmbeddedBroker
 from engine.adapters.mqtt import parse_url
 from engine.app import Server
-from engine.config.settings import KaiserSettings, MqttSettings, Settings, StoreSettings, WebsocketSettings
+from engine.config.settings import (
+    KaiserSettings,
+    MqttSettings,
+    Settings,
+    StoreSettings,
+    WebsocketSettings,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -145,7 +151,7 @@ class Board:
                 return t, p
         async with asyncio.timeout(timeout):
             while True:
-                t, p, r = await self.inbox.get()
+                t, p, _r = await self.inbox.get()
                 if pred(t, p):
                     return t, p
 

@@ -38,7 +38,7 @@ async def test_reading_on_one_board_commands_an_actuator_on_another(server: Serv
     await board.heartbeat(SOUTH)
     await board.expect(lambda t, p: t.endswith(f"{SOUTH}/system/heartbeat/ack"))
     await board.reading(NORTH, 4, "ds18b20", ds18b20(30.0))
-    topic, payload = await board.expect(lambda t, p: t.endswith(f"{SOUTH}/actuator/5/command"))
+    _topic, payload = await board.expect(lambda t, p: t.endswith(f"{SOUTH}/actuator/5/command"))
     assert payload == {"command": "ON", "value": 1.0, "duration": 0}
     rows = _rows(server, "SELECT actuator, outcome, rule, esp_id, gpio, config_version FROM commands")
     assert rows == [("south.fan", "sent", "cool-south-when-north-hot", SOUTH, 5, server.version.id)]  # type: ignore[union-attr]
