@@ -108,7 +108,7 @@ def make_settings(kaiser_id: str, broker_url: str, rules_dir: Path, store: Path)
 
 
 @pytest.fixture
-def settings(kaiser_id: str, broker_url: str, rules_dir: Path, tmp_path: Path) -> Settings:
+def settings(clean_retained: None, kaiser_id: str, broker_url: str, rules_dir: Path, tmp_path: Path) -> Settings:
     return make_settings(kaiser_id, broker_url, rules_dir, tmp_path / "kaiser.duckdb")
 
 
@@ -167,7 +167,7 @@ async def board(broker_url: str, kaiser_id: str) -> AsyncIterator[Board]:
         async def pump() -> None:
             async for m in c.messages:
                 try:
-                    p: Any = json.loads(m.payload) if m.payload else None  # type: ignore[arg-type]
+                    p: Any = json.loads(m.payload) if m.payload else None
                 except ValueError:
                     p = m.payload
                 item = (m.topic.value, p, bool(m.retain))
@@ -179,7 +179,7 @@ async def board(broker_url: str, kaiser_id: str) -> AsyncIterator[Board]:
         task.cancel()
 
 
-@pytest.fixture(autouse=True)
+@pytest.fixture
 async def clean_retained(broker_url: str, kaiser_id: str) -> AsyncIterator[None]:
     """Set up first, torn down last: clear the retained server status a test left."""
     yield
