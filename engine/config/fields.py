@@ -70,10 +70,11 @@ class Ctx:
         """Report unknown keys (with did-you-mean and indentation hints) and
         missing required ones. True when nothing was wrong."""
         ok = True
-        for k, kpos in m.keys.items():
+        for k in m.values:
             if k in allowed:
                 continue
             ok = False
+            kpos = m.keys[k]
             hint = did_you_mean(k, allowed)
             if not hint:
                 if self.parents and k in self.parents[-1]:

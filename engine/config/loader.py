@@ -157,7 +157,7 @@ class _Loader:
                 ctx.error("K201", f"{name!r} is a device key, not a device name", kpos,
                           hint="indent it under a device: devices: -> north: -> " + name)
                 continue
-            if not ctx.name(YScalar(name, kpos), "device name"):
+            if not ctx.name(YScalar.at(name, kpos), "device name"):
                 continue
             if not self.named("device").claim(ctx, "device", name, kpos):
                 continue
@@ -199,7 +199,7 @@ class _Loader:
                     ctx.error("K201", f"{item!r} is a {section[:-1]} key, not a {section[:-1]} name",
                               ipos, hint=f"indent it under a {section[:-1]}: {section}: -> NAME: -> {item}")
                     continue
-                if not ctx.name(YScalar(item, ipos), f"{section[:-1]} name"):
+                if not ctx.name(YScalar.at(item, ipos), f"{section[:-1]} name"):
                     continue
                 if item in seen:
                     ctx.error("K302", f"device {name!r} already has a sensor or actuator named {item!r}",
@@ -307,7 +307,7 @@ class _Loader:
                     ctx.error("K201", f"{ref!r} is a limit, not an actuator", kpos,
                               hint=f"indent it under an actuator ref: actuators: -> north.pump: -> {ref}")
                     continue
-                r = ctx.ref(YScalar(ref, kpos), "safety actuator", "actuator")
+                r = ctx.ref(YScalar.at(ref, kpos), "safety actuator", "actuator")
                 if r is None:
                     continue
                 if ref in self.limit_pos:
@@ -638,7 +638,7 @@ class _Loader:
         out: dict[str, T] = {}
         ok = True
         for k, vnode in m.values.items():
-            ref = ctx.ref(YScalar(k, m.keys[k]), f"a {key_kind} in {what}", key_kind)
+            ref = ctx.ref(YScalar.at(k, m.keys[k]), f"a {key_kind} in {what}", key_kind)
             val = value(vnode)
             if ref is None or (val is None and not (key_kind == "sensor" and _is_null(vnode))):
                 ok = False

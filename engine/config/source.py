@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass, field
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any, TypeAlias
 
@@ -42,6 +42,12 @@ try:  # libyaml: fast C scanner/parser/composer
         def resolve(self, kind: Any, value: Any, implicit: Any) -> str:
             return "?"
 
+        def descend_resolver(self, current_node: Any, current_index: Any) -> None:
+            return None
+
+        def ascend_resolver(self) -> None:
+            return None
+
     _CLoader: Any = _FastLoader
     _YAMLError: Any = _pyyaml.YAMLError
 except (ImportError, AttributeError):  # pragma: no cover - depends on the install
@@ -57,27 +63,99 @@ _ANY_YAML_ERROR: tuple[type[BaseException], ...] = (_RuamelError,) + (
 # The positioned tree
 
 
-@dataclass(slots=True)
 class YScalar:
-    value: object  # None | bool | int | float | str
-    pos: Position
-    quoted: bool = False
+    """A scalar: ``value`` is None | bool | int | float | str (YAML 1.2 core schema)."""
+
+    __slots__ = ("col", "file", "line", "quoted", "value")
+
+    def __init__(self, value: object, file: str, line: int, col: int, quoted: bool = False) -> None:
+        self.value = value
+        self.file = file
+        self.line = line
+        self.col = col
+        self.quoted = quoted
+
+    @classmethod
+    def at(cls, value: object, pos: Position) -> YScalar:
+        """A scalar written at ``pos`` (e.g. a mapping key treated as a value)."""
+        return cls(value, pos.file, pos.line, pos.col)
+
+    @property
+    def pos(self) -> Position:
+        # built on demand: most nodes never need one, and Position is costly to make
+        return Position(self.file, self.line, self.col)
+
+    def __repr__(self) -> str:
+        return f"YScalar({self.value!r} at {self.line}:{self.col})"
 
 
-@dataclass(slots=True)
+class _KeyPositions(Mapping[str, Position]):
+    """Key -> where the key is written, made on demand from (line, col)."""
+
+    __slots__ = ("_file", "_lc")
+
+    def __init__(self, file: str, lc: dict[str, tuple[int, int]]) -> None:
+        self._file = file
+        self._lc = lc
+
+    def __getitem__(self, key: str) -> Position:
+        line, col = self._lc[key]
+        return Position(self._file, line, col)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._lc)
+
+    def __len__(self) -> int:
+        return len(self._lc)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._lc
+
+
 class YMap:
-    pos: Position
-    values: dict[str, YNode] = field(default_factory=dict)
-    keys: dict[str, Position] = field(default_factory=dict)  # key -> where the key is written
+    """A mapping: ``values`` key -> node; ``keys`` key -> Position of the key."""
+
+    __slots__ = ("col", "file", "keylc", "line", "values")
+
+    def __init__(self, file: str, line: int, col: int) -> None:
+        self.file = file
+        self.line = line
+        self.col = col
+        self.values: dict[str, YNode] = {}
+        self.keylc: dict[str, tuple[int, int]] = {}
+
+    @property
+    def pos(self) -> Position:
+        return Position(self.file, self.line, self.col)
+
+    @property
+    def keys(self) -> Mapping[str, Position]:
+        return _KeyPositions(self.file, self.keylc)
 
     def get(self, key: str) -> YNode | None:
         return self.values.get(key)
 
+    def __repr__(self) -> str:
+        return f"YMap({list(self.values)} at {self.line}:{self.col})"
 
-@dataclass(slots=True)
+
 class YSeq:
-    pos: Position
-    items: list[YNode] = field(default_factory=list)
+    """A list of nodes."""
+
+    __slots__ = ("col", "file", "items", "line")
+
+    def __init__(self, file: str, line: int, col: int) -> None:
+        self.file = file
+        self.line = line
+        self.col = col
+        self.items: list[YNode] = []
+
+    @property
+    def pos(self) -> Position:
+        return Position(self.file, self.line, self.col)
+
+    def __repr__(self) -> str:
+        return f"YSeq({len(self.items)} items at {self.line}:{self.col})"
 
 
 YNode: TypeAlias = YScalar | YMap | YSeq
@@ -356,9 +434,10 @@ class _Converter:
                     "K105", "error", f"the YAML is nested more than {MAX_DEPTH} levels deep", self.pos(node)))
             return None
         kind = node.id
+        m = node.start_mark
+        line, col = m.line + 1, m.column + 1
         if kind == "scalar":
-            style = getattr(node, "style", None)
-            # quoted or block scalars are strings; plain ones resolve (YAML 1.2 core)
+            style = node.style
             if style:
                 value: object = node.value
             else:
@@ -366,21 +445,23 @@ class _Converter:
                 value = self.plain.get(raw, _MISS)
                 if value is _MISS:
                     value = self.plain[raw] = resolve_plain(raw)
-            y: YNode = YScalar(value, self.pos(node), bool(style))
+            y: YNode = YScalar(value, self.file, line, col, bool(style))
             self.seen[k] = y
             return y
         path.add(k)
         try:
             if kind == "sequence":
-                seq = YSeq(self.pos(node))
+                seq = YSeq(self.file, line, col)
                 self.seen[k] = seq
                 for item in node.value:
                     c = self._node(item, depth + 1, path)
                     if c is not None:
                         seq.items.append(c)
                 return seq
-            ymap = YMap(self.pos(node))
+            ymap = YMap(self.file, line, col)
             self.seen[k] = ymap
+            keylc = ymap.keylc
+            values = ymap.values
             merges: list[YMap] = []
             for knode, vnode in node.value:
                 if knode.id != "scalar":
@@ -389,31 +470,33 @@ class _Converter:
                         self.pos(knode)))
                     continue
                 key = str(knode.value)
-                if key == "<<" and not getattr(knode, "style", None):
+                if key == "<<" and not knode.style:
                     v = self._node(vnode, depth + 1, path)
                     if isinstance(v, YMap):
                         merges.append(v)
                     elif isinstance(v, YSeq):
                         merges.extend(i for i in v.items if isinstance(i, YMap))
                     continue
-                kpos = self.pos(knode)
-                if key in ymap.keys:
+                km = knode.start_mark
+                klc = (km.line + 1, km.column + 1)
+                if key in keylc:
+                    first = keylc[key]
                     self.out.append(Diagnostic(
-                        "K107", "error", f"duplicate key {key!r}", kpos,
+                        "K107", "error", f"duplicate key {key!r}", Position(self.file, *klc),
                         hint="a key may appear once per mapping; the later one is ignored",
-                        related=ymap.keys[key],
+                        related=Position(self.file, *first),
                     ))
                     continue
                 v = self._node(vnode, depth + 1, path)
                 if v is None:
                     continue
-                ymap.keys[key] = kpos
-                ymap.values[key] = v
-            for m in merges:
-                for key, v in m.values.items():
-                    if key not in ymap.values:
-                        ymap.values[key] = v
-                        ymap.keys[key] = m.keys[key]
+                keylc[key] = klc
+                values[key] = v
+            for mm in merges:
+                for key, v in mm.values.items():
+                    if key not in values:
+                        values[key] = v
+                        keylc[key] = mm.keylc[key]
             return ymap
         finally:
             path.discard(k)
