@@ -18,6 +18,7 @@ import pytest
 
 from engine.config import load_deployment
 from engine.config.checks import run_checks
+from engine.config.lint import lint as engine_lint
 from engine.diagnostics import Diagnostic
 
 HERE = Path(__file__).parent
@@ -42,10 +43,17 @@ def _expected(case: Path) -> tuple[tuple[str, str, int, int], list[tuple[str, st
 
 
 def lint(path: Path, tz: str = "UTC") -> list[Diagnostic]:
-    """What ``kaiser lint`` reports: the loader's findings, then the semantic checks."""
-    deployment, diagnostics = load_deployment(path, tz=tz)
-    partial = any(d.is_error for d in diagnostics)
-    return [*diagnostics, *run_checks(deployment, partial=partial)]
+    """What ``kaiser lint`` reports: the loader's findings, then the semantic checks
+    (``run_checks(partial=...)`` when the loader found errors), deduplicated."""
+    return engine_lint(path, tz)[1]
+
+
+def test_lint_is_loader_plus_checks() -> None:
+    """The runner goes through ``kaiser lint``'s own function; pin what it composes."""
+    case = HERE / "opposite-states.bad.yaml"
+    deployment, diagnostics = load_deployment(case)
+    assert not diagnostics
+    assert lint(case) == run_checks(deployment)
 
 
 def _key(d: Diagnostic) -> tuple[str, str, int, int]:
@@ -141,3 +149,89 @@ def test_empty_file_is_fine(tmp_path: Path) -> None:
 def test_missing_path(tmp_path: Path) -> None:
     found = lint(tmp_path / "nope")
     assert [d.code for d in found] == ["K100"]
+
+
+# The example deployment is documentation: it must show every feature.
+
+
+def _walk(c: object) -> list[object]:
+    from engine.model import All, Any_, Not
+
+    out = [c]
+    if isinstance(c, All | Any_):
+        for i in c.items:
+            out += _walk(i)
+    elif isinstance(c, Not):
+        out += _walk(c.item)
+    return out
+
+
+def test_example_shows_every_feature() -> None:
+    from engine.model import (
+        ActuatorIs,
+        All,
+        Any_,
+        At,
+        Change,
+        Comparison,
+        DeviceIs,
+        Difference,
+        EmergencyStop,
+        Every,
+        NoData,
+        Not,
+        Notify,
+        SetActuator,
+        TimeWindow,
+        Wait,
+    )
+
+    dep, found = load_deployment(EXAMPLE, tz="Europe/Berlin")
+    assert not found
+    # devices: three esp32dev boards, >= 12 sensors of >= 6 types, 8+ actuators of all 4 types
+    assert set(dep.devices) >= {"north", "south", "tank"}
+    assert all(d.board == "esp32dev" and re.fullmatch(r"ESP_[0-9A-F]{6,8}", d.esp_id) for d in dep.devices.values())
+    sensors = [s for d in dep.devices.values() for s in d.sensors]
+    actuators = [a for d in dep.devices.values() for a in d.actuators]
+    assert len(sensors) >= 12 and len({s.type for s in sensors}) >= 6
+    assert any(s.quantities for s in sensors) and any(s.calibration for s in sensors)
+    assert len(actuators) >= 8 and {a.type for a in actuators} == {"pump", "valve", "relay", "pwm"}
+    # safety: every limit kind and both interlock kinds
+    limits = list(dep.safety.actuators.values())
+    for attr in ("max_runtime", "min_off", "max_starts", "pwm", "rate_limit"):
+        assert any(getattr(lim, attr) is not None for lim in limits), attr
+    assert {lim.on_sensor_loss for lim in limits} >= {"off", "hold"}
+    assert any(il.never_together for il in dep.safety.interlocks)
+    assert any(il.only_if is not None for il in dep.safety.interlocks)
+    # conditions
+    conds = [c for r in dep.rules for c in _walk(r.condition)]
+    comparisons = [c for c in conds if isinstance(c, Comparison)]
+    assert {c.op for c in comparisons} | {c.op for c in conds if isinstance(c, Difference)} >= {
+        "above", "below", "at_least", "at_most", "equals", "between", "outside"}
+    assert any(c.for_ for c in comparisons) and any(c.hysteresis for c in comparisons)
+    assert {c.direction for c in conds if isinstance(c, Change)} == {"rises", "falls"}
+    assert {c.online for c in conds if isinstance(c, DeviceIs)} == {True, False}
+    assert {c.on for c in conds if isinstance(c, ActuatorIs)} == {True, False}
+    windows = [c for c in conds if isinstance(c, TimeWindow)]
+    assert any(w.weekdays for w in windows)
+    assert any(w.after is not None and w.before is not None and w.before < w.after for w in windows)
+    for kind in (Difference, NoData, At, Every, All, Any_, Not):
+        assert any(isinstance(c, kind) for c in conds), kind.__name__
+    # actions
+    actions = [a for r in dep.rules for a in (*r.actions, *(r.release or ()))]
+    sets = [a for a in actions if isinstance(a, SetActuator)]
+    assert {1.0, 0.0, "toggle"} <= {a.state for a in sets}
+    assert any(isinstance(a.state, float) and 0 < a.state < 1 for a in sets)
+    assert any(a.for_ for a in sets) and any(a.for_ is None for a in sets)
+    notes = [a for a in actions if isinstance(a, Notify)]
+    assert {n.level for n in notes} == {"info", "warning", "critical"} and any("{" in n.text for n in notes)
+    assert any(isinstance(a, Wait) for a in actions)
+    assert {a.target for a in actions if isinstance(a, EmergencyStop)} >= {"all", "tank"}
+    # rules: both kinds, release with and without, priorities, cooldowns
+    level = [r for r in dep.rules if r.kind == "level"]
+    assert level and any(r.kind == "edge" for r in dep.rules)
+    assert any(r.release for r in level) and any(not r.release for r in level)
+    assert len({r.priority for r in dep.rules}) >= 3 and any(r.cooldown for r in dep.rules)
+    for f in EXAMPLE.glob("*.yaml"):
+        assert f.read_text(encoding="utf-8").startswith(
+            "# yaml-language-server: $schema=../schemas/kaiser-rules.schema.json\n"), f.name

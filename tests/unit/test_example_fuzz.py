@@ -14,7 +14,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 from ruamel.yaml import YAML
 
@@ -122,7 +122,6 @@ def _lint(folder: Path) -> list[Diagnostic]:
     return [*found, *run_checks(deployment, partial=partial)]
 
 
-@settings(max_examples=150)
 @given(mutated())
 def test_any_mutation_loads_or_yields_diagnostics(case: tuple[str, str]) -> None:
     name, text = case
