@@ -22,16 +22,19 @@ class Board:
     onewire: int
     max_sensors: int
     max_actuators: int
+    #: pins on ADC1: analog probes read only there (ADC2 is taken by Wi-Fi)
+    adc: frozenset[int] = frozenset()
 
     def known(self, gpio: int) -> bool:
         return gpio in self.reserved or gpio in self.usable or gpio in self.input_only
 
     def pins_text(self) -> str:
         """The usable pins as people write them: ``4, 5, 14-19, 21``."""
-        return _ranges(sorted(self.usable))
+        return pin_ranges(sorted(self.usable))
 
 
-def _ranges(pins: list[int]) -> str:
+def pin_ranges(pins: list[int]) -> str:
+    """``[4, 5, 14, 15, 16]`` -> ``"4-5, 14-16"``."""
     out: list[str] = []
     start = prev = None
     for p in [*pins, None]:
@@ -55,6 +58,7 @@ BOARDS: dict[str, Board] = {
         onewire=4,
         max_sensors=20,
         max_actuators=12,
+        adc=frozenset({32, 33, 34, 35, 36, 37, 38, 39}),
     ),
     "xiao_esp32c3": Board(
         name="xiao_esp32c3",
@@ -66,8 +70,13 @@ BOARDS: dict[str, Board] = {
         onewire=6,
         max_sensors=10,
         max_actuators=6,
+        adc=frozenset({2, 3, 4}),
     ),
 }
+
+
+#: sensor types whose raw value is an ADC reading (PROTOCOL.md: "Analog sensors")
+ANALOG_TYPES = frozenset({"ph", "ec", "moisture"})
 
 
 def board(name: str | None) -> Board | None:

@@ -20,7 +20,7 @@ from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
-from engine.config.boards import BOARDS, Board, board
+from engine.config.boards import ANALOG_TYPES, BOARDS, Board, board, pin_ranges
 from engine.diagnostics import Diagnostic, Severity
 from engine.model import (
     NOWHERE,
@@ -70,6 +70,7 @@ TOO_MANY_SENSORS = "K415"
 TOO_MANY_ACTUATORS = "K416"
 UNKNOWN_BOARD = "K417"
 I2C_PIN = "K418"
+ADC_PIN = "K419"
 
 VALUE_OUT_OF_RANGE = "K420"
 VALUE_OUTSIDE_PWM = "K421"
@@ -390,6 +391,10 @@ def _devices(ctx: _Context) -> None:
             continue
         for s in dev.sensors:
             _pin(ctx, b, s.gpio, f"sensor {s.ref}", s.pos, actuator=False)
+            if _analog(s) and b.adc and s.gpio not in b.adc and b.known(s.gpio) and s.gpio not in b.reserved:
+                ctx.emit(ADC_PIN, "warning",
+                         f"analog sensor {s.ref} ({s.type}) on GPIO {s.gpio}, which has no ADC1 channel on {b.name}: "
+                         "it cannot read while Wi-Fi is on", s.pos, f"analog pins: {pin_ranges(sorted(b.adc))}")
             if s.i2c_address is not None and s.gpio not in b.i2c:
                 ctx.emit(I2C_PIN, "warning",
                          f"I2C sensor {s.ref} on GPIO {s.gpio}, but the I2C bus of {b.name} is on "
@@ -408,6 +413,15 @@ def _devices(ctx: _Context) -> None:
             ctx.emit(TOO_MANY_ACTUATORS, "error",
                      f"device {dev.name!r} declares {len(dev.actuators)} actuators; {b.name} takes at most "
                      f"{b.max_actuators}", extra_a.pos, "split them over two boards", related=dev.pos)
+
+
+def _analog(s: Sensor) -> bool:
+    try:
+        from sensors import registry
+
+        return registry.resolve(s.type)[0].name in ANALOG_TYPES
+    except Exception:
+        return False
 
 
 def _pin(ctx: _Context, b: Board, gpio: int, what: str, pos: Position, *, actuator: bool) -> None:

@@ -407,3 +407,11 @@ def test_a_broken_model_becomes_a_finding_not_an_exception() -> None:
     found = check(rule("a", weird, on("north.fan")))
     assert found and all(d.code == "K499" for d in found)
     assert run_checks(None)[0].code == "K499"  # type: ignore[arg-type]
+
+
+def test_analog_probe_needs_adc1() -> None:
+    dev = replace(NORTH, sensors=(*NORTH.sensors, S("north", "ph", 27, "ph", pos=P(8))))
+    found = check(rule("a", cmp("north.air_temp", "above", 28), on("north.fan")), devices=(dev,))
+    assert codes(found) == ["K419"] and "32-39" in found[0].hint
+    unnamed = replace(dev, board=None)
+    assert check(rule("a", cmp("north.air_temp", "above", 28), on("north.fan")), devices=(unnamed,)) == []
