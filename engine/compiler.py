@@ -58,6 +58,8 @@ MAX_TERMS = 256
 #: partition limits: rules per ruleset and distinct constants per field
 MAX_RULES_PER_PARTITION = 48
 MAX_DISTINCT_PER_FIELD = 400
+#: average rules per ruleset (content-defined cut points)
+CHUNK = 16
 
 # --------------------------------------------------------------------------
 # Values
@@ -437,27 +439,23 @@ def _make_partition(terms: list[Term]) -> Partition:
 def partition(terms_by_rule: dict[str, tuple[Term, ...]]) -> tuple[Partition, ...]:
     """Pack rules into small rulesets.
 
-    Rules are grouped by their first fact and the groups laid out in fact order;
-    a boundary falls after a group whose fact hashes to 0 mod 8 (content-defined,
-    so editing one rule changes only its neighbourhood and a reload recompiles
-    only that), or when a ruleset would exceed the size or distinct-value limits.
+    Rules are laid out by their first fact (so one sensor's rules sit together) and
+    cut where a rule's name hashes to 0 mod ``CHUNK`` (content-defined boundaries:
+    editing one rule changes only its neighbourhood, and a reload recompiles only
+    that), or where a ruleset would exceed the size or distinct-value limits.
     """
-    groups: dict[str, list[str]] = {}
-    for rule, terms in terms_by_rule.items():
-        first = min((f for t in terms for f in t.facts), default="")
-        groups.setdefault(first, []).append(rule)
+    order = sorted(terms_by_rule, key=lambda r: (min((f for t in terms_by_rule[r] for f in t.facts), default=""), r))
     out: list[Partition] = []
     cur: list[Term] = []
     cur_rules = 0
-    for first in sorted(groups):
-        for rule in sorted(groups[first]):
-            rterms = list(terms_by_rule[rule])
-            if cur and (cur_rules + 1 > MAX_RULES_PER_PARTITION or not _distinct_ok(cur + rterms)):
-                out.append(_make_partition(cur))
-                cur, cur_rules = [], 0
-            cur.extend(rterms)
-            cur_rules += 1
-        if cur and zlib.crc32(first.encode()) % 8 == 0:
+    for rule in order:
+        rterms = list(terms_by_rule[rule])
+        if cur and (cur_rules + 1 > MAX_RULES_PER_PARTITION or not _distinct_ok(cur + rterms)):
+            out.append(_make_partition(cur))
+            cur, cur_rules = [], 0
+        cur.extend(rterms)
+        cur_rules += 1
+        if zlib.crc32(rule.encode()) % CHUNK == 0:
             out.append(_make_partition(cur))
             cur, cur_rules = [], 0
     if cur:

@@ -653,6 +653,8 @@ class Engine(BaseEngine):
     def _sensor_fact(self, ref: str, now: float) -> set[str]:
         v = self.usable(ref, now)
         self._schedule(f"stale:{ref}", self._stale_at(ref) if v is not None else None)
+        if not self._net.mentions(f"s:{ref}"):
+            return set()
         fields: dict[str, object] = {"ok": 1, "v": v} if v is not None else {"ok": 0, "v": 0}
         return self._net.set_fact(f"s:{ref}", fields)
 
@@ -711,8 +713,11 @@ class Engine(BaseEngine):
         return self._net.is_true(rule)
 
     def _on_sensor(self, ref: str, now: float) -> set[str]:
-        aff = self._sensor_fact(ref, now) if self._net.mentions(f"s:{ref}") else set()
-        for key in self._atoms_by_sensor.get(ref, ()):
+        atoms = self._atoms_by_sensor.get(ref, ())
+        if not atoms and not self._net.mentions(f"s:{ref}"):
+            return set()
+        aff = self._sensor_fact(ref, now)
+        for key in atoms:
             aff |= self._compute(key, now)
         return aff
 
@@ -796,6 +801,8 @@ class Engine(BaseEngine):
     def _refresh(self, now: float) -> None:
         """Recompute every fact from the carried-over state (restore, reload)."""
         self._heap, self._due = [], {}
+        for ref in sorted(self._atoms_by_sensor):
+            self._sensor_fact(ref, now)
         for fid in list(self._net_facts()):
             kind, _, name = fid.partition(":")
             if kind == "s":
