@@ -37,7 +37,6 @@ from engine.adapters.mqtt import MqttLink
 from engine.adapters.store import QueryResult, Store
 from engine.adapters.ws import ControlRefused, Hub
 from engine.clock import Clock, SystemClock
-from engine.config import load_deployment
 from engine.config.settings import Settings, load_settings
 from engine.diagnostics import Diagnostic, render
 from engine.errors import ConfigError, KaiserError, StoreError
@@ -106,8 +105,10 @@ def version_of(rules_dir: Path) -> Version:
 
 def load_rules(rules_dir: Path, tz: str) -> tuple[Deployment, list[Diagnostic], Version]:
     """Load and check a document set; the caller refuses it when any finding is an error."""
+    from engine.config.lint import lint  # loader + every semantic check, as `kaiser lint`
+
     version = version_of(rules_dir)
-    deployment, diagnostics = load_deployment(rules_dir, tz)
+    deployment, diagnostics = lint(rules_dir, tz)
     return deployment, diagnostics, version
 
 
@@ -429,13 +430,13 @@ class Server:
         for r in routed.readings:
             self.metrics.readings += 1
             store.reading(r, esp)
-            out = kaiser.receive(r, now)
-            if out:
-                self._apply(out, now)
             if hub is not None and hub.clients:
                 hub.publish(f"sensor_data/{esp}", "sensor_data",
                             {"esp_id": esp, "sensor": r.sensor, "value": r.value, "unit": r.unit,
                              "quality": r.quality, "retained": r.retained}, r.ts)
+            out = kaiser.receive(r, now)
+            if out:
+                self._apply(out, now)
         for u in routed.unmapped:
             self._on_unmapped(u, now)
 

@@ -1,0 +1,158 @@
+"""The server's WebSocket/HTTP port, control messages, reload, broker restart, queries."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import aiomqtt
+import pytest
+from websockets.asyncio.client import connect
+
+from engine.adapters.broker import EmbeddedBroker
+from engine.app import Server, run_query
+
+from .conftest import RULES, Board, make_settings
+
+pytestmark = [pytest.mark.integration, pytest.mark.anyio]
+
+NORTH, SOUTH = "ESP_00A1B2", "ESP_00C3D4"
+
+
+async def _next(ws: Any, pred: Any, timeout: float = 10.0) -> dict[str, Any]:
+    async with asyncio.timeout(timeout):
+        while True:
+            ev = json.loads(await ws.recv())
+            if pred(ev):
+                return ev  # type: ignore[no-any-return]
+
+
+def _http(url: str) -> tuple[int, str]:
+    with urllib.request.urlopen(url, timeout=5) as r:
+        return r.status, r.read().decode()
+
+
+async def test_websocket_streams_readings_and_commands_and_takes_control(server: Server, board: Board) -> None:
+    assert server.hub is not None
+    async with connect(server.hub.url) as ws:
+        await ws.send(json.dumps({"type": "subscribe", "topic": f"sensor_data/{NORTH}"}))
+        await ws.send(json.dumps({"type": "subscribe", "topic": "actuator_command/+"}))
+        await ws.send(json.dumps({"type": "subscribe", "topic": "logic_execution/#"}))
+        await _next(ws, lambda e: e["event_type"] == "subscribed" and e["data"]["topic"].startswith("logic"))
+        await board.heartbeat(SOUTH)
+        await board.reading(NORTH, 4, "ds18b20", 30 * 16)
+        ev = await _next(ws, lambda e: e["event_type"] == "sensor_data")
+        assert ev["data"]["sensor"] == "north.air_temp" and ev["data"]["value"] == 30.0
+        ev = await _next(ws, lambda e: e["event_type"] == "actuator_command")
+        assert ev["topic"] == f"actuator_command/{SOUTH}" and ev["data"]["rule"] == "cool-south-when-north-hot"
+        # a manual command, guarded like any other
+        await ws.send(json.dumps({"type": "command", "actuator": "south.vent", "set": 0.4, "for": "30s"}))
+        ev = await _next(ws, lambda e: e["event_type"] in ("control_result", "error"))
+        assert ev["event_type"] == "control_result"
+        _, p = await board.expect(lambda t, p: t.endswith(f"{SOUTH}/actuator/25/command"))
+        assert p == {"command": "PWM", "value": 0.4, "duration": 30}
+        # emergency stop: broadcast on the wire; then manual ON is refused with the guard's code
+        await ws.send(json.dumps({"type": "emergency_stop", "reason": "test"}))
+        await _next(ws, lambda e: e["event_type"] == "control_result")
+        await board.expect(lambda t, p: t == "kaiser/broadcast/emergency")
+        await ws.send(json.dumps({"type": "command", "actuator": "south.fan", "set": "on"}))
+        ev = await _next(ws, lambda e: e["event_type"] in ("control_result", "error"))
+        assert ev["event_type"] == "error" and "EMERGENCY_STOP_ACTIVE" in ev["data"]["message"]
+        await ws.send(json.dumps({"type": "command", "actuator": "south.nothing", "set": "on"}))
+        ev = await _next(ws, lambda e: e["event_type"] in ("control_result", "error"))
+        assert ev["event_type"] == "error"
+        await ws.send(json.dumps({"type": "reset_emergency"}))
+        ev = await _next(ws, lambda e: e["event_type"] in ("control_result", "error"))
+        assert ev["event_type"] == "control_result"
+    assert server.store is not None
+    server.store.flush()
+    blocked = server.store.query("SELECT code, source FROM commands WHERE outcome='blocked'").rows
+    assert ("EMERGENCY_STOP_ACTIVE", "manual") in blocked
+
+
+async def test_health_metrics_and_read_only_query_while_the_server_writes(server: Server, board: Board) -> None:
+    assert server.hub is not None
+    base = f"http://127.0.0.1:{server.hub.port}"
+    status, body = await asyncio.to_thread(_http, base + "/health")
+    health = json.loads(body)
+    assert status == 200 and health["mqtt"]["connected"] is True and health["rules_version"] == server.version.id  # type: ignore[union-attr]
+    for i in range(50):
+        await board.reading(NORTH, 4, "ds18b20", (20 + i % 5) * 16)
+    settings = server.settings
+    settings = type(settings)(kaiser=settings.kaiser, mqtt=settings.mqtt, store=settings.store,
+                              websocket=type(settings.websocket)(listen=f"127.0.0.1:{server.hub.port}"))
+
+    async def count() -> int:
+        res = await asyncio.to_thread(run_query, settings, "SELECT count(*) FROM readings")
+        return int(res.rows[0][0])
+
+    async with asyncio.timeout(10):
+        while await count() < 50:
+            await asyncio.sleep(0.05)
+    with pytest.raises(Exception, match="read-only"):
+        await asyncio.to_thread(run_query, settings, "DELETE FROM readings")
+    status, text = await asyncio.to_thread(_http, base + "/metrics")
+    assert "kaiser_readings_total" in text and "kaiser_mqtt_connected 1" in text
+
+
+async def test_reload_only_replaces_the_rules_when_the_new_version_is_clean(server: Server, board: Board,
+                                                                            rules_dir: Path) -> None:
+    assert server.hub is not None and server.version is not None
+    first = server.version.id
+    async with connect(server.hub.url) as ws:
+        await ws.send(json.dumps({"type": "subscribe", "topic": "system"}))
+        await _next(ws, lambda e: e["event_type"] == "subscribed")
+        (rules_dir / "rules.yaml").write_text(RULES + "\n  - name: broken\n    when: {sensor: north.nope, above: 1}\n"
+                                              "    then: [{actuator: south.fan, set: on}]\n")
+        assert await server.reload() is False
+        ev = await _next(ws, lambda e: e["data"].get("kind") == "reload")
+        assert "refused" in ev["data"]["message"] and ev["data"]["data"]["errors"]
+        assert server.version.id == first
+        (rules_dir / "rules.yaml").write_text(RULES.replace("above: 28", "above: 40"))
+        assert await server.reload() is True
+        assert server.version.id != first
+    await board.heartbeat(SOUTH)
+    await board.reading(NORTH, 4, "ds18b20", 30 * 16)  # 30 is no longer hot enough
+    await board.reading(NORTH, 4, "ds18b20", 41 * 16)
+    await board.expect(lambda t, p: t.endswith(f"{SOUTH}/actuator/5/command"))
+    assert server.store is not None
+    server.store.flush()
+    rows = server.store.query("SELECT ok FROM config_versions ORDER BY loaded_at").rows
+    assert [r[0] for r in rows] == [True, False, True]
+
+
+async def test_the_server_rides_out_a_broker_restart(kaiser_id: str, rules_dir: Path, tmp_path: Path) -> None:
+    broker = EmbeddedBroker()
+    await broker.start()
+    settings = make_settings(kaiser_id, broker.url, rules_dir, tmp_path / "k.duckdb")
+    server = Server(settings, watch=False, websocket=False)
+    await server.start()
+    try:
+        async with aiomqtt.Client(broker.host, broker.port) as c:
+            await c.publish(f"kaiser/{kaiser_id}/esp/{NORTH}/sensor/4/data",
+                            json.dumps({"gpio": 4, "sensor_type": "ds18b20", "raw": 320, "raw_mode": True}), qos=1)
+        await broker.stop()
+        async with asyncio.timeout(10):
+            while server.mqtt is not None and server.mqtt.connected:
+                await asyncio.sleep(0.05)
+        await broker.start()
+        assert server.mqtt is not None
+        assert await server.mqtt.wait_connected(20)
+        async with aiomqtt.Client(broker.host, broker.port) as c:
+            await c.subscribe(f"kaiser/{kaiser_id}/esp/{SOUTH}/actuator/+/command", qos=1)
+            b = Board(c, kaiser_id)
+            await b.heartbeat(SOUTH)
+            await b.reading(NORTH, 4, "ds18b20", 30 * 16)
+            async with asyncio.timeout(10):
+                async for m in c.messages:
+                    if m.topic.value.endswith("/actuator/5/command"):
+                        break
+        assert server.store is not None
+        server.store.flush()
+        assert server.store.query("SELECT count(*) FROM readings").rows[0][0] == 2  # nothing lost
+    finally:
+        await server.stop()
+        await broker.stop()
