@@ -87,9 +87,10 @@ class _Header:
         return self.retained
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class SensorValue:
-    """One value of one sensor as the firmware sent it (not yet processed)."""
+class SensorValue(NamedTuple):
+    """One value of one sensor as the firmware sent it (not yet processed).
+
+    Immutable (a named tuple: built once per reading on the hot path)."""
 
     gpio: int
     sensor_type: str  # wire name, lower-case (alias not resolved: see sensors.registry)
@@ -98,8 +99,8 @@ class SensorValue:
     raw_mode: bool | None = None  # None: not sent
     unit: str = ""
     quality: str | None = None  # None: not sent or unknown
-    ts: float  # Unix seconds (receive time for uptime stamps)
-    ts_kind: str  # "unix_s" | "unix_ms" | "uptime" | "none"
+    ts: float = 0.0  # Unix seconds (receive time for uptime stamps)
+    ts_kind: str = "none"  # "unix_s" | "unix_ms" | "uptime" | "none"
     device_ts: float | None = None  # the time field as sent
     seq: int | None = None
     zone_id: str | None = None
@@ -320,8 +321,21 @@ class _Topic(NamedTuple):
     subzone: str | None
 
 
+_TOPICS: dict[str, _Topic] = {}  # bounded cache: boards repeat the same few topics
+
+
 def parse_topic(topic: str) -> _Topic:
     """Split an ESP-to-server topic. Raises _Bad (internal) when not understood."""
+    t = _TOPICS.get(topic)
+    if t is None:
+        t = _parse_topic(topic)
+        if len(_TOPICS) >= 65536:
+            _TOPICS.clear()
+        _TOPICS[topic] = t
+    return t
+
+
+def _parse_topic(topic: str) -> _Topic:
     parts = topic.split("/")
     n = len(parts)
     if n < 5 or parts[0] != "kaiser":
@@ -477,12 +491,12 @@ def _time(d: Mapping[str, Any], received_at: float) -> tuple[float, str, float |
         key = "timestamp"
     if v is None:
         return received_at, "none", None
-    t = _number(v, key)
+    t = v if v.__class__ is int else _number(v, key)
     if t < 0:
         raise _Bad(f"{key} must not be negative, got {t!r}")
     tv = d.get("time_valid")
     ts, kind = classify_ts(t, received_at, tv if tv.__class__ is bool else None)
-    return ts, kind, t
+    return ts, kind, float(t)
 
 
 def _i2c(v: object) -> int | None:
@@ -511,47 +525,67 @@ def normalize_onewire(v: object) -> str | None:
 # Decoders per kind
 
 
+_QUALITY = {q: q for q in QUALITIES}
+_TYPE_NAMES: dict[str, str] = {}  # wire spelling -> lower-case name (bounded cache)
+
+
+def _type_name(st: object) -> str:
+    hit = _TYPE_NAMES.get(st) if st.__class__ is str else None
+    if hit is not None:
+        return hit
+    if st.__class__ is not str or not st.strip():
+        raise _Bad("missing sensor_type" if st is None else f"sensor_type must be a non-empty string, got {_short(st)}")
+    name = st.strip().lower()
+    if len(_TYPE_NAMES) < 4096:
+        _TYPE_NAMES[st] = name
+    return name
+
+
 def _sensor_value(d: Any, gpio_topic: int | None, top: Mapping[str, Any] | None,
                   zone: str | None, sub: str | None, received_at: float) -> SensorValue:
     if d.__class__ is not dict:
         raise _Bad(f"a reading must be a JSON object, got {type(d).__name__}")
-    gpio = _gpio_field(d, gpio_topic)
-    st = d.get("sensor_type")
-    if st.__class__ is not str or not st.strip():
-        raise _Bad("missing sensor_type" if st is None else f"sensor_type must be a non-empty string, got {_short(st)}")
-    raw = d.get("raw")
+    get = d.get
+    gpio = get("gpio")
+    if gpio.__class__ is not int or not 0 <= gpio <= GPIO_MAX or (gpio_topic is not None and gpio != gpio_topic):
+        gpio = _gpio_field(d, gpio_topic)
+    st = _type_name(get("sensor_type"))
+    raw = get("raw")
     if raw is None:
-        raw = d.get("raw_value")
-        if raw is not None:
+        raw = get("raw_value")
+        if raw is not None and raw.__class__ is not float:
             raw = _number(raw, "raw_value")
-    else:
+    elif raw.__class__ is not float:
         raw = _number(raw, "raw")
-    value = d.get("value")
+    value = get("value")
     if value is None:
-        value = d.get("processed_value")
-        if value is not None:
+        value = get("processed_value")
+        if value is not None and value.__class__ is not float:
             value = _number(value, "processed_value")
-    else:
+    elif value.__class__ is not float:
         value = _number(value, "value")
-    if raw is None and value is None:
-        raise _Bad("a reading needs raw (raw_value) or value (processed_value)")
-    raw_mode = _opt_bool(d, "raw_mode")
+    if raw is None:
+        if value is None:
+            raise _Bad("a reading needs raw (raw_value) or value (processed_value)")
+    elif raw.__class__ is float and not math.isfinite(raw):
+        raise _Bad(f"raw must be a finite number, got {raw!r}")
+    if value.__class__ is float and not math.isfinite(value):
+        raise _Bad(f"value must be a finite number, got {value!r}")
+    raw_mode = get("raw_mode")
+    if raw_mode is not None and raw_mode is not True and raw_mode is not False:
+        raw_mode = _opt_bool(d, "raw_mode")
     if raw_mode and raw is None:
         raise _Bad("raw_mode is true but no raw value was sent")
-    if "ts" in d or "timestamp" in d or top is None:
+    if top is None or "ts" in d or "timestamp" in d:
         ts, kind, dts = _time(d, received_at)
     else:
         ts, kind, dts = _time(top, received_at)
-    q = d.get("quality")
-    if q.__class__ is str:
-        q = q.lower()
-        if q not in QUALITIES:
-            q = None
-    else:
-        q = None
-    unit = d.get("unit")
-    zid = d.get("zone_id")
-    sid = d.get("subzone_id")
+    q = get("quality")
+    if q is not None:
+        q = (_QUALITY.get(q) or _QUALITY.get(q.lower())) if q.__class__ is str else None
+    unit = get("unit")
+    zid = get("zone_id")
+    sid = get("subzone_id")
     if top is not None:
         if zid is None:
             zid = top.get("zone_id")
@@ -561,24 +595,17 @@ def _sensor_value(d: Any, gpio_topic: int | None, top: Mapping[str, Any] | None,
         zid = zone
     if sid.__class__ is not str or not sid:
         sid = sub
-    i2c = d.get("i2c_address")
-    ow = d.get("onewire_address")
+    i2c = get("i2c_address")
+    ow = get("onewire_address")
+    seq = get("seq")
     return SensorValue(
-        gpio=gpio,
-        sensor_type=st if st.islower() and st.isascii() and " " not in st else st.strip().lower(),
-        raw=raw,
-        value=value,
-        raw_mode=raw_mode,
-        unit=unit if unit.__class__ is str else "",
-        quality=q,
-        ts=ts,
-        ts_kind=kind,
-        device_ts=dts,
-        seq=_soft_int(d, "seq"),
-        zone_id=zid,
-        subzone_id=sid,
-        i2c_address=None if i2c is None else _i2c(i2c),
-        onewire_address=None if ow is None else normalize_onewire(ow),
+        gpio, st, raw, value, raw_mode,
+        unit if unit.__class__ is str else "",
+        q, ts, kind, dts,
+        seq if seq.__class__ is int else _soft_int(d, "seq") if seq is not None else None,
+        zid, sid,
+        None if i2c is None else _i2c(i2c),
+        None if ow is None else normalize_onewire(ow),
     )
 
 

@@ -18,10 +18,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-import sensors
 from engine.codec import Outgoing, SensorData, SensorValue, encode_command, normalize_onewire
 from engine.errors import UnknownSensorType
 from engine.model import Actuator, Command, Deployment, Device, Reading, Sensor
+from sensors import grade_quantity, run
 from sensors.common import worse
 from sensors.registry import Quantity, SensorType, resolve
 
@@ -62,6 +62,17 @@ class _Slot:
     onewire: str | None
 
 
+@dataclass(frozen=True, slots=True)
+class _Target:
+    """Where the values of one (esp, gpio, wire type, address) go."""
+
+    ref: str
+    lib: SensorType
+    quantity: Quantity
+    calibration: Mapping[str, float]
+    params: Mapping[str, float]
+
+
 class Router:
     """Routing tables of one deployment. ``route(msg)`` is the hot path."""
 
@@ -73,6 +84,7 @@ class Router:
         self._act_by_ref: dict[str, tuple[str, int, str]] = {}
         #: sensors whose declared type no library knows (lint reports them): ref -> type
         self.unknown_types: dict[str, str] = {}
+        self._cache: dict[tuple[str, int, str, int | None, str | None], _Target | tuple[str, str, str | None]] = {}
         for dev in deployment.devices.values():
             self._devices[dev.esp_id] = dev
             for s in dev.sensors:
@@ -111,31 +123,43 @@ class Router:
 
     def reading(self, esp_id: str, v: SensorValue, *, retained: bool = False) -> Reading | Unmapped:
         """One value -> Reading with its ref, or Unmapped saying why."""
+        key = (esp_id, v.gpio, v.sensor_type, v.i2c_address, v.onewire_address)
+        hit = self._cache.get(key)
+        if hit is None:
+            hit = self._target(esp_id, v)
+            if len(self._cache) >= 65536:  # unknown boards could grow it without bound
+                self._cache.clear()
+            self._cache[key] = hit
+        if hit.__class__ is not _Target:
+            why, message, device = hit  # type: ignore[misc]
+            return Unmapped(esp_id, v.gpio, v.sensor_type, why, message, v, device)
+        t: _Target = hit
+        raw = v.raw
+        if raw is not None and (v.raw_mode is not False or v.value is None):
+            p = run(t.lib, t.quantity, raw, t.calibration, t.params)
+        else:
+            p = grade_quantity(t.quantity, v.value)
+        q = p.quality if v.quality is None else worse(v.quality, p.quality)
+        return Reading(t.ref, p.value, v.ts, q, p.unit, retained)
+
+    def _target(self, esp_id: str, v: SensorValue) -> _Target | tuple[str, str, str | None]:
+        """Where values like ``v`` go: a _Target, or (why, message, device name)."""
         slots = self._slots.get((esp_id, v.gpio))
         if slots is None:
             dev = self._devices.get(esp_id)
             if dev is None:
-                return Unmapped(esp_id, v.gpio, v.sensor_type, "device",
-                                f"{esp_id} is not in the device map", v)
-            return Unmapped(esp_id, v.gpio, v.sensor_type, "sensor",
-                            f"device {dev.name} ({esp_id}) has no sensor on gpio {v.gpio}", v, dev.name)
+                return "device", f"{esp_id} is not in the device map", None
+            return "sensor", f"device {dev.name} ({esp_id}) has no sensor on gpio {v.gpio}", dev.name
         try:
             wire_lib, wire_q = resolve(v.sensor_type)
         except UnknownSensorType:
             wire_lib, wire_q = None, None
         slot, quantity, problem = self._pick(slots, v, wire_lib, wire_q)
         if slot is None:
-            dev = self._devices[esp_id]
-            why, message = problem
-            return Unmapped(esp_id, v.gpio, v.sensor_type, why, message, v, dev.name)
+            return problem[0], problem[1], self._devices[esp_id].name
         s = slot.sensor
         ref = f"{s.device}.{s.name}.{quantity}" if slot.multi else f"{s.device}.{s.name}"
-        if v.needs_processing:
-            p = sensors.process(slot.lib.name, v.raw, s.calibration, slot.params, quantity=quantity)
-        else:
-            p = sensors.grade(slot.lib.name, v.value, quantity=quantity)
-        q = p.quality if v.quality is None else worse(v.quality, p.quality)
-        return Reading(ref, p.value, v.ts, q, p.unit, retained)
+        return _Target(ref, slot.lib, slot.lib.quantity(quantity), s.calibration, slot.params)
 
     def _pick(self, slots: list[_Slot], v: SensorValue, wire_lib: SensorType | None,
               wire_q: str | None) -> tuple[_Slot | None, str, tuple[str, str]]:

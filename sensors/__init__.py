@@ -12,7 +12,6 @@ knows. See docs/sensors.md for every type, its formula and its calibration.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 
 from engine.errors import UnknownSensorType
@@ -43,10 +42,10 @@ def plain(value: float) -> float | None:
     """A float whose repr needs no exponent (the rule network's JSON parser refuses
     ``1e-05`` and non-finite numbers): six decimals, |x| < 1e-4 -> 0.0, None when
     not finite or |x| >= 1e15."""
-    if not math.isfinite(value) or abs(value) >= 1e15:
+    if value - value != 0.0 or not -1e15 < value < 1e15:  # NaN, infinite, too large
         return None
     value = round(value, 6)
-    return 0.0 if abs(value) < 1e-4 else value + 0.0
+    return 0.0 if -1e-4 < value < 1e-4 else value
 
 
 def quantity_of(sensor_type: str, quantity: str | None = None) -> tuple[SensorType, Quantity]:
@@ -77,11 +76,23 @@ def process(sensor_type: str, raw: object, calibration: Mapping[str, float] | No
     UnknownSensorType for an unknown type.
     """
     st, q = quantity_of(sensor_type, quantity)
-    if raw.__class__ is float or (isinstance(raw, int | float) and not isinstance(raw, bool)):
-        r = float(raw)
+    return run(st, q, raw, calibration, params)
+
+
+def run(st: SensorType, q: Quantity, raw: object, calibration: Mapping[str, float] | None = None,
+        params: Mapping[str, float] | None = None) -> Processed:
+    """``process`` for an already resolved library and quantity (the router's hot path)."""
+    c = raw.__class__
+    if c is float:
+        r: float = raw  # type: ignore[assignment]
+    elif c is int or (isinstance(raw, int | float) and c is not bool):
+        try:
+            r = float(raw)  # type: ignore[arg-type]
+        except OverflowError:
+            return Processed(0.0, q.unit, "bad")
     else:
         return Processed(0.0, q.unit, "bad")
-    if not math.isfinite(r):
+    if r - r != 0.0:  # NaN or infinite
         return Processed(0.0, q.unit, "bad")
     try:
         p = st.process(r, calibration or _EMPTY, params or _EMPTY, q.name)
@@ -99,6 +110,8 @@ def process(sensor_type: str, raw: object, calibration: Mapping[str, float] | No
         return Processed(0.0, q.unit, "bad")
     if p.quality not in RANK:
         return Processed(v, q.unit, "bad")
+    if v == value and value.__class__ is float and p.unit is q.unit:
+        return p
     return Processed(v, p.unit, p.quality)
 
 
@@ -108,7 +121,11 @@ def grade(sensor_type: str, value: object, *, quantity: str | None = None) -> Pr
 
     Never raises for a bad value; raises UnknownSensorType for an unknown type.
     """
-    _st, q = quantity_of(sensor_type, quantity)
+    return grade_quantity(quantity_of(sensor_type, quantity)[1], value)
+
+
+def grade_quantity(q: Quantity, value: object) -> Processed:
+    """``grade`` for an already resolved quantity."""
     if isinstance(value, bool) or not isinstance(value, int | float):
         return Processed(0.0, q.unit, "bad")
     v = plain(float(value))
