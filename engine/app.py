@@ -921,6 +921,8 @@ def _setup_logging() -> None:
     level = os.environ.get("KAISER_LOG", "INFO").upper()
     logging.basicConfig(level=getattr(logging, level, logging.INFO),
                         format="%(asctime)s %(levelname)-7s %(name)s: %(message)s")
+    # websockets logs every HTTP GET (/health, /query) as a "rejected" handshake
+    logging.getLogger("websockets").setLevel(logging.WARNING)
 
 
 def _settings(args: argparse.Namespace) -> Settings | None:

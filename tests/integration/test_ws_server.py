@@ -27,7 +27,7 @@ async def _next(ws: Any, pred: Any, timeout: float = 10.0) -> dict[str, Any]:
         while True:
             ev = json.loads(await ws.recv())
             if pred(ev):
-                return ev  # type: ignore[no-any-return]
+                return ev
 
 
 def _http(url: str) -> tuple[int, str]:
