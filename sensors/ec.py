@@ -4,7 +4,8 @@ Formula: V = raw / 4095 * 3.3; EC = slope * V + offset in uS/cm (uncalibrated:
 slope 6060, offset 0), then divided by 1 + 0.02 * (T - 25) when a temperature
 is given, and clamped to 0..20000 uS/cm.
 
-Calibration: ``slope`` (uS/cm per volt), ``offset`` (uS/cm at 0 V).
+Calibration: ``slope`` (uS/cm per volt), ``offset`` (uS/cm at 0 V), optional
+``temperature`` (a fixed solution temperature, degC).
 Params: ``temperature`` (degC of the solution).
 Quality: bad for a raw value outside 0..4095; poor when pinned at 0 or 4095 or
 clamped; fair while uncalibrated; else good.
@@ -32,8 +33,9 @@ def process(raw: float, calibration: Mapping[str, float], params: Mapping[str, f
     calibrated = "slope" in calibration and "offset" in calibration
     ec = number(calibration, "slope", DEFAULT_SLOPE) * v + number(calibration, "offset", DEFAULT_OFFSET)
     grade = "good" if calibrated else "fair"
-    if params.get("temperature") is not None:
-        t = number(params, "temperature", 25.0)
+    src = params if params.get("temperature") is not None else calibration
+    if src.get("temperature") is not None:
+        t = number(src, "temperature", 25.0)
         factor = 1.0 + 0.02 * (t - 25.0)
         if -10.0 <= t <= 100.0 and math.isfinite(t) and factor > 0.0:
             ec = ec / factor
@@ -53,6 +55,7 @@ TYPE = register(SensorType(
     calibration={
         "slope": "µS/cm per volt at the ADC pin (two-point calibration; default 6060)",
         "offset": "µS/cm at 0 V (two-point calibration; default 0)",
+        "temperature": "fixed solution temperature in degC for compensation (a live value in params wins)",
     },
     params={"temperature": "solution temperature in degC; divides by 1 + 0.02 * (T - 25)"},
 ))

@@ -3,8 +3,9 @@
 Formula: litres = pulses / pulses_per_litre (default 450); the value is litres
 per minute over the counting window: L/min = litres / (window / 60).
 
-Calibration: ``pulses_per_litre`` (default 450).
-Params: ``window`` (seconds the pulses were counted over, default 60).
+Calibration: ``pulses_per_litre`` (default 450), ``window`` (seconds the
+firmware counts pulses over, default 60).
+Params: ``window`` (overrides the calibration's).
 Quality: bad for negative or fractional pulse counts, a window <= 0, or a flow
 above 30 L/min (the meter's rated maximum); else good.
 """
@@ -25,7 +26,7 @@ FLOW = Quantity("flow", "L/min", 0.0, 30.0)
 def process(raw: float, calibration: Mapping[str, float], params: Mapping[str, float],
             quantity: str) -> Processed:
     ppl = number(calibration, "pulses_per_litre", DEFAULT_PULSES_PER_LITRE)
-    window = number(params, "window", DEFAULT_WINDOW)
+    window = number(params, "window", number(calibration, "window", DEFAULT_WINDOW))
     if raw < 0.0 or raw != int(raw) or ppl <= 0.0 or window <= 0.0:
         return bad(FLOW)
     return ranged(FLOW, raw / ppl / (window / 60.0), "good")
@@ -37,6 +38,9 @@ TYPE = register(SensorType(
     quantities=(FLOW,),
     process=process,
     aliases=("yfs201", "yf-s201"),
-    calibration={"pulses_per_litre": "pulses the meter gives per litre (default 450)"},
+    calibration={
+        "pulses_per_litre": "pulses the meter gives per litre (default 450)",
+        "window": "seconds the firmware counts pulses over (default 60)",
+    },
     params={"window": "seconds the pulses were counted over (default 60)"},
 ))

@@ -5,7 +5,8 @@ firmware's generic probe curve applies: 7 - 3.5 * (V - 1.5), i.e. slope -3.5,
 offset 12.25. ``kaiser calibrate ph RAW1=REF1 RAW2=REF2`` computes both from two
 buffer solutions.
 
-Calibration: ``slope`` (pH per volt), ``offset`` (pH at 0 V).
+Calibration: ``slope`` (pH per volt), ``offset`` (pH at 0 V), optional
+``temperature`` (a fixed solution temperature, degC).
 Params: ``temperature`` (degC of the solution): Nernst compensation
 7 + (pH - 7) * 298.15 / (T + 273.15).
 Quality: bad for a raw value outside 0..4095; poor when pinned at 0 or 4095 or
@@ -39,9 +40,9 @@ def process(raw: float, calibration: Mapping[str, float], params: Mapping[str, f
     calibrated = "slope" in calibration and "offset" in calibration
     ph = number(calibration, "slope", DEFAULT_SLOPE) * v + number(calibration, "offset", DEFAULT_OFFSET)
     grade = "good" if calibrated else "fair"
-    t = params.get("temperature")
-    if t is not None:
-        tf = number(params, "temperature", 25.0)
+    src = params if params.get("temperature") is not None else calibration
+    if src.get("temperature") is not None:
+        tf = number(src, "temperature", 25.0)
         if -10.0 <= tf <= 100.0 and math.isfinite(tf):
             ph = temperature_compensate(ph, tf)
         else:
@@ -60,6 +61,7 @@ TYPE = register(SensorType(
     calibration={
         "slope": "pH per volt at the ADC pin (two-point calibration; default -3.5)",
         "offset": "pH at 0 V (two-point calibration; default 12.25)",
+        "temperature": "fixed solution temperature in degC for compensation (a live value in params wins)",
     },
     params={"temperature": "solution temperature in degC for Nernst compensation"},
 ))

@@ -240,3 +240,10 @@ def test_process_never_raises_and_values_are_finite(typ, raw, temp, window):
     assert math.isfinite(p.value)
     assert "e" not in repr(p.value).lower()
     assert p.quality in sensors.GRADES
+
+
+def test_fixed_temperature_and_window_from_the_device_map():
+    live = sensors.process("ec", 1000, None, {"temperature": 30.0}).value
+    assert sensors.process("ec", 1000, {"temperature": 30.0}).value == live
+    assert sensors.process("ec", 1000, {"temperature": 20.0}, {"temperature": 30.0}).value == live
+    assert sensors.process("flow", 450, {"window": 30}).value == 2.0
