@@ -20,9 +20,6 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any, TypeAlias
 
-from ruamel.yaml import YAML as _RuamelYAML
-from ruamel.yaml.error import YAMLError as _RuamelError
-
 from engine.diagnostics import Diagnostic
 from engine.model import Position
 
@@ -49,14 +46,8 @@ try:  # libyaml: fast C scanner/parser/composer
             return None
 
     _CLoader: Any = _FastLoader
-    _YAMLError: Any = _pyyaml.YAMLError
 except (ImportError, AttributeError):  # pragma: no cover - depends on the install
     _CLoader = None
-    _YAMLError = None
-
-_ANY_YAML_ERROR: tuple[type[BaseException], ...] = (_RuamelError,) + (
-    (_YAMLError,) if _YAMLError is not None else ()
-)
 
 
 # --------------------------------------------------------------------------
@@ -289,13 +280,13 @@ def parse_text(text: str, file: str, out: list[Diagnostic]) -> YNode | None:
         return None
     try:
         node = _compose(text)
-    except _ANY_YAML_ERROR as e:
-        out.append(_syntax_diagnostic(e, text, file))
-        return None
     except RecursionError:
         out.append(Diagnostic("K105", "error", "the YAML is nested too deeply", Position(file, 1, 1)))
         return None
     except Exception as e:  # a parser bug must not take the server down
+        if type(e).__module__.startswith(("yaml", "ruamel")):  # a YAMLError with marks
+            out.append(_syntax_diagnostic(e, text, file))
+            return None
         out.append(Diagnostic("K101", "error", f"cannot parse the YAML: {e}", Position(file, 1, 1)))
         return None
     if node is None:
@@ -310,8 +301,9 @@ def _compose(text: str) -> Any:
             return loader.get_single_node()
         finally:
             loader.dispose()
-    y = _RuamelYAML(typ="safe", pure=True)
-    return y.compose(text)
+    from ruamel.yaml import YAML  # only without libyaml: a slow, pure-Python composer
+
+    return YAML(typ="safe", pure=True).compose(text)
 
 
 def _syntax_diagnostic(e: BaseException, text: str, file: str) -> Diagnostic:
