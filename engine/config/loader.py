@@ -243,7 +243,11 @@ class _Loader:
                 ctx.error("K305", f"sensor type {tname!r} could not be resolved: {e}",
                           m.values["type"].pos)
             else:
-                canonical = st.name if quantity is None else tname.strip().lower()
+                if quantity is None:
+                    canonical = st.name
+                else:  # one quantity of a chip: its first firmware name (sht31_humidity)
+                    wire = st.quantity(quantity).wire_types
+                    canonical = wire[0].lower() if wire else tname.strip().lower()
                 if quantity is None and st.multi:
                     quantities = tuple(q.name for q in st.quantities)
         calibration: dict[str, float] = {}

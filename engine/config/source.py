@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 import re
+import stat
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any, TypeAlias
@@ -255,7 +256,11 @@ def read_yaml(path: Path, file: str, out: list[Diagnostic]) -> YNode | None:
     ``file`` is the name positions carry. Findings are appended to ``out``.
     """
     try:
-        size = path.stat().st_size
+        st = path.stat()
+        if not stat.S_ISREG(st.st_mode):  # a FIFO or device would block or never end
+            out.append(Diagnostic("K100", "error", "not a regular file", Position(file, 1, 1)))
+            return None
+        size = st.st_size
         if size > MAX_FILE_BYTES:
             out.append(Diagnostic(
                 "K103", "error",

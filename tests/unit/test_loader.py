@@ -589,3 +589,26 @@ def test_ruamel_fallback_gives_the_same_findings(tmp_path: Path, monkeypatch: py
     assert [(d.code, d.pos) for d in slow if d.code != "K101"] == \
         [(d.code, d.pos) for d in fast if d.code != "K101"]
     assert {d.code for d in slow} == {d.code for d in fast}
+
+
+def test_per_quantity_sensor_type_is_single_valued(tmp_path: Path) -> None:
+    dep, diags = load(tmp_path, {"a.yaml": """\
+        devices:
+          north:
+            esp_id: ESP_1
+            sensors:
+              hum: {gpio: 21, type: Humidity_SHT31, i2c_address: 0x44}
+              tank: {gpio: 4, type: temperature_ds18b20}
+        """})
+    assert diags == []
+    hum, tank = dep.devices["north"].sensors
+    assert (hum.type, hum.quantities, hum.refs()) == ("sht31_humidity", (), ("north.hum",))
+    assert tank.type == "ds18b20"
+
+
+def test_a_fifo_is_not_read(tmp_path: Path) -> None:
+    import os
+
+    os.mkfifo(tmp_path / "pipe.yaml")
+    _, diags = load_deployment(tmp_path)
+    assert one(diags, "K100").message == "not a regular file"
