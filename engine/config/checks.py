@@ -938,33 +938,33 @@ def _interlock_on(ctx: _Context, rule: Rule, a: SetActuator, on_here: dict[str, 
 
 
 def _opposites(ctx: _Context, ref: str, prio: int, drives: list[_Drive]) -> None:
-    """Warn once per pair of rules that drive ``ref`` apart at the same priority
-    under conditions we cannot prove disjoint."""
-    seen: set[tuple[int, int]] = set()
-    ons = [d for d in drives if d.value > 0.0]
-    offs = [d for d in drives if d.value == 0.0]
-    holds = [d for d in drives if d.rule.kind == "level"]
-    pairs: list[tuple[_Drive, _Drive]] = [(x, y) for x in ons for y in offs]
-    # two holds at different values fight for as long as both hold
-    for i, x in enumerate(holds):
-        for y in holds[i + 1:]:
-            if x.value != y.value and (x.value > 0.0) == (y.value > 0.0):
-                pairs.append((x, y))
-    for x, y in pairs:
-        if x.rule is y.rule:
+    """Warn when rules drive ``ref`` apart at the same priority under conditions we
+    cannot prove disjoint: at most once per rule (against the first earlier rule it
+    fights), so a crowded actuator gives a readable list, not every pair."""
+    ordered = sorted(drives, key=lambda d: (d.rule.index, d.rule.pos.file, d.rule.pos.line, d.action.pos.line))
+    warned: set[int] = set()  # rules already reported as the later one
+    for j, second in enumerate(ordered):
+        if id(second.rule) in warned:
             continue
-        key = (min(id(x.rule), id(y.rule)), max(id(x.rule), id(y.rule)))
-        if key in seen:
-            continue
-        if ctx.facts(x.rule).merged(ctx.facts(y.rule)).empty is not None:
-            continue
-        seen.add(key)
-        first, second = (x, y) if (x.rule.index, x.rule.pos.line) <= (y.rule.index, y.rule.pos.line) else (y, x)
-        ctx.emit(OPPOSITE_STATES, "warning",
-                 f"rules {first.rule.name!r} and {second.rule.name!r} both have priority {prio} and drive {ref} to "
-                 f"{_state(first.value)} and {_state(second.value)} under conditions that can hold together",
-                 second.action.pos, "give one a higher priority, or make their conditions exclusive",
-                 related=first.action.pos)
+        for first in ordered[:j]:
+            if first.rule is second.rule or not _fight(first, second):
+                continue
+            if ctx.facts(first.rule).merged(ctx.facts(second.rule)).empty is not None:
+                continue
+            ctx.emit(OPPOSITE_STATES, "warning",
+                     f"rules {first.rule.name!r} and {second.rule.name!r} both have priority {prio} and drive "
+                     f"{ref} to {_state(first.value)} and {_state(second.value)} under conditions that can hold "
+                     "together", second.action.pos, "give one a higher priority, or make their conditions exclusive",
+                     related=first.action.pos)
+            warned.add(id(second.rule))
+            break
+
+
+def _fight(x: _Drive, y: _Drive) -> bool:
+    """On against off; or two holds at different values (they fight as long as both hold)."""
+    if (x.value > 0.0) != (y.value > 0.0):
+        return True
+    return x.rule.kind == "level" and y.rule.kind == "level" and x.value != y.value
 
 
 def _state(v: float) -> str:

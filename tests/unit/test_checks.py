@@ -415,3 +415,11 @@ def test_analog_probe_needs_adc1() -> None:
     assert codes(found) == ["K419"] and "32-39" in found[0].hint
     unnamed = replace(dev, board=None)
     assert check(rule("a", cmp("north.air_temp", "above", 28), on("north.fan")), devices=(unnamed,)) == []
+
+
+def test_a_crowded_actuator_gives_one_warning_per_rule_at_most() -> None:
+    rules = [rule(f"r{i}", cmp("north.air_temp", "above", i), on("north.fan", 100 + i) if i % 2 else off("north.fan", 100 + i),
+                  line=100 + i) for i in range(60)]
+    found = check(*rules)
+    assert codes(found) == ["K430"] * 59
+    assert len({d.pos for d in found}) == 59
