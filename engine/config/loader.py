@@ -19,6 +19,8 @@ from typing import TypeVar
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from engine.actions import NOTIFY_LEVELS, actuator_state, build_action
+from engine.actions import REGISTRY as ACTION_TYPES
+from engine.conditions import REGISTRY as CONDITION_TYPES
 from engine.conditions import build_condition, compare
 from engine.config.fields import RULE_NAME_RE, Ctx, did_you_mean
 from engine.config.source import YMap, YNode, YScalar, YSeq, read_yaml, type_name
@@ -62,6 +64,8 @@ STEP_KEYS = ("at", "readings", "devices", "actuators")
 EXPECT_KINDS = ("command", "blocked", "notify", "no_command")
 DEFAULT_TEST_START = datetime(2026, 1, 1, tzinfo=UTC).timestamp()
 YAML_SUFFIXES = (".yaml", ".yml")
+_RULE_CHILD_KEYS = frozenset(
+    [k for c in CONDITION_TYPES for k in c.keys] + [k for a in ACTION_TYPES for k in a.keys])
 
 T = TypeVar("T")
 
@@ -461,8 +465,8 @@ class _Loader:
         m = ctx.map(node, "a rule")
         if m is None:
             return None
-        ctx.keys(m, RULE_KEYS, "a rule", required=("name",))
-        v = m.values
+        ctx.keys(m, RULE_KEYS, "a rule", required=("name",), children=_RULE_CHILD_KEYS)
+        v = dict(m.values)  # a copy: empty sections are dropped below
         name = ctx.name(v.get("name"), "rule name", RULE_NAME_RE,
                         "lower-case letters, digits, '_' and '-'")
         if name is not None and not self.named("rule").claim(ctx, "rule", name, v["name"].pos):
@@ -495,6 +499,12 @@ class _Loader:
         release: tuple[Action, ...] | None = None
         saved_parents = ctx.parents
         ctx.parents = [RULE_KEYS]
+        for k in (cond_key, act_key, "release"):
+            if k in v and isinstance(v[k], YScalar) and v[k].value is None:  # type: ignore[union-attr]
+                ctx.error("K203", f"{k!r} is empty", v[k].pos,
+                          hint=f"indent what belongs to {k!r} under it, deeper than {k!r} itself")
+                ok = False
+                del v[k]
         if cond_key in v:
             ctx.triggers_allowed = edge
             condition = build_condition(v[cond_key], ctx)

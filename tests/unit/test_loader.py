@@ -612,3 +612,29 @@ def test_a_fifo_is_not_read(tmp_path: Path) -> None:
     os.mkfifo(tmp_path / "pipe.yaml")
     _, diags = load_deployment(tmp_path)
     assert one(diags, "K100").message == "not a regular file"
+
+
+def test_indentation_hints_for_rules(tmp_path: Path) -> None:
+    _, diags = load(tmp_path, {"a.yaml": """\
+        rules:
+          - name: a
+            when:
+              sensor: north.t
+              above: 3
+              then: [{notify: x}]
+          - name: b
+            when: {every: 1m}
+            then:
+            - actuator: north.fan
+            set: on
+          - name: c
+            when:
+            sensor: north.t
+            above: 3
+            then: [{notify: x}]
+        """})
+    hints = {(d.code, d.pos.line, d.pos.col): d.hint for d in diags}
+    assert "belongs one level up" in hints[("K201", 6, 7)]
+    assert "belongs one level deeper" in hints[("K201", 11, 5)]
+    assert "indent what belongs to 'when' under it" in hints[("K203", 13, 10)]
+    assert "belongs one level deeper" in hints[("K201", 14, 5)]
