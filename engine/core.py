@@ -129,6 +129,7 @@ class BaseEngine:
         self._prev: dict[str, bool] = {}
         self._last_run: dict[str, float] = {}
         self._holds: dict[str, list[str]] = {}
+        self._held_by: dict[str, set[str]] = {}  # actuator -> rules holding it
         self._waits: list[tuple[float, int, str, str, int]] = []  # (due, seq, rule, list, index)
         self._wait_seq = 0
         self._switches: dict[str, list[float]] = {}
@@ -345,6 +346,8 @@ class BaseEngine:
         self._last_run[rule.name] = now
         if rule.kind == "level":
             self._holds[rule.name] = [a.actuator for a in rule.actions if isinstance(a, SetActuator)]
+            for ref in self._holds[rule.name]:
+                self._held_by.setdefault(ref, set()).add(rule.name)
         self._run_actions(rule, "hold" if rule.kind == "level" else "then", 0, batch)
         batch.out.runs.append(
             RuleRun(rule.name, now, trigger, tuple(C.describe_action(a) for a in rule.actions), "ran", self.version)
@@ -352,6 +355,12 @@ class BaseEngine:
 
     def _release(self, rule: Rule, batch: _Batch) -> None:
         held = self._holds.pop(rule.name, [])
+        for ref in held:
+            holders = self._held_by.get(ref)
+            if holders is not None:
+                holders.discard(rule.name)
+                if not holders:
+                    del self._held_by[ref]
         self._waits = [w for w in self._waits if not (w[2] == rule.name and w[3] == "hold")]
         if rule.release is not None:
             self._run_actions(rule, "release", 0, batch)
@@ -419,7 +428,7 @@ class BaseEngine:
         for p in batch.proposals:
             by_act.setdefault(p.command.actuator, []).append(p)
         for act, props in by_act.items():
-            holders = [self._rules[h] for h, refs in self._holds.items() if act in refs and h in self._rules]
+            holders = [self._rules[h] for h in self._held_by.get(act, ()) if h in self._rules]
             best: Rule | None = None
             for p in props:
                 if best is None or self._rank(p.rule) > self._rank(best):
@@ -539,12 +548,19 @@ class BaseEngine:
         self._prev = {k: bool(v) for k, v in dict(g("prev") or {}).items() if k in self._rules}  # type: ignore[call-overload]
         self._last_run = {k: float(v) for k, v in dict(g("last_run") or {}).items()}  # type: ignore[call-overload]
         self._holds = {k: list(v) for k, v in dict(g("holds") or {}).items() if k in self._rules}  # type: ignore[call-overload]
+        self._reindex_holds()
         self._waits = [(float(w[0]), int(w[1]), str(w[2]), str(w[3]), int(w[4])) for w in list(g("waits") or [])  # type: ignore[call-overload]
                        if w[2] in self._rules]
         self._wait_seq = int(g("wait_seq") or 0)  # type: ignore[call-overload]
         self._switches = {k: [float(t) for t in v] for k, v in dict(g("switches") or {}).items()}  # type: ignore[call-overload]
         self._suspended = set(g("suspended") or [])  # type: ignore[call-overload]
         self._truth_restore(dict(g("truth") or {}), now)  # type: ignore[call-overload]
+
+    def _reindex_holds(self) -> None:
+        self._held_by = {}
+        for name, refs in self._holds.items():
+            for ref in refs:
+                self._held_by.setdefault(ref, set()).add(name)
 
     def reload(self, deployment: Deployment, now: float) -> Decisions:
         """Switch to a new deployment, carrying over state; rules that are gone release
@@ -636,7 +652,10 @@ class Engine(BaseEngine):
         if due is None:
             self._due.pop(key, None)
             return
-        if self._due.get(key) == due:
+        cur = self._due.get(key)
+        if cur is not None and cur <= due:
+            # an earlier wake-up is pending: it recomputes and reschedules then
+            # (keeps the heap at about one entry per key under a stream of readings)
             return
         self._due[key] = due
         heapq.heappush(self._heap, (due, key))

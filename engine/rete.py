@@ -96,6 +96,7 @@ class Network:
 
     def __init__(self, program: Program) -> None:
         self._facts: dict[str, tuple[dict[str, object], str]] = {}
+        self._heads: dict[str, str] = {}
         self._seq = itertools.count(1)
         self._sets: dict[str, _Ruleset] = {}
         self._by_fact: dict[str, list[_Ruleset]] = {}
@@ -145,11 +146,19 @@ class Network:
         # facts nobody mentions any more are dropped (working memory stays bounded)
         for fid in [f for f in self._facts if f not in self._by_fact]:
             del self._facts[fid]
+            self._heads.pop(fid, None)
         return set(self._terms)
 
     def _store(self, fid: str, fields: dict[str, object]) -> str:
-        body = {"id": fid, **fields, "k": next(self._seq)}
-        text = dumps(body)
+        # hand-rolled encoding (the hot path): numbers never get an exponent
+        head = self._heads.get(fid)
+        if head is None:
+            head = self._heads[fid] = '{"id":' + json.dumps(fid)
+        parts = [head]
+        for name, v in fields.items():
+            parts.append(f',"{name}":{v if isinstance(v, int) else dumps(v)}')
+        parts.append(f',"k":{next(self._seq)}}}')
+        text = "".join(parts)
         self._facts[fid] = (fields, text)
         return text
 
