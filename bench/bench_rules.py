@@ -22,8 +22,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from engine.core import BaseEngine, Engine  # noqa: E402
-from engine.model import (  # noqa: E402
+from engine.core import BaseEngine, Engine
+from engine.model import (
     Actuator,
     All,
     Comparison,
@@ -38,7 +38,7 @@ from engine.model import (  # noqa: E402
     Sensor,
     SetActuator,
 )
-from engine.reference import ReferenceEngine  # noqa: E402
+from engine.reference import ReferenceEngine
 
 BOARDS = 1000
 SENSORS_PER_BOARD = 3
