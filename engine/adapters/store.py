@@ -173,6 +173,14 @@ def check_read_only(sql: str) -> None:
             raise StoreError(f"read-only: {kind} statements are not allowed (SELECT only)")
 
 
+def _plain(v: object) -> object:
+    if isinstance(v, Mapping):
+        return dict(v)
+    if isinstance(v, tuple):
+        return list(v)
+    return v
+
+
 def _dumps(v: object) -> str:
     return json.dumps(v, default=str, separators=(",", ":"))
 
@@ -327,12 +335,11 @@ class Store:
     def rule_run(self, run: RuleRun, latency_ms: float | None = None) -> None:
         self._add(
             "rule_runs",
-            (run.ts, run.rule, _dumps(dict(run.trigger)), _dumps(list(run.actions)), run.outcome,
-             latency_ms, run.config_version),
+            (run.ts, run.rule, run.trigger, run.actions, run.outcome, latency_ms, run.config_version),
         )
 
     def event(self, ev: Event) -> None:
-        self._add("events", (ev.ts, ev.kind, ev.severity, ev.subject, ev.message, _dumps(dict(ev.data))))
+        self._add("events", (ev.ts, ev.kind, ev.severity, ev.subject, ev.message, ev.data))
 
     def notification(self, n: Notification) -> None:
         self._add("notifications", (n.ts, n.level, n.text, n.rule))
@@ -405,9 +412,13 @@ class Store:
         cols = TABLES[table]
         columns = list(zip(*rows, strict=True))
         arrays = []
-        for (_col, _, typ), values in zip(cols, columns, strict=True):
+        for (_col, dtype, typ), values in zip(cols, columns, strict=True):
             if typ == _TS:
                 arrays.append(pa.array([int(v * 1_000_000) for v in values], pa.int64()).cast(_TS))
+            elif dtype == "JSON":
+                # serialised here, in the writer thread, not on the message path
+                arrays.append(pa.array([v if v is None or isinstance(v, str) else _dumps(_plain(v))
+                                        for v in values], typ))
             else:
                 arrays.append(pa.array(values, typ))
         batch = pa.Table.from_arrays(arrays, names=[c[0] for c in cols])  # noqa: F841 (read by DuckDB)
