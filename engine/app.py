@@ -537,8 +537,9 @@ class Server:
         link.uptime = hb.uptime
         known = link.device is not None
         if self.mqtt is not None:
+            # an unprovisioned board (kaiser//esp/...) listens under the empty kaiser id
             self.mqtt.publish(codec.encode_heartbeat_ack(
-                self.kaiser_id, hb.esp_id, server_time=now, status="online" if known else "pending_approval",
+                hb.kaiser_id if hb.kaiser_id == "" else self.kaiser_id, hb.esp_id, server_time=now, status="online" if known else "pending_approval",
                 config_available=known,
             ))
         self._seen(hb.esp_id, now)

@@ -156,3 +156,18 @@ async def test_the_server_rides_out_a_broker_restart(kaiser_id: str, rules_dir: 
     finally:
         await server.stop()
         await broker.stop()
+
+
+async def test_a_file_change_in_the_rules_dir_reloads(settings: Any, rules_dir: Path) -> None:
+    server = Server(settings, websocket=False, watch=True)
+    await server.start()
+    try:
+        assert server.version is not None
+        first = server.version.id
+        await asyncio.sleep(0.3)  # the watcher is up
+        (rules_dir / "rules.yaml").write_text(RULES.replace("above: 28", "above: 29"))
+        async with asyncio.timeout(15):
+            while server.version.id == first:
+                await asyncio.sleep(0.05)
+    finally:
+        await server.stop()
