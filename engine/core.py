@@ -134,6 +134,7 @@ class BaseEngine:
         self._wait_seq = 0
         self._switches: dict[str, list[float]] = {}
         self._suspended: set[str] = set()
+        self._reevaluate = False  # after restore: read every rule at the next step
         self._install(deployment)
 
     # ------------------------------------------------------------------ setup
@@ -301,7 +302,8 @@ class BaseEngine:
             batch.now = now
         self._now = now
         affected = self._advance(now)
-        if first:
+        if first or self._reevaluate:
+            self._reevaluate = False
             affected |= set(self._rules)
         if fire:
             affected |= apply()
@@ -555,6 +557,7 @@ class BaseEngine:
         self._switches = {k: [float(t) for t in v] for k, v in dict(g("switches") or {}).items()}  # type: ignore[call-overload]
         self._suspended = set(g("suspended") or [])  # type: ignore[call-overload]
         self._truth_restore(dict(g("truth") or {}), now)  # type: ignore[call-overload]
+        self._reevaluate = True
 
     def _reindex_holds(self) -> None:
         self._held_by = {}

@@ -68,12 +68,18 @@ class Kaiser:
         self._started = True
         if self._start is None:
             self._start = now
+        out.events.extend(self._compile_events(now))
         if self._assume_online:
             for dev in self.deployment.devices:
                 self._online[dev] = True
                 self._last_seen.setdefault(dev, now)
                 out.extend(self._apply(self.engine.device_state(dev, True, now), now))
         return out
+
+    def _compile_events(self, now: float) -> list[Event]:
+        """One critical event per rule the network could not take (it never runs)."""
+        return [Event(now, "rule", "critical", name, f"rule {name} is not running: {why}", {"rule": name})
+                for name, why in sorted(self.engine.errors().items())]
 
     def _apply(self, d: Decisions, now: float) -> Outputs:
         """Decisions -> guard -> Outputs."""
@@ -218,6 +224,7 @@ class Kaiser:
                     self._last_seen[dev] = now
                     self.engine.device_state(dev, True, now)
         out.extend(self._apply(self.engine.reload(deployment, now), now))
+        out.events.extend(self._compile_events(now))
         out.events.append(Event(now, "reload", "info", "", f"rules version {self.version} loaded",
                                 {"version": self.version, "rules": len(deployment.rules)}))
         return out
