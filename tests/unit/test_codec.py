@@ -554,3 +554,18 @@ def test_mutated_fixtures_never_raise(i, key, value, drop, received_at):
 def test_truncated_and_spliced_fixtures_never_raise(i, cut, junk):
     topic, payload = FIXTURES[i]
     _check(decode(topic, payload[:cut] + junk + payload[cut:], received_at=NOW))
+
+
+def test_a_broken_receive_time_is_a_rejection_too():
+    r = decode(*FIXTURES[0], received_at=float("nan"))
+    assert isinstance(r, Rejection) and "received_at" in r.reason
+
+
+@given(topic=st.one_of(st.sampled_from([f"{BASE}/actuator/16/command", f"{BASE}/config", f"{BASE}/system/heartbeat/ack",
+                                        "kaiser/broadcast/emergency", "kaiser/god/server/status",
+                                        f"{BASE}/actuator/emergency"]), st.text(max_size=40)),
+       obj=st.dictionaries(KEYS | st.sampled_from(["command", "action", "ack_type", "server_time", "actuators"]),
+                           JSON_VALUES, max_size=8))
+def test_decode_server_never_raises(topic, obj):
+    m = decode_server(topic, json.dumps(obj).encode())
+    assert isinstance(m, (Rejection, *codec.ServerMessage.__args__))  # type: ignore[attr-defined]
