@@ -171,3 +171,41 @@ async def test_a_file_change_in_the_rules_dir_reloads(settings: Any, rules_dir: 
                 await asyncio.sleep(0.05)
     finally:
         await server.stop()
+
+
+async def test_plan_why_and_history_read_the_store_after_the_server_stopped(
+        settings: Any, board: Board, rules_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import argparse
+
+    from engine.app import cmd_history, cmd_plan, cmd_why
+
+    server = Server(settings, websocket=False, watch=False)
+    await server.start()
+    await board.heartbeat(SOUTH)
+    for c in (30, 20, 31):
+        await board.reading(NORTH, 4, "ds18b20", c * 16)
+        await asyncio.sleep(0.1)
+    await board.expect(lambda t, p: t.endswith(f"{SOUTH}/actuator/5/command"))
+    await board.send(SOUTH, "actuator/5/response", {"gpio": 5, "command": "ON", "value": 1.0, "duration": 0,
+                                                    "success": True, "message": "Command executed"})
+    await asyncio.sleep(0.3)
+    await server.stop()
+    toml = tmp_path / "kaiser.toml"
+    toml.write_text(f'[kaiser]\nid = "{settings.kaiser.id}"\nrules = "{rules_dir}"\n'
+                    f'[store]\npath = "{settings.store.path}"\n[websocket]\nlisten = "127.0.0.1:1"\n')
+    capsys.readouterr()
+    ns = argparse.Namespace(config=str(toml), actuator="south.fan", n=10)
+    assert await asyncio.to_thread(cmd_why, ns) == 0
+    out = capsys.readouterr().out
+    assert "rule cool-south-when-north-hot" in out and "firmware: ON ok" in out and "north.air_temp" in out
+    ns = argparse.Namespace(config=str(toml), sensor="north.air_temp", since="1h")
+    assert await asyncio.to_thread(cmd_history, ns) == 0
+    assert "31.0" in capsys.readouterr().out
+    new_rules = tmp_path / "new-rules"
+    new_rules.mkdir()
+    (new_rules / "devices.yaml").write_text((rules_dir / "devices.yaml").read_text())
+    (new_rules / "rules.yaml").write_text(RULES.replace("above: 28", "above: 30.5"))
+    ns = argparse.Namespace(config=str(toml), path=str(new_rules), since="1h")
+    assert await asyncio.to_thread(cmd_plan, ns) == 0
+    out = capsys.readouterr().out
+    assert "0 new, 1 gone" in out, out
