@@ -786,7 +786,7 @@ def _decode(topic: str, payload: bytes, retained: bool, received_at: float) -> M
     if topic.__class__ is not str:
         raise _Bad(f"topic must be a string, got {type(topic).__name__}", "topic")
     t = parse_topic(topic)
-    if received_at.__class__ is not float and not isinstance(received_at, int | float) \
+    if (received_at.__class__ is not float and not isinstance(received_at, int | float)) \
             or received_at - received_at != 0.0:
         raise _Bad(f"received_at must be finite Unix seconds, got {received_at!r}", "field")
     if payload.__class__ is not bytes:
