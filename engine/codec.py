@@ -499,6 +499,22 @@ def _time(d: Mapping[str, Any], received_at: float) -> tuple[float, str, float |
     return ts, kind, float(t)
 
 
+def _soft_time(d: Mapping[str, Any], received_at: float) -> tuple[float, str, float | None]:
+    """``_time`` for liveness messages: a broken time field must not make a board
+    look offline, so it reads as no time at all."""
+    try:
+        return _time(d, received_at)
+    except _Bad:
+        return received_at, "none", None
+
+
+def _soft_number(d: Mapping[str, Any], key: str, alt: str | None = None) -> float | None:
+    try:
+        return _opt_number(d, key, alt)
+    except _Bad:
+        return None
+
+
 def _i2c(v: object) -> int | None:
     if v.__class__ is int and 0 <= v < 128:
         return v
@@ -644,11 +660,11 @@ def _dec_sensor_batch(t: _Topic, d: dict[str, Any], h: dict[str, Any], received_
 
 def _dec_heartbeat(t: _Topic, d: dict[str, Any], h: dict[str, Any], received_at: float) -> Message:
     _check_esp(d, t.esp_id)
-    ts, kind, _ = _time(d, received_at)
+    ts, kind, _ = _soft_time(d, received_at)
     za = d.get("zone_assigned")
     return Heartbeat(
         ts=ts, ts_kind=kind,
-        uptime=_opt_number(d, "uptime", "uptime_seconds"),
+        uptime=_soft_number(d, "uptime", "uptime_seconds"),
         heap_free=_soft_int(d, "heap_free", "free_heap"),
         wifi_rssi=_soft_int(d, "wifi_rssi", "rssi"),
         sensor_count=_soft_int(d, "sensor_count"),
@@ -662,10 +678,10 @@ def _dec_heartbeat(t: _Topic, d: dict[str, Any], h: dict[str, Any], received_at:
 
 def _dec_diagnostics(t: _Topic, d: dict[str, Any], h: dict[str, Any], received_at: float) -> Message:
     _check_esp(d, t.esp_id)
-    ts, kind, _ = _time(d, received_at)
+    ts, kind, _ = _soft_time(d, received_at)
     return Diagnostics(
         ts=ts, ts_kind=kind,
-        uptime=_opt_number(d, "uptime", "uptime_seconds"),
+        uptime=_soft_number(d, "uptime", "uptime_seconds"),
         heap_free=_soft_int(d, "heap_free", "free_heap"),
         wifi_rssi=_soft_int(d, "wifi_rssi", "rssi"),
         fields=d, **h,
@@ -673,7 +689,7 @@ def _dec_diagnostics(t: _Topic, d: dict[str, Any], h: dict[str, Any], received_a
 
 
 def _dec_will(t: _Topic, d: dict[str, Any], h: dict[str, Any], received_at: float) -> Message:
-    ts, kind, _ = _time(d, received_at)
+    ts, kind, _ = _soft_time(d, received_at)
     return Will(status=_soft_str(d, "status") or "offline",
                 reason=_soft_str(d, "reason") or "unexpected_disconnect", ts=ts, ts_kind=kind, **h)
 

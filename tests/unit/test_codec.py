@@ -569,3 +569,10 @@ def test_a_broken_receive_time_is_a_rejection_too():
 def test_decode_server_never_raises(topic, obj):
     m = decode_server(topic, json.dumps(obj).encode())
     assert isinstance(m, (Rejection, *codec.ServerMessage.__args__))  # type: ignore[attr-defined]
+
+
+def test_a_heartbeat_with_broken_informational_fields_still_counts():
+    # a rejected heartbeat would make a live board look offline
+    m = dec(f"{BASE}/system/heartbeat", {"ts": "soon", "uptime": "long", "heap_free": "lots", "wifi_rssi": None})
+    assert isinstance(m, Heartbeat)
+    assert (m.ts_kind, m.ts, m.uptime, m.heap_free) == ("none", NOW, None, None)
