@@ -167,8 +167,9 @@ class Router:
         fits: list[tuple[_Slot, str]] = []
         for slot in slots:
             if wire_lib is None:
-                # a type the libraries do not know: trust the device map if the pin is unambiguous
-                if len(slots) == 1:
+                # a type the libraries do not know: trust the device map if the pin is
+                # unambiguous (not for a whole multi-value chip: which value would it be?)
+                if len(slots) == 1 and not slot.multi:
                     fits.append((slot, slot.quantity or slot.lib.quantities[0].name))
                 continue
             if slot.lib is not wire_lib:

@@ -201,3 +201,11 @@ def test_routing_never_raises_and_readings_are_finite(gpio, typ, raw, value, raw
         assert x.retained == retained
         assert x.quality in ("excellent", "good", "fair", "poor", "bad", "stale")
     assert len(r.readings) + len(r.unmapped) == 1
+
+
+def test_unknown_wire_type_on_a_multi_value_chip_is_not_guessed():
+    router = Router(Deployment(devices={"d": Device("d", ESP, sensors=(
+        Sensor("d", "climate", 21, "sht31", quantities=("temperature", "humidity")),))}))
+    m = msg(21, {"sensor_type": "humidity", "raw": 100})
+    (u,) = router.route(m).unmapped
+    assert u.why == "type"
