@@ -30,6 +30,7 @@ firmware could accept (a bad esp id, a duty outside 0.0-1.0, ...).
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import re
@@ -53,20 +54,11 @@ CONTRACT_VERSION = 2
 QUALITIES = frozenset({"excellent", "good", "fair", "poor", "bad", "stale", "error"})
 
 _ESP_ID = re.compile(r"ESP_[0-9A-F]{6,8}\Z")
-_known_esp: set[str] = set()  # cache of ids that passed the check (bounded below)
 
 
 def valid_esp_id(esp_id: object) -> bool:
     """``ESP_`` + 6 to 8 upper-case hex digits."""
-    if esp_id.__class__ is not str:
-        return False
-    if esp_id in _known_esp:
-        return True
-    if _ESP_ID.match(esp_id) is None:
-        return False
-    if len(_known_esp) < 65536:
-        _known_esp.add(esp_id)
-    return True
+    return esp_id.__class__ is str and _ESP_ID.match(esp_id) is not None
 
 
 # --------------------------------------------------------------------------
@@ -321,20 +313,13 @@ class _Topic(NamedTuple):
     subzone: str | None
 
 
-_TOPICS: dict[str, _Topic] = {}  # bounded cache: boards repeat the same few topics
-
-
 def parse_topic(topic: str) -> _Topic:
-    """Split an ESP-to-server topic. Raises _Bad (internal) when not understood."""
-    t = _TOPICS.get(topic)
-    if t is None:
-        t = _parse_topic(topic)
-        if len(_TOPICS) >= 65536:
-            _TOPICS.clear()
-        _TOPICS[topic] = t
-    return t
+    """Split an ESP-to-server topic. Raises _Bad (internal) when not understood.
+    Boards repeat the same few topics, so answers are memoised (bounded)."""
+    return _parse_topic(topic)
 
 
+@functools.lru_cache(maxsize=65536)
 def _parse_topic(topic: str) -> _Topic:
     parts = topic.split("/")
     n = len(parts)
@@ -542,19 +527,20 @@ def normalize_onewire(v: object) -> str | None:
 
 
 _QUALITY = {q: q for q in QUALITIES}
-_TYPE_NAMES: dict[str, str] = {}  # wire spelling -> lower-case name (bounded cache)
+
+
+@functools.lru_cache(maxsize=4096)
+def _lower_name(st: str) -> str:
+    return st.strip().lower()
 
 
 def _type_name(st: object) -> str:
-    hit = _TYPE_NAMES.get(st) if st.__class__ is str else None
-    if hit is not None:
-        return hit
-    if st.__class__ is not str or not st.strip():
-        raise _Bad("missing sensor_type" if st is None else f"sensor_type must be a non-empty string, got {_short(st)}")
-    name = st.strip().lower()
-    if len(_TYPE_NAMES) < 4096:
-        _TYPE_NAMES[st] = name
-    return name
+    """A wire sensor_type -> its lower-case spelling (memoised: few distinct names)."""
+    if st.__class__ is str:
+        name = _lower_name(st)
+        if name:
+            return name
+    raise _Bad("missing sensor_type" if st is None else f"sensor_type must be a non-empty string, got {_short(st)}")
 
 
 def _sensor_value(d: Any, gpio_topic: int | None, top: Mapping[str, Any] | None,
