@@ -613,7 +613,7 @@ def _sensor_value(d: Any, gpio_topic: int | None, top: Mapping[str, Any] | None,
 
 def _check_esp(d: Mapping[str, Any], esp: str) -> None:
     v = d.get("esp_id")
-    if v is not None and v != esp:
+    if v is not None and v != esp and v != "":
         raise _Bad(f"esp_id {_short(v)} in the payload disagrees with {esp} in the topic")
 
 
