@@ -790,8 +790,11 @@ class Server:
             for link in self.devices.values():
                 dev = self._esp_to_device.get(link.esp_id)
                 before = old.devices.get(dev.name) if (old is not None and dev is not None) else None
-                if dev is not None and link.online and before != dev:
-                    self._push_config(link, now, "device map changed")
+                if dev is not None and before != dev:
+                    if link.online:
+                        self._push_config(link, now, "device map changed")
+                    else:
+                        link.config_sent = False  # pushed when the board is next heard
             self._save_snapshot(immediate=True)
             self.poke()
             return True
