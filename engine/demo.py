@@ -392,7 +392,7 @@ class LiveView:
         self.values: dict[str, tuple[float, str]] = {}
         self.recent: deque[str] = deque(maxlen=12)
 
-    def render(self, server: Any, fleet: Fleet, elapsed: float) -> Any:
+    def render(self, server: Any, fleet: Fleet, elapsed: float, height: int = 40) -> Any:
         from rich.console import Group
         from rich.panel import Panel
         from rich.table import Table
@@ -404,20 +404,25 @@ class LiveView:
         vals = Table(title="sensors", show_edge=False, pad_edge=False)
         vals.add_column("sensor")
         vals.add_column("value", justify="right")
-        for ref in sorted(self.values)[:24]:
+        rows = max(4, height - 12 - min(6, len(self.recent)))
+        refs = sorted(self.values)
+        for ref in refs[:rows]:
             v, unit = self.values[ref]
             vals.add_row(ref, f"{v:.1f} {unit}")
         acts = Table(title="actuators (as the boards report)", show_edge=False, pad_edge=False)
         acts.add_column("actuator")
         acts.add_column("state", justify="right")
-        for b in fleet.boards.values():
-            for a in b.device.actuators:
-                v = b.actuators.get(a.name, 0.0)
-                state = "[green]on[/green]" if v >= 1 else ("off" if v <= 0 else f"{v:.0%}")
-                acts.add_row(f"{b.device.name}.{a.name}", state + (" [red]E-STOP[/red]" if b.latched else ""))
+        pairs = [(b, a) for b in fleet.boards.values() for a in b.device.actuators]
+        for b, a in pairs[:rows]:
+            v = b.actuators.get(a.name, 0.0)
+            state = "[green]on[/green]" if v >= 1 else ("off" if v <= 0 else f"{v:.0%}")
+            acts.add_row(f"{b.device.name}.{a.name}", state + (" [red]E-STOP[/red]" if b.latched else ""))
+        if len(refs) > rows:
+            vals.add_row(f"(+{len(refs) - rows} more)", "")
         grid = Table.grid(padding=(0, 4))
         grid.add_row(vals, acts)
-        return Group(Panel(head), grid, Panel("\n".join(self.recent) or "(waiting for the first rule)",
+        recent = list(self.recent)[-min(6, max(1, height - rows - 8)):]
+        return Group(Panel(head), grid, Panel("\n".join(recent) or "(waiting for the first rule)",
                                               title="commands, blocks and events"))
 
 
@@ -483,7 +488,7 @@ async def _demo(settings: Settings, rules: Path, duration: float | None) -> int:
                 with Live(view.render(server, fleet, 0), refresh_per_second=4, screen=False) as live:
                     while duration is None or time.monotonic() - t0 < duration:
                         await asyncio.sleep(0.25)
-                        live.update(view.render(server, fleet, time.monotonic() - t0))
+                        live.update(view.render(server, fleet, time.monotonic() - t0, live.console.height))
             else:
                 while duration is None or time.monotonic() - t0 < duration:
                     await asyncio.sleep(min(1.0, max(0.05, (duration or 1e9) - (time.monotonic() - t0))))
