@@ -26,8 +26,9 @@ from engine.model import Position
 
 #: files larger than this are refused (a rules file is a few hundred KB at most)
 MAX_FILE_BYTES = 2 * 1024 * 1024
-#: an alias may expand to at most this many nodes, and all aliases together to
-#: at most ALIAS_BUDGET nodes (billion-laughs protection)
+#: all aliases of a file together may stand for at most this many nodes, or
+#: 2 x len(text) for a larger file (billion-laughs protection: a bomb is a tiny
+#: text that expands enormously; legitimate reuse grows with the text)
 ALIAS_BUDGET = 10_000
 MAX_DEPTH = 64
 
@@ -296,7 +297,11 @@ def parse_text(text: str, file: str, out: list[Diagnostic]) -> YNode | None:
         return None
     if node is None:
         return None
-    return _Converter(file, out).convert(node)
+    try:
+        return _Converter(file, out, max(ALIAS_BUDGET, 2 * len(text))).convert(node)
+    except RecursionError:  # aliases into very deep structures
+        out.append(Diagnostic("K105", "error", "the YAML is nested too deeply", Position(file, 1, 1)))
+        return None
 
 
 def _compose(text: str) -> Any:
@@ -371,11 +376,12 @@ _MISS = object()
 class _Converter:
     """Composer nodes -> YMap/YSeq/YScalar, checking duplicate keys and aliases."""
 
-    def __init__(self, file: str, out: list[Diagnostic]) -> None:
+    def __init__(self, file: str, out: list[Diagnostic], budget: int = ALIAS_BUDGET) -> None:
         self.file = file
         self.out = out
         self.seen: dict[int, YNode] = {}  # id(composer node) -> converted (alias reuse)
-        self.budget = ALIAS_BUDGET
+        self.limit = budget
+        self.budget = budget
         self.size: dict[int, int] = {}
         self.failed_alias = False
         self.plain: dict[str, object] = {}
@@ -406,7 +412,7 @@ class _Converter:
                         active.discard(k)
                         return -1
                     n += c
-                    if n > ALIAS_BUDGET * 10:
+                    if n > self.limit:
                         break
         active.discard(k)
         self.size[k] = n
@@ -421,7 +427,7 @@ class _Converter:
                 return None
             self.budget -= n
             if self.budget < 0:
-                self._alias_error(node, f"aliases expand to more than {ALIAS_BUDGET} nodes")
+                self._alias_error(node, f"aliases expand to more than {self.limit} nodes")
                 return None
             return self.seen[k]
         if depth > MAX_DEPTH:

@@ -638,3 +638,14 @@ def test_indentation_hints_for_rules(tmp_path: Path) -> None:
     assert "belongs one level deeper" in hints[("K201", 11, 5)]
     assert "indent what belongs to 'when' under it" in hints[("K203", 13, 10)]
     assert "belongs one level deeper" in hints[("K201", 14, 5)]
+
+
+def test_reusing_a_template_many_times_is_not_a_bomb(tmp_path: Path) -> None:
+    """200 devices merging one 40-node template: legitimate reuse within the budget."""
+    tmpl = "x-template: &board\n  zone: house\n  sensors:\n" + "".join(
+        f"    s{i}: {{gpio: {i}, type: DS18B20}}\n" for i in range(8))
+    devs = "".join(f"  d{i}:\n    <<: *board\n    esp_id: ESP_{i:06X}\n" for i in range(200))
+    (tmp_path / "a.yaml").write_text(tmpl + "devices:\n" + devs)
+    dep, diags = load_deployment(tmp_path)
+    assert [d.code for d in diags] == ["K201"]  # only the unknown top-level key x-template
+    assert len(dep.devices) == 200 and len(dep.devices["d7"].sensors) == 8
