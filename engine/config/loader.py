@@ -22,6 +22,7 @@ from engine.actions import NOTIFY_LEVELS, actuator_state, build_action
 from engine.actions import REGISTRY as ACTION_TYPES
 from engine.conditions import REGISTRY as CONDITION_TYPES
 from engine.conditions import build_condition, compare
+from engine.config.boards import BOARDS as _BOARD_TABLES
 from engine.config.fields import RULE_NAME_RE, Ctx, did_you_mean
 from engine.config.source import YMap, YNode, YScalar, YSeq, read_yaml, type_name
 from engine.diagnostics import Diagnostic
@@ -49,7 +50,7 @@ from engine.model import (
 )
 
 SECTIONS = ("devices", "safety", "rules", "tests")
-BOARDS = ("esp32dev", "xiao_esp32c3")
+BOARDS: tuple[str, ...] = tuple(_BOARD_TABLES)  # esp32dev, xiao_esp32c3
 DEVICE_KEYS = ("esp_id", "zone", "board", "sensors", "actuators")
 SENSOR_KEYS = ("gpio", "type", "calibration", "i2c_address", "onewire_address", "subzone")
 ACTUATOR_KEYS = ("gpio", "type", "aux_gpio", "critical", "inverted_logic", "default_state", "subzone")
