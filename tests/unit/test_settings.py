@@ -6,8 +6,10 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from engine.config.settings import Settings, load_settings
+from engine.config.settings import Settings, load_settings, parse_settings
 from engine.errors import ConfigError
 
 
@@ -147,3 +149,18 @@ def test_error_text_format(tmp_path: Path) -> None:
         load_settings(p)
     assert e.value.diagnostics[0].text() == \
         f"{p}:2:1: K802 unknown key 'rulez' in [kaiser] (did you mean 'rules'?)"
+
+
+@settings(max_examples=200)
+@given(st.lists(st.sampled_from([
+    "[kaiser]", "[mqtt]", "[store]", "[websocket]", "[[kaiser]]", "[kaiser.x]", "id", "rules", "tz",
+    "url", "listen", "max_clients", "retention", " = ", "=", '"', "'", "1", "-5", "1.5", "true",
+    "[]", "{}", "\n", " ", "#", "\"embedded\"", "\"5m\"", "\"x:1\"", "\x00", "\\",
+]), max_size=40).map("".join))
+def test_any_text_gives_settings_or_config_error(text: str) -> None:
+    try:
+        s = parse_settings(text, "kaiser.toml")
+    except ConfigError as e:
+        assert e.diagnostics and all(d.pos.line >= 1 for d in e.diagnostics)
+    else:
+        assert isinstance(s, Settings)
