@@ -110,7 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _resolve(target: str) -> Callable[[argparse.Namespace], int]:
     module, _, func = target.partition(":")
-    return getattr(importlib.import_module(module), func)  # type: ignore[no-any-return]
+    return getattr(importlib.import_module(module), func)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

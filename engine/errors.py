@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from engine.diagnostics import Diagnostic
+
 
 class KaiserError(Exception):
     """Base of every error Kaiser raises on purpose."""
@@ -13,7 +18,7 @@ class ConfigError(KaiserError):
     ``diagnostics`` holds every finding (engine.diagnostics.Diagnostic).
     """
 
-    def __init__(self, message: str, diagnostics: list | None = None) -> None:  # type: ignore[type-arg]
+    def __init__(self, message: str, diagnostics: list[Diagnostic] | None = None) -> None:
         super().__init__(message)
         self.diagnostics = list(diagnostics or [])
 
