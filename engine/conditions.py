@@ -301,7 +301,7 @@ REGISTRY: tuple[ConditionType, ...] = (
         "time", ("time",), ("time",),
         _obj({"time": _obj({
             "after": S_TIME, "before": S_TIME,
-            "weekdays": {"type": "array", "items": {"$ref": "#/$defs/weekday"}},
+            "weekdays": {"type": "array", "items": {"$ref": "#/$defs/weekday"}, "minItems": 1},
         }, [], {"minProperties": 1})}, ["time"]),
         _time, "True inside a daily time window (local time, `[kaiser] tz`). `after`/`before` are "
         "\"HH:MM\"; a window with before < after spans midnight; `weekdays` limits the days.",
