@@ -17,7 +17,7 @@ import difflib
 import math
 import re
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 
 from engine.config.boards import ANALOG_TYPES, BOARDS, Board, board, pin_ranges
@@ -189,6 +189,26 @@ class _Context:
                     q = (s.quantities and ref.rsplit(".", 1)[1]) or None
                     self.readings.setdefault(ref, _quantity(s, q))
         self._facts: dict[int, _Facts] = {}
+        # "did you mean" looks only among the refs of the device named (fast on
+        # big deployments, and the right suggestion anyway); hints are cached
+        self._by_device: dict[str, list[str]] = defaultdict(list)
+        for ref in [*self.readings, *self.actuators]:
+            self._by_device[ref.partition(".")[0]].append(ref)
+        self._hints: dict[tuple[str, str], str] = {}
+
+    def suggest(self, ref: str, among: Mapping[str, object]) -> str:
+        """The closest known ref of the same kind, preferring the same device."""
+        key = (ref, "s" if among is self.readings else "a")
+        hint = self._hints.get(key)
+        if hint is None:
+            dev = ref.partition(".")[0]
+            if dev in self.devices:
+                hint = did_you_mean(ref, [r for r in self._by_device.get(dev, ()) if r in among])
+            else:
+                hint = did_you_mean(dev, self.devices)
+                hint = f"no device {dev!r}; {hint}" if hint else f"no device {dev!r}"
+            self._hints[key] = hint
+        return hint
 
     def emit(
         self,
@@ -219,12 +239,7 @@ class _Context:
         head, _, tail = ref.rpartition(".")
         if head in self.readings and tail:
             return f"{head} has a single value: write {head}"
-        dev = ref.partition(".")[0]
-        if dev not in self.devices:
-            hint = did_you_mean(dev, self.devices)
-            if hint:
-                return f"no device {dev!r}; " + hint
-        return did_you_mean(ref, self.readings)
+        return self.suggest(ref, self.readings)
 
     def actuator(self, ref: str, pos: Position) -> Actuator | None:
         a = self.actuators.get(ref)
@@ -233,7 +248,7 @@ class _Context:
         if ref in self.readings or ref in self.multi:
             hint = f"{ref} is a sensor, not an actuator"
         else:
-            hint = did_you_mean(ref, self.actuators)
+            hint = self.suggest(ref, self.actuators)
         self.emit(UNKNOWN_ACTUATOR, "error", f"unknown actuator {ref!r}", pos, hint)
         return None
 
@@ -333,7 +348,7 @@ def _references(ctx: _Context) -> None:
             elif isinstance(a, Notify):
                 for ref in _REF_IN_TEXT.findall(a.text):
                     if ref not in ctx.readings and ref not in ctx.actuators:
-                        hint = ctx._sensor_hint(ref) or did_you_mean(ref, [*ctx.readings, *ctx.actuators])
+                        hint = ctx._sensor_hint(ref) or ctx.suggest(ref, ctx.actuators)
                         ctx.emit(UNKNOWN_TEMPLATE_REF, "error", f"unknown ref {{{ref}}} in notify text", a.pos, hint)
     safety = ctx.dep.safety
     for ref, limits in safety.actuators.items():
