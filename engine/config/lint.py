@@ -1,5 +1,8 @@
 """``kaiser lint [PATH] [--format text|json|github] [--strict] [-c kaiser.toml]``.
 
+Without ``-c``, a kaiser.toml beside the rules dir (or in the working
+directory) gives the time zone and, without PATH, the rules dir.
+
 Every static check, offline: YAML syntax and structure, schema, names (the
 loader), then the semantic checks of ``engine.config.checks``. Prints every
 finding sorted by position, then a one-line summary on stderr.
@@ -52,6 +55,16 @@ def _summary(diags: list[Diagnostic], files: int) -> str:
     return f"{plural(errors, 'error')}, {plural(warnings, 'warning')} in {plural(files, 'file')}"
 
 
+def _find_settings(path: str | None) -> str | None:
+    """kaiser.toml beside the rules dir, else in the working directory (as ``kaiser test``)."""
+    candidates = [Path(path).resolve().parent / "kaiser.toml"] if path else []
+    candidates.append(Path("kaiser.toml"))
+    for cand in candidates:
+        if cand.is_file():
+            return os.fspath(cand)
+    return None
+
+
 def cmd_lint(args: argparse.Namespace) -> int:
     """The ``kaiser lint`` command (see the module docstring for exit codes)."""
     fmt = getattr(args, "format", "text") or "text"
@@ -61,6 +74,8 @@ def cmd_lint(args: argparse.Namespace) -> int:
     tz = "UTC"
     config = getattr(args, "config", None)
     path_arg = getattr(args, "path", None)
+    if config is None:
+        config = _find_settings(path_arg)
     if config is not None:
         from engine.config.settings import load_settings
 

@@ -133,3 +133,12 @@ def test_large_generated_deployment_lints(tmp_path: Path) -> None:
     dep, diags = load_deployment(d)
     assert [x for x in diags if x.is_error] == []
     assert len(dep.devices) == 200 and len(dep.rules) == 1000
+
+
+def test_kaiser_toml_beside_the_rules_dir_is_used(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    d = rules(tmp_path, GOOD)
+    (tmp_path / "kaiser.toml").write_text('[kaiser]\ntz = "Mars/Olympus"\n')
+    assert main(["lint", str(d)]) == 2
+    assert "K804" in capsys.readouterr().out
+    (tmp_path / "kaiser.toml").write_text('[kaiser]\ntz = "Europe/Berlin"\n')
+    assert main(["lint", str(d)]) in (0, 1)
