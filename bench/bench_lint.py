@@ -6,7 +6,7 @@ actuators with another at the same priority, so the opposite-state check has
 real work) into a temporary directory, then times, best of ``--runs``:
 
 - baseline: parsing the same YAML files with ruamel's safe loader, nothing else;
-- in-process: ``load_deployment`` + ``run_checks`` (and ``run_checks`` alone);
+- in-process: ``engine.config.lint.lint`` (load + checks), and ``run_checks`` alone;
 - subprocess: the ``kaiser lint DIR`` command, interpreter start-up included.
 
 Usage: ``python bench/bench_lint.py [--boards 200] [--rules-per-board 5] [--runs 3] [--keep DIR]``.
@@ -116,6 +116,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from engine.config import load_deployment
     from engine.config.checks import run_checks
+    from engine.config.lint import lint as kaiser_lint
     from engine.diagnostics import Diagnostic
 
     tmp = None
@@ -135,8 +136,8 @@ def main(argv: list[str] | None = None) -> int:
                 YAML(typ="safe").load(f.read_text(encoding="utf-8"))
 
         def lint() -> list[Diagnostic]:
-            dep, found = load_deployment(folder)
-            return [*found, *run_checks(dep)]
+            """What `kaiser lint` does in-process: load, check, deduplicate."""
+            return kaiser_lint(folder)[1]
 
         found = lint()
         if found:
@@ -175,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
         if t_parse_c is not None:
             print(f"          libyaml CSafeLoader only   {t_parse_c:7.3f} s   (the loader composes with libyaml "
                   f"when PyYAML has it; lint = {t_lint / t_parse_c:.1f}x this)")
-        print(f"in-process load_deployment+checks    {t_lint:7.3f} s   {t_lint / t_parse:5.2f}x baseline")
+        print(f"in-process kaiser lint (load+checks) {t_lint:7.3f} s   {t_lint / t_parse:5.2f}x baseline")
         print(f"           run_checks alone          {t_checks:7.3f} s   {t_checks / t_parse:5.2f}x baseline")
         print(f"subprocess kaiser lint               {t_sub:7.3f} s   {t_sub / t_parse:5.2f}x baseline "
               f"(python start-up alone {t_start:.3f} s)")
