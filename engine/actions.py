@@ -52,8 +52,15 @@ def actuator_state(node: YNode | None, ctx: Ctx, what: str = "'set'",
         if s == "toggle" and allow_toggle:
             return "toggle"
         choices = ("on", "off", "toggle") if allow_toggle else ("on", "off")
+        hint = did_you_mean(s, choices)
+        if s.endswith("%") and s[:-1].strip().replace(".", "", 1).isdigit():
+            hint = f"a duty is a fraction: write {float(s[:-1]) / 100:g}"
         ctx.error("K204", f"{what} must be {', '.join(choices)} or a number 0.0-1.0, not "
-                  f"{type_name(node)}", node.pos, hint=did_you_mean(s, choices))
+                  f"{type_name(node)}", node.pos, hint=hint)
+        return None
+    if isinstance(v, int | float) and 1.0 < v <= 100.0:
+        ctx.error("K204", f"{what} must be a duty 0.0-1.0, got {v}", node.pos,
+                  hint=f"a duty is a fraction: write {v / 100:g}" if v != 1 else "")
         return None
     return ctx.number(node, what, lo=0.0, hi=1.0)
 

@@ -24,6 +24,43 @@ ACTUATOR_REF_RE = re.compile(rf"^{REF_PART}\.{REF_PART}$")
 DEVICE_REF_RE = re.compile(rf"^{REF_PART}$")
 
 
+#: words people write for a key Kaiser spells differently: unknown key -> (meant key, hint)
+KEY_HINTS: dict[str, tuple[str, str]] = {
+    "and": ("", "to combine conditions use all: [...]"),
+    "or": ("", "to combine conditions use any: [...]"),
+    "state": ("set", "did you mean 'set'?"),
+    "value": ("set", "did you mean 'set'?"),
+    "duration": ("for", "did you mean 'for'?"),
+    "delay": ("wait", "did you mean 'wait'?"),
+    "sleep": ("wait", "did you mean 'wait'?"),
+    "message": ("notify", "did you mean 'notify'?"),
+    "from": ("after", "did you mean 'after'?"),
+    "to": ("before", "did you mean 'before'?"),
+    "until": ("before", "did you mean 'before'?"),
+    "days": ("weekdays", "did you mean 'weekdays'?"),
+    "pin": ("gpio", "did you mean 'gpio'?"),
+    "greater_than": ("above", "did you mean 'above'?"),
+    "less_than": ("below", "did you mean 'below'?"),
+    "gt": ("above", "did you mean 'above'?"),
+    "lt": ("below", "did you mean 'below'?"),
+}
+
+_UNIT_WORDS = re.compile(
+    r"^\s*(\d+(?:\.\d+)?)\s*(ms|msec|millis|milliseconds?|s|secs?|seconds?|m|mins?|minutes?|"
+    r"h|hrs?|hours?|d|days?)\s*$", re.IGNORECASE)
+
+
+def duration_hint(value: object) -> str:
+    """``2 minutes`` -> "write 2m"."""
+    m = _UNIT_WORDS.match(str(value))
+    if not m:
+        return ""
+    word = m.group(2).lower()
+    unit = "ms" if word.startswith("m") and word not in ("m", "min", "mins", "minute", "minutes") \
+        else word[0]
+    return f"write {m.group(1)}{unit}"
+
+
 def did_you_mean(word: str, choices: Iterable[str]) -> str:
     """``did you mean 'above'?`` or ''."""
     close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
@@ -76,6 +113,9 @@ class Ctx:
             ok = False
             kpos = m.keys[k]
             hint = did_you_mean(k, allowed)
+            special = KEY_HINTS.get(k.lower())
+            if not hint and special and (not special[0] or special[0] in allowed):
+                hint = special[1]
             if not hint:
                 if self.parents and k in self.parents[-1]:
                     hint = f"{k!r} belongs one level up: check its indentation"
@@ -185,7 +225,7 @@ class Ctx:
         try:
             d = parse_duration(s.value)
         except ValueError as e:
-            self.error("K204", f"{what}: {e}", s.pos)
+            self.error("K204", f"{what}: {e}", s.pos, hint=duration_hint(s.value))
             return None
         if positive and d <= 0:
             self.error("K204", f"{what} must be longer than 0", s.pos)

@@ -649,3 +649,15 @@ def test_reusing_a_template_many_times_is_not_a_bomb(tmp_path: Path) -> None:
     dep, diags = load_deployment(tmp_path)
     assert [d.code for d in diags] == ["K201"]  # only the unknown top-level key x-template
     assert len(dep.devices) == 200 and len(dep.devices["d7"].sensors) == 8
+
+
+def test_hints_for_words_people_write(tmp_path: Path) -> None:
+    _, diags = load(tmp_path, {"a.yaml": """\
+        rules:
+          - name: a
+            when: {sensor: north.t, below: 50, for: 2 minutes, and: {sensor: north.u, above: 2}}
+            then: [{actuator: north.pump, set: 50%}, {actuator: north.fan, state: on}, {actuator: north.vent, set: 60}]
+        """})
+    hints = {d.hint for d in diags}
+    assert {"write 2m", "to combine conditions use all: [...]", "a duty is a fraction: write 0.5",
+            "did you mean 'set'?", "a duty is a fraction: write 0.6"} <= hints
