@@ -225,8 +225,6 @@ class _Loader:
         return Device(name, esp_id, zone, board, tuple(sensors), tuple(actuators), kpos)
 
     def sensor(self, device: str, name: str, node: YNode) -> Sensor | None:
-        from sensors import registry
-
         ctx = self.ctx
         what = f"sensor {device}.{name}"
         m = ctx.map(node, what)
@@ -239,6 +237,8 @@ class _Loader:
         quantities: tuple[str, ...] = ()
         if tname is not None:
             try:
+                from sensors import registry
+
                 st, quantity = registry.resolve(tname)
             except KeyError:
                 ctx.error("K305", f"unknown sensor type {tname!r}", m.values["type"].pos,
