@@ -216,7 +216,7 @@ class Store:
             self._create()
         self._lock = threading.Lock()
         self._buf: dict[str, list[tuple[Any, ...]]] = {t: [] for t in TABLES}
-        self._state: dict[str, str] = {}
+        self._state: dict[str, object] = {}
         self._extra: list[tuple[str, tuple[Any, ...]]] = []
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -264,8 +264,10 @@ class Store:
 
     # ------------------------------------------------------------------ appends
     def _add(self, table: str, row: tuple[Any, ...]) -> None:
-        # list.append under the GIL is atomic; the writer swaps lists under the lock
-        self._buf[table].append(row)
+        # the writer swaps the lists under the lock: without it a row appended to a
+        # list the writer already took would be lost
+        with self._lock:
+            self._buf[table].append(row)
 
     def pending(self) -> int:
         return sum(len(v) for v in self._buf.values())
@@ -361,10 +363,23 @@ class Store:
         ))
 
     def put_state(self, key: str, value: object, immediate: bool = False) -> None:
-        """Keep ``value`` (JSON-able) under ``key``; written at the next flush, or now."""
-        self._state[key] = _dumps(value)
+        """Keep ``value`` (JSON-able; not changed afterwards) under ``key``; written at
+        the next flush, or now."""
+        with self._lock:
+            self._state[key] = value
         if immediate:
             self.flush()
+
+    def flush_state(self) -> None:
+        """Serialise pending state values now (the caller pays the JSON cost, e.g. to
+        measure it); they are written at the next flush."""
+        with self._lock:
+            pending = list(self._state.items())
+        done = [(k, v, _dumps(v)) for k, v in pending if not isinstance(v, str)]
+        with self._lock:
+            for k, v, text in done:
+                if self._state.get(k) is v:  # not replaced meanwhile
+                    self._state[k] = text
 
     # ------------------------------------------------------------------ writer
     def flush(self) -> None:
@@ -397,8 +412,9 @@ class Store:
                     cur.execute(sql, params)
                 now = self._now()
                 for key, value in state.items():
+                    text = value if isinstance(value, str) else _dumps(value)
                     cur.execute(
-                        "INSERT OR REPLACE INTO state VALUES (?, ?, to_timestamp(?))", (key, value, now)
+                        "INSERT OR REPLACE INTO state VALUES (?, ?, to_timestamp(?))", (key, text, now)
                     )
                 self.flushes += 1
             except Exception as exc:  # keep serving; the next flush tries again with new data
@@ -471,7 +487,7 @@ class Store:
         """The JSON value stored under ``key``, or None."""
         pending = self._state.get(key)
         if pending is not None:
-            return json.loads(pending)
+            return json.loads(pending) if isinstance(pending, str) else json.loads(_dumps(pending))
         r = self._select("SELECT value FROM state WHERE key = ?", (key,)).rows
         return json.loads(r[0][0]) if r else None
 
