@@ -6,8 +6,10 @@ durable-rules 2.0.28 has sharp edges; this module keeps them in:
   the C module directly, with no Host, no threads and no durable timers. Kaiser
   drives dispatch after every assert (time is Kaiser's business, engine/core.py);
 - a ruleset name can never be registered twice: every ruleset gets a fresh name
-  and is freed (``delete_state`` then ``delete_ruleset``: the latter alone leaks
-  the session's memory) when a reload drops it;
+  and is freed when a reload drops it: ``delete_state`` then ``delete_ruleset``
+  (the latter alone leaks the session's memory, ~400 KB a ruleset), with a
+  sentinel rule run once at creation so that ``delete_state`` never frees the
+  uninitialised action context of a session in which no rule ever fired;
 - its JSON parser rejects exponents (``1e-05``) and non-finite numbers: every
   fact is encoded by ``compiler.dumps`` (normalised, no exponent);
 - a message that matches nothing is normal, not an error;
@@ -28,6 +30,7 @@ from engine.compiler import Partition, Program, dumps
 from engine.errors import EngineError
 
 _names = itertools.count(1)
+_INIT = "__init__"  # never a term name: those always contain '#'
 
 DEFAULT_FACTS: dict[str, dict[str, object]] = {
     "s": {"ok": 0, "v": 0},
@@ -49,10 +52,14 @@ class _Ruleset:
 
     def __init__(self, part: Partition) -> None:
         self.part = part
+        # a sentinel rule, run once: durable leaves a session's action context
+        # uninitialised until an action has run, and delete_state would free garbage
+        definition = part.definition[:-1] + ',"' + _INIT + '":{"all":[{"f0":{"id":"x:init"}}]}}'
         try:
-            self.handle = _dre.create_ruleset(f"kaiser_{next(_names)}", part.definition)
+            self.handle = _dre.create_ruleset(f"kaiser_{next(_names)}", definition)
         except _dre.error as e:  # pragma: no cover - compiler output is valid
             raise EngineError(f"durable-rules refused a ruleset: {e}") from e
+        self._run(_dre.assert_fact, '{"id":"x:init","k":0}')
 
     def _run(self, fn: object, text: str) -> list[str]:
         try:
@@ -71,7 +78,7 @@ class _Ruleset:
                 return fired
             message: str | None = started[1]
             while message:
-                fired.extend(json.loads(message).keys())
+                fired.extend(k for k in json.loads(message) if k != _INIT)
                 message = _dre.complete_and_start_action(self.handle, state_handle)
         except _dre.error as e:
             raise EngineError(f"durable-rules dispatch failed: {e}") from e

@@ -237,3 +237,45 @@ def test_a_known_sequence_fires_and_agrees() -> None:
     seq = [Step(0, "device", "d0", 1.0), Step(1, "reading", "d0.s0", 9.0), Step(1, "reading", "d0.s1", 4.0),
            Step(10, "reading", "d0.s1", 5.5), Step(10, "reading", "d0.s1", 6.5), Step(30, "tick", "", 0.0)]
     assert run_both(rs, seq) >= 4
+
+
+def test_the_example_deployment_decides_the_same_on_its_rule_tests() -> None:
+    from pathlib import Path
+
+    from engine.config import load_deployment
+
+    root = Path(__file__).resolve().parents[2]
+    dep, diags = load_deployment(root / "rules", "Europe/Berlin")
+    assert not [d for d in diags if d.is_error]
+    assert dep.tests
+    for test in dep.tests:
+        rete = Engine(dep, start=test.start, version="v")
+        ref = ReferenceEngine(dep, start=test.start, version="v")
+        try:
+            now = test.start
+            _same(rete.tick(now), ref.tick(now), f"{test.name}: start")
+            for step in sorted(test.steps, key=lambda s: s.at):
+                target = test.start + step.at
+                while True:
+                    dues = [t for t in (rete.next_due(), ref.next_due()) if t is not None and now < t <= target]
+                    if not dues:
+                        break
+                    now = min(dues)
+                    _same(rete.tick(now), ref.tick(now), f"{test.name}: tick +{now - test.start:g}s")
+                now = target
+                for dev, online in step.devices.items():
+                    _same(rete.device_state(dev, online, now), ref.device_state(dev, online, now), test.name)
+                for act, v in step.actuators.items():
+                    _same(rete.actuator_reported(act, v, now), ref.actuator_reported(act, v, now), test.name)
+                for sensor, value in step.readings.items():
+                    reading = Reading(sensor, float("nan") if value is None else value, now)
+                    _same(rete.receive(reading, now), ref.receive(reading, now), f"{test.name}: {sensor}")
+            end = now + 7200
+            while True:
+                dues = [t for t in (rete.next_due(), ref.next_due()) if t is not None and now < t <= end]
+                if not dues:
+                    break
+                now = min(dues)
+                _same(rete.tick(now), ref.tick(now), f"{test.name}: tail +{now - test.start:g}s")
+        finally:
+            rete.close()

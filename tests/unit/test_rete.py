@@ -82,3 +82,16 @@ def test_reload_reuses_unchanged_rulesets_and_frees_the_rest() -> None:
     gc.collect()
     assert net.is_true("r3")
     net.close()
+
+
+def test_closing_rulesets_in_which_nothing_ever_fired_is_safe() -> None:
+    # durable's delete_state frees a session's action context, which stays
+    # uninitialised until some rule has fired: the network guards against that
+    junk = [bytearray(b"\xab" * 4096) for _ in range(500)]  # dirty the heap
+    del junk
+    for _ in range(20):
+        net = Network(prog(*(Comparison(f"d{i}.t", "above", 1.0) for i in range(40))))
+        for i in range(40):
+            net.set_fact(f"s:d{i}.t", {"ok": 0, "v": 0})
+        assert not net.is_true("r0")
+        net.close()
