@@ -107,15 +107,19 @@ class Ctx:
         """Report unknown keys (with did-you-mean and indentation hints) and
         missing required ones. True when nothing was wrong."""
         ok = True
+        meant: set[str] = set()  # keys a misspelling stands for: not reported missing too
         for k in m.values:
             if k in allowed:
                 continue
             ok = False
             kpos = m.keys[k]
-            hint = did_you_mean(k, allowed)
+            close = difflib.get_close_matches(k, list(allowed), n=1, cutoff=0.6)
+            hint = f"did you mean {close[0]!r}?" if close else ""
+            meant.update(close)
             special = KEY_HINTS.get(k.lower())
             if not hint and special and (not special[0] or special[0] in allowed):
                 hint = special[1]
+                meant.add(special[0])
             if not hint:
                 if self.parents and k in self.parents[-1]:
                     hint = f"{k!r} belongs one level up: check its indentation"
@@ -125,7 +129,7 @@ class Ctx:
                     hint = "allowed here: " + ", ".join(sorted(allowed))
             self.error("K201", f"unknown key {k!r} in {what}", kpos, hint=hint)
         for r in required:
-            if r not in m.values:
+            if r not in m.values and r not in meant:
                 ok = False
                 self.error("K203", f"{what} needs {r!r}", m.pos)
         return ok

@@ -9,6 +9,7 @@ names and sensor types.
 
 from __future__ import annotations
 
+import difflib
 import os
 import re
 from collections.abc import Callable
@@ -492,9 +493,11 @@ class _Loader:
         ok = True
         for k in (cond_key, act_key):
             if k not in v:
+                ok = False
+                if difflib.get_close_matches(k, [u for u in v if u not in RULE_KEYS], n=1, cutoff=0.6):
+                    continue  # misspelt: already reported as an unknown key with "did you mean"
                 other = act_key if k == cond_key else cond_key
                 ctx.error("K203", f"a rule with {other!r} needs {k!r}", m.keys[other])
-                ok = False
         condition: Condition | None = None
         actions: tuple[Action, ...] | None = None
         release: tuple[Action, ...] | None = None

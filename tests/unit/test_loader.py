@@ -661,3 +661,20 @@ def test_hints_for_words_people_write(tmp_path: Path) -> None:
     hints = {d.hint for d in diags}
     assert {"write 2m", "to combine conditions use all: [...]", "a duty is a fraction: write 0.5",
             "did you mean 'set'?", "a duty is a fraction: write 0.6"} <= hints
+
+
+def test_a_misspelt_required_key_is_reported_once(tmp_path: Path) -> None:
+    _, diags = load(tmp_path, {"a.yaml": """\
+        rules:
+          - name: a
+            when: {every: 1m}
+            thne: [{actuator: north.fan, sett: on}]
+        """})
+    assert [(d.code, d.hint) for d in diags] == [("K201", "did you mean 'then'?")]
+    _, diags = load(tmp_path, {"a.yaml": """\
+        rules:
+          - name: a
+            when: {every: 1m}
+            then: [{actuator: north.fan, sett: on}]
+        """})
+    assert [(d.code, d.hint) for d in diags] == [("K201", "did you mean 'set'?")]
