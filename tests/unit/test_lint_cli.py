@@ -142,3 +142,16 @@ def test_kaiser_toml_beside_the_rules_dir_is_used(tmp_path: Path, capsys: pytest
     assert "K804" in capsys.readouterr().out
     (tmp_path / "kaiser.toml").write_text('[kaiser]\ntz = "Europe/Berlin"\n')
     assert main(["lint", str(d)]) in (0, 1)
+
+
+def test_schema_writes_every_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "s"
+    assert main(["schema", "--out", str(out)]) == 0
+    assert sorted(p.name for p in out.iterdir()) == sorted(p.name for p in (REPO / "schemas").iterdir())
+    assert main(["schema", "--check", "--out", str(out)]) == 0
+    (out / "tests.schema.json").unlink()
+    assert main(["schema", "--check", "--out", str(out)]) == 1
+    assert "tests.schema.json: out of date" in capsys.readouterr().err
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    assert main(["schema", "--out", str(blocker)]) == 2
