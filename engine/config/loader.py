@@ -136,7 +136,15 @@ class _Loader:
                       f"this one is {type_name(root)}", root.pos,
                       hint="start the file with e.g. 'rules:'")
             return
-        ctx.keys(root, SECTIONS, "a rules file",
+        rest = YMap(root.file, root.line, root.col)
+        for k, v in root.values.items():
+            hint = _misplaced_section(k, v)
+            if hint:
+                ctx.error("K201", f"unknown key {k!r} in a rules file", root.keys[k], hint=hint)
+            else:
+                rest.values[k] = v
+                rest.keylc[k] = root.keylc[k]
+        ctx.keys(rest, SECTIONS, "a rules file",
                  children=DEVICE_KEYS + RULE_KEYS + SAFETY_KEYS + TEST_KEYS)
         for key, fn in (("devices", self.section_devices), ("safety", self.section_safety),
                         ("rules", self.section_rules), ("tests", self.section_tests)):
@@ -757,6 +765,21 @@ class _Loader:
             files=tuple(files),
             tz=self.tz,
         )
+
+
+def _misplaced_section(key: str, value: YNode) -> str:
+    """A hint when a top-level key looks like a device or a list of rules/tests."""
+    if key in SECTIONS:
+        return ""
+    if isinstance(value, YMap) and "esp_id" in value.values:
+        return f"is {key!r} a device? devices go under 'devices:'"
+    if isinstance(value, YSeq) and value.items and isinstance(value.items[0], YMap):
+        first = value.items[0].values
+        if "steps" in first or "expect" in first:
+            return "tests go under 'tests:'"
+        if any(k in first for k in ("when", "while", "then", "hold")):
+            return "rules go under 'rules:', one list for all of them"
+    return ""
 
 
 def _is_null(n: YNode) -> bool:

@@ -678,3 +678,16 @@ def test_a_misspelt_required_key_is_reported_once(tmp_path: Path) -> None:
             then: [{actuator: north.fan, sett: on}]
         """})
     assert [(d.code, d.hint) for d in diags] == [("K201", "did you mean 'set'?")]
+
+
+def test_top_level_devices_and_rules_without_their_section(tmp_path: Path) -> None:
+    _, diags = load(tmp_path, {"a.yaml": """\
+        north:
+          esp_id: ESP_1
+        climate:
+          - {name: a, when: {every: 1m}, then: [{notify: x}]}
+        """})
+    assert [(d.code, at(d), d.hint) for d in diags] == [
+        ("K201", (1, 1), "is 'north' a device? devices go under 'devices:'"),
+        ("K201", (3, 1), "rules go under 'rules:', one list for all of them"),
+    ]
