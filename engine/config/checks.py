@@ -349,7 +349,7 @@ def _references(ctx: _Context) -> None:
                 for ref in _REF_IN_TEXT.findall(a.text):
                     if ref not in ctx.readings and ref not in ctx.actuators:
                         hint = ctx._sensor_hint(ref) or ctx.suggest(ref, ctx.actuators)
-                        ctx.emit(UNKNOWN_TEMPLATE_REF, "error", f"unknown ref {{{ref}}} in notify text", a.pos, hint)
+                        ctx.emit(UNKNOWN_TEMPLATE_REF, "warning", f"unknown ref {{{ref}}} in notify text", a.pos, hint)
     safety = ctx.dep.safety
     for ref, limits in safety.actuators.items():
         ctx.actuator(ref, limits.pos if limits.pos != NOWHERE else safety.defaults.pos)
