@@ -20,7 +20,7 @@ from pathlib import Path
 
 from engine.config.checks import run_checks
 from engine.config.loader import load_deployment
-from engine.diagnostics import Diagnostic, render
+from engine.diagnostics import Diagnostic, render, sort_key
 from engine.errors import ConfigError
 from engine.model import Deployment, Position
 
@@ -35,7 +35,8 @@ def _run_checks(deployment: Deployment, partial: bool = False) -> list[Diagnosti
 
 
 def lint(path: str | os.PathLike[str], tz: str = "UTC") -> tuple[Deployment, list[Diagnostic]]:
-    """Load and check: the deployment and every finding (loader + semantic checks), deduplicated."""
+    """Load and check: the deployment and every finding (loader + semantic checks),
+    deduplicated and sorted by position. Never raises."""
     deployment, found = load_deployment(path, tz)
     found = found + _run_checks(deployment, partial=any(d.is_error for d in found))
     seen: set[tuple[object, ...]] = set()
@@ -45,13 +46,18 @@ def lint(path: str | os.PathLike[str], tz: str = "UTC") -> tuple[Deployment, lis
         if key not in seen:
             seen.add(key)
             unique.append(d)
+    unique.sort(key=sort_key)
     return deployment, unique
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}{'' if n == 1 else 's'}"
 
 
 def _summary(diags: list[Diagnostic], files: int) -> str:
     errors = sum(1 for d in diags if d.is_error)
     warnings = len(diags) - errors
-    plural = lambda n, w: f"{n} {w}{'' if n == 1 else 's'}"  # noqa: E731
+    plural = _plural
     return f"{plural(errors, 'error')}, {plural(warnings, 'warning')} in {plural(files, 'file')}"
 
 
