@@ -48,6 +48,7 @@ from engine.model import (
     Sensor,
     SetActuator,
     TimeWindow,
+    Wait,
 )
 from engine.units import format_duration
 
@@ -918,14 +919,20 @@ def _interactions(ctx: _Context) -> None:
     for rule in ctx.dep.rules:
         if not rule.enabled:
             continue
-        on_here: dict[str, SetActuator] = {}
+        # what this rule has switched on, and until when (seconds after it ran):
+        # `for:` ends an on, `wait` moves time on, `off` ends it at once
+        on_here: dict[str, tuple[SetActuator, float]] = {}
+        t = 0.0
         for a in rule.actions:
+            if isinstance(a, Wait):
+                t += a.duration
+                continue
             if not isinstance(a, SetActuator) or a.state == "toggle":
                 continue
             v = float(a.state)
             groups[(a.actuator, rule.priority)].append(_Drive(rule, a, v))
             if v > 0.0:
-                _interlock_on(ctx, rule, a, on_here, by_actuator)
+                _interlock_on(ctx, rule, a, on_here, t, by_actuator)
                 for il in only_if.get(a.actuator, ()):
                     assert il.only_if is not None
                     if ctx.facts(rule).merged(_facts_of(il.only_if, None)).empty is not None:
@@ -939,17 +946,17 @@ def _interactions(ctx: _Context) -> None:
             _opposites(ctx, ref, prio, drives)
 
 
-def _interlock_on(ctx: _Context, rule: Rule, a: SetActuator, on_here: dict[str, SetActuator],
-                  by_actuator: dict[str, list[Interlock]]) -> None:
+def _interlock_on(ctx: _Context, rule: Rule, a: SetActuator, on_here: dict[str, tuple[SetActuator, float]],
+                  t: float, by_actuator: dict[str, list[Interlock]]) -> None:
     for il in by_actuator.get(a.actuator, ()):
         for other in il.never_together:
-            first = on_here.get(other)
-            if other != a.actuator and first is not None:
+            first, until = on_here.get(other, (None, 0.0))
+            if other != a.actuator and first is not None and until > t:
                 ctx.emit(INTERLOCK_TOGETHER, "error",
                          f"rule {rule.name!r} switches on {first.actuator} and {a.actuator}, which interlock "
                          f"{il.name!r} keeps apart: the guard blocks the second", a.pos,
                          "switch the other one off first, or split the rule", related=first.pos)
-    on_here[a.actuator] = a
+    on_here[a.actuator] = (a, t + a.for_ if a.for_ else _INF)
 
 
 def _opposites(ctx: _Context, ref: str, prio: int, drives: list[_Drive]) -> None:

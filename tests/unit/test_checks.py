@@ -440,3 +440,13 @@ def test_every_code_is_documented_and_exercised() -> None:
     here = Path(__file__).read_text(encoding="utf-8")
     unexercised = {c for c in defined - {"K499"} if f"expect: {c}" not in golden and f'"{c}"' not in here}
     assert not unexercised
+
+
+def test_interlock_respects_for_and_wait() -> None:
+    from engine.model import Wait
+
+    safety = replace(USE_ALL, interlocks=(Interlock("apart", ("north.heater", "north.fan"), pos=P(60)),))
+    after_it_ended = rule("a", At(360, P(10)), on("north.heater", 30, for_=300), Wait(600, P(31)), on("north.fan", 32))
+    too_soon = rule("b", At(400, P(11)), on("north.heater", 33, for_=300), Wait(60, P(34)), on("north.fan", 35))
+    found = check(after_it_ended, too_soon, safety=safety)
+    assert [(d.code, d.pos) for d in found] == [("K431", P(35))]
