@@ -231,6 +231,7 @@ class Server:
         self.hub: Hub | None = None
         self.broker: Any = None
         self._esp_to_device: dict[str, Device] = {}
+        self._encoded: dict[tuple[str, float, float | None, bool], tuple[str, int, Any]] = {}
 
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
@@ -338,6 +339,7 @@ class Server:
         self.router = Router(deployment)
         self.version = version
         self._esp_to_device = {d.esp_id: d for d in deployment.devices.values()}
+        self._encoded = {}  # (actuator, value, duration, toggle) -> (esp, gpio, message)
         for link in self.devices.values():
             dev = self._esp_to_device.get(link.esp_id)
             link.device = dev.name if dev else None
@@ -655,12 +657,19 @@ class Server:
         gpio: int | None
         for a in out.sent:
             c = a.command
-            try:
-                esp, gpio, _ = router.actuator_target(c.actuator)
-                msg = router.encode(self.kaiser_id, c)
-            except (KeyError, KaiserError) as exc:
-                log.error("cannot encode %s: %s", c, exc)
-                continue
+            key = (c.actuator, c.value, c.duration, c.toggle)
+            hit = self._encoded.get(key)
+            if hit is None:
+                try:
+                    esp, gpio, _ = router.actuator_target(c.actuator)
+                    hit = (esp, gpio, router.encode(self.kaiser_id, c))
+                except (KeyError, KaiserError) as exc:
+                    log.error("cannot encode %s: %s", c, exc)
+                    continue
+                if len(self._encoded) > 10_000:
+                    self._encoded.clear()
+                self._encoded[key] = hit
+            esp, gpio, msg = hit
             if mqtt is not None:
                 mqtt.publish(msg)
             self.metrics.commands_sent += 1
@@ -679,13 +688,11 @@ class Server:
                 hub.publish(f"safety/{esp or 'all'}", "safety", _command_json(b, esp, gpio), now)
         for run in out.runs:
             self.metrics.rule_runs += 1
-            if not run.config_version:
-                run = replace(run, config_version=version)
-            store.rule_run(run, (self.clock.now() - now) * 1000.0)
+            store.rule_run(run, (self.clock.now() - now) * 1000.0, version)
             if hub is not None and hub.clients:
                 hub.publish(f"logic_execution/{run.rule}", "logic_execution",
                             {"rule": run.rule, "trigger": dict(run.trigger), "actions": list(run.actions),
-                             "outcome": run.outcome, "config_version": run.config_version}, run.ts)
+                             "outcome": run.outcome, "config_version": run.config_version or version}, run.ts)
         for n in out.notifications:
             self.metrics.notifications += 1
             store.notification(n)

@@ -334,10 +334,12 @@ class Store:
     ) -> None:
         self._add("command_responses", (ts, actuator, esp_id, gpio, command, value, duration, success, message))
 
-    def rule_run(self, run: RuleRun, latency_ms: float | None = None) -> None:
+    def rule_run(self, run: RuleRun, latency_ms: float | None = None, config_version: str = "") -> None:
+        """``config_version``: used when the run carries none."""
         self._add(
             "rule_runs",
-            (run.ts, run.rule, run.trigger, run.actions, run.outcome, latency_ms, run.config_version),
+            (run.ts, run.rule, run.trigger, run.actions, run.outcome, latency_ms,
+             run.config_version or config_version),
         )
 
     def event(self, ev: Event) -> None:
