@@ -5,7 +5,7 @@ Every node keeps its 1-based ``Position``. Scalars are resolved with the YAML
 same way editors using the JSON Schemas read the files.
 
 Parsing is done by a YAML *composer* (nodes with marks, no object
-construction): libyaml through PyYAML's ``CSafeLoader`` when it is available
+construction): libyaml through ruamel.yaml.clib's ``CBaseLoader`` when it is available
 (about 15x faster), else ruamel.yaml's pure-Python composer. Both give the same
 node shapes. Bad input never raises out of ``read_yaml``: it returns
 diagnostics (too large, not UTF-8, control characters, tabs, syntax errors,
@@ -32,10 +32,10 @@ MAX_FILE_BYTES = 2 * 1024 * 1024
 ALIAS_BUDGET = 10_000
 MAX_DEPTH = 64
 
-try:  # libyaml: fast C scanner/parser/composer
-    import yaml as _pyyaml
+try:  # libyaml through ruamel.yaml.clib: fast C scanner/parser/composer
+    from ruamel.yaml.cyaml import CBaseLoader as _CBase
 
-    class _FastLoader(_pyyaml.CSafeLoader):
+    class _FastLoader(_CBase):  # type: ignore[misc]
         """libyaml composer; tags are not needed (we resolve scalars ourselves)."""
 
         def resolve(self, kind: Any, value: Any, implicit: Any) -> str:
