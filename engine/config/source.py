@@ -35,7 +35,7 @@ MAX_DEPTH = 64
 try:  # libyaml through ruamel.yaml.clib: fast C scanner/parser/composer
     from ruamel.yaml.cyaml import CBaseLoader as _CBase
 
-    class _FastLoader(_CBase):  # type: ignore[misc]
+    class _FastLoader(_CBase):
         """libyaml composer; tags are not needed (we resolve scalars ourselves)."""
 
         def resolve(self, kind: Any, value: Any, implicit: Any) -> str:
