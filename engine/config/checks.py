@@ -405,8 +405,10 @@ def _devices(ctx: _Context) -> None:
                      did_you_mean(dev.board, BOARDS) or "known boards: " + ", ".join(BOARDS) +
                      "; leave `board` out to skip pin checks")
             continue
+        used = {s.gpio for s in dev.sensors} | {a.gpio for a in dev.actuators} | {
+            a.aux_gpio for a in dev.actuators if a.aux_gpio is not None}
         for s in dev.sensors:
-            _pin(ctx, b, s.gpio, f"sensor {s.ref}", s.pos, actuator=False)
+            _pin(ctx, b, s.gpio, f"sensor {s.ref}", s.pos, actuator=False, used=used)
             if _analog(s) and b.adc and s.gpio not in b.adc and b.known(s.gpio) and s.gpio not in b.reserved:
                 ctx.emit(ADC_PIN, "warning",
                          f"analog sensor {s.ref} ({s.type}) on GPIO {s.gpio}, which has no ADC1 channel on {b.name}: "
@@ -416,9 +418,9 @@ def _devices(ctx: _Context) -> None:
                          f"I2C sensor {s.ref} on GPIO {s.gpio}, but the I2C bus of {b.name} is on "
                          f"{b.i2c[0]}/{b.i2c[1]}", s.pos, f"write gpio: {b.i2c[0]}")
         for a in dev.actuators:
-            _pin(ctx, b, a.gpio, f"actuator {a.ref}", a.pos, actuator=True)
+            _pin(ctx, b, a.gpio, f"actuator {a.ref}", a.pos, actuator=True, used=used)
             if a.aux_gpio is not None:
-                _pin(ctx, b, a.aux_gpio, f"actuator {a.ref} (aux_gpio)", a.pos, actuator=True)
+                _pin(ctx, b, a.aux_gpio, f"actuator {a.ref} (aux_gpio)", a.pos, actuator=True, used=used)
         if len(dev.sensors) > b.max_sensors:
             extra = dev.sensors[b.max_sensors]
             ctx.emit(TOO_MANY_SENSORS, "error",
@@ -440,15 +442,20 @@ def _analog(s: Sensor) -> bool:
         return False
 
 
-def _pin(ctx: _Context, b: Board, gpio: int, what: str, pos: Position, *, actuator: bool) -> None:
+def _pin(ctx: _Context, b: Board, gpio: int, what: str, pos: Position, *, actuator: bool,
+         used: set[int]) -> None:
+    free = set(b.usable) if actuator else set(b.usable | b.input_only)
+    free -= used
+    kind = "output pins" if actuator else "pins"
+    hint = f"free {kind} on this board: {pin_ranges(sorted(free))}" if free else f"no free {kind} left on this board"
     if gpio in b.reserved:
         ctx.emit(RESERVED_PIN, "error", f"{what}: GPIO {gpio} is reserved on {b.name} (boot strapping, flash or serial)",
-                 pos, f"usable pins: {b.pins_text()}")
+                 pos, hint)
     elif not b.known(gpio):
-        ctx.emit(UNKNOWN_PIN, "error", f"{what}: {b.name} has no GPIO {gpio}", pos, f"usable pins: {b.pins_text()}")
+        ctx.emit(UNKNOWN_PIN, "error", f"{what}: {b.name} has no GPIO {gpio}", pos, hint)
     elif actuator and gpio in b.input_only:
         ctx.emit(INPUT_ONLY_PIN, "error", f"{what}: GPIO {gpio} is input-only on {b.name} and cannot drive an actuator",
-                 pos, f"usable output pins: {b.pins_text()}")
+                 pos, hint)
 
 
 def _gpio_conflicts(ctx: _Context, sensors: Iterable[Sensor], actuators: Iterable[Actuator]) -> None:
