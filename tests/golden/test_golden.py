@@ -235,3 +235,8 @@ def test_example_shows_every_feature() -> None:
     for f in EXAMPLE.glob("*.yaml"):
         assert f.read_text(encoding="utf-8").startswith(
             "# yaml-language-server: $schema=../schemas/kaiser-rules.schema.json\n"), f.name
+
+
+def test_unknown_time_zone() -> None:
+    found = lint(EXAMPLE, tz="Mars/Olympus_Mons")
+    assert [d.code for d in found] == ["K109"]
