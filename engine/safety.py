@@ -20,7 +20,7 @@ Checks run in this fixed order; the first that fails decides (docs/safety.md):
  3. ``PWM_OUT_OF_RANGE``        0.0-1.0 and the configured ``pwm`` range
  4. ``GPIO_CONFLICT``           the actuator's GPIO is not a sensor's on that device
  5. ``DEVICE_OFFLINE``          the device is online
- 6. ``SENSOR_LOST``             ``on_sensor_loss`` (rule commands only)
+ 6. ``SENSOR_LOST``             ``on_sensor_loss`` (a watched sensor is silent or stale)
  7. ``INTERLOCK``               ``never_together``, then ``only_if``
  8. ``MIN_OFF``                 (starts only)
  9. ``MAX_RUNTIME``             (already on: on for at least max_runtime)
@@ -37,6 +37,7 @@ import difflib
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
+from typing import NamedTuple
 
 from engine.model import (
     USABLE_QUALITY,
@@ -78,10 +79,8 @@ __all__ = [
     "is_on",
 ]
 
-#: server-originated sources: exempt from the rate limit and from sensor-loss blocking
+#: server-originated sources (max_runtime OFF, lease end, renewals): exempt from the rate limit
 SERVER_SOURCES = frozenset({"safety", "lease"})
-#: people: a manual override still works while a rule's sensor is lost
-PEOPLE_SOURCES = frozenset({"manual", "cli"})
 
 SNAPSHOT_VERSION = 1
 #: slack for float sums (ts + stale_after): a due time must also be "due" at that time
@@ -118,6 +117,8 @@ class Limits:
     esp_ids: Mapping[str, str] = field(default_factory=dict)
     #: every sensor ref the guard must remember readings of
     sensors: frozenset[str] = frozenset()
+    #: sensor ref -> actuators whose watched sensors or only_if read it
+    users: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
 
 
 def _condition_sensors(cond: Condition) -> Iterable[str]:
@@ -182,12 +183,17 @@ def compile_limits(deployment: Deployment) -> Limits:
             entries[act.ref] = entry
             needed.update(entry.watched)
             needed.update(lock.only_if.sensor for lock in locks if lock.only_if is not None)
+    users: dict[str, list[str]] = {}
+    for ref, entry in entries.items():
+        for s in {*entry.watched, *(lock.only_if.sensor for lock in entry.only_if if lock.only_if)}:
+            users.setdefault(s, []).append(ref)
     return Limits(
         entries=entries,
         defaults=safety.defaults,
         devices=devices,
         esp_ids={d.esp_id: d.name for d in deployment.devices.values()},
         sensors=frozenset(needed),
+        users={s: tuple(refs) for s, refs in users.items()},
     )
 
 
@@ -195,10 +201,9 @@ def compile_limits(deployment: Deployment) -> Limits:
 # Runtime state
 
 
-@dataclass(slots=True)
-class ActuatorState:
-    """What the guard remembers about one actuator. Treated as a value: the guard
-    never changes one in place, it makes a new one (:meth:`clone`)."""
+class ActuatorState(NamedTuple):
+    """What the guard remembers about one actuator: an immutable value (a new one
+    per change; a tuple because it is built on every allowed command)."""
 
     value: float | None = None  # last allowed value (None: never commanded)
     value_at: float | None = None
@@ -211,12 +216,6 @@ class ActuatorState:
     lease: Command | None = None  # the command whose lease runs (for: or hold)
     lease_end: float | None = None
     renew_at: float | None = None  # holds only
-
-    def clone(self) -> ActuatorState:
-        return ActuatorState(
-            self.value, self.value_at, self.reported, self.reported_at, self.on_since,
-            self.off_since, self.starts, self.recent, self.lease, self.lease_end, self.renew_at,
-        )
 
 
 EMPTY = ActuatorState()
@@ -462,7 +461,7 @@ def _decide(
         return Blocked(cmd, Code.DEVICE_OFFLINE, f"{ref}: device {device} is offline"), None
     running = is_on(st)
     # 6. sensor loss
-    if entry.watched and lim.on_sensor_loss != "on" and cmd.source not in PEOPLE_SOURCES:
+    if entry.watched and lim.on_sensor_loss != "on":
         lost = _lost_sensor(state, limits.defaults, entry, now)
         if lost is not None and (
             lim.on_sensor_loss == "off" or not running or (st.value is not None and value != st.value)
@@ -528,40 +527,43 @@ def _decide(
         if duration is None or duration > left:
             duration = left
     if duration != cmd.duration:
-        cmd = replace(cmd, duration=duration)
+        cmd = _with_duration(cmd, duration)
     return Allowed(cmd), _after(cmd, st, entry, limits.defaults, now)
+
+
+def _with_duration(c: Command, duration: float | None) -> Command:
+    # dataclasses.replace costs more than the rest of a decision
+    return Command(c.actuator, c.value, duration, c.source, c.rule, c.priority, c.reason, c.toggle, c.hold)
 
 
 def _after(cmd: Command, st: ActuatorState, entry: Entry, defaults: SafetyDefaults, now: float) -> ActuatorState:
     """The actuator's state once ``cmd`` (allowed) is sent."""
-    new = st.clone()
     was_on = is_on(st)
-    on = cmd.value > 0.0
     lim = entry.limits
-    new.value = cmd.value
-    new.value_at = now
-    if on:
+    if cmd.value > 0.0:
+        on_since, starts, recent = st.on_since, st.starts, st.recent
         if not was_on:
-            new.on_since = now
+            on_since = now
             if lim.max_starts is not None:
                 per = lim.max_starts[1]
-                new.starts = (*(t for t in st.starts if now - t < per), now)
+                starts = (*[t for t in starts if now - t < per], now)
         if lim.rate_limit is not None and cmd.source not in SERVER_SOURCES:
             per = lim.rate_limit[1]
-            new.recent = (*(t for t in st.recent if now - t < per), now)
+            recent = (*[t for t in recent if now - t < per], now)
+        holding: Command | None
+        end: float | None
+        renew: float | None
         if cmd.hold:
             lease = cmd.duration if cmd.duration is not None else defaults.lease
-            new.lease, new.lease_end, new.renew_at = cmd, now + lease, now + defaults.lease / 2
+            holding, end, renew = cmd, now + lease, now + defaults.lease / 2
         elif cmd.duration is not None:
-            new.lease, new.lease_end, new.renew_at = cmd, now + cmd.duration, None
+            holding, end, renew = cmd, now + cmd.duration, None
         else:
-            new.lease = new.lease_end = new.renew_at = None
-    else:
-        if was_on:
-            new.off_since = now
-        new.on_since = None
-        new.lease = new.lease_end = new.renew_at = None
-    return new
+            holding = end = renew = None
+        return ActuatorState(cmd.value, now, st.reported, st.reported_at, on_since, st.off_since,
+                             starts, recent, holding, end, renew)
+    return ActuatorState(cmd.value, now, st.reported, st.reported_at, None,
+                         now if was_on else st.off_since, st.starts, st.recent, None, None, None)
 
 
 def guard(command: Command, state: GuardState, limits: Limits, now: float) -> tuple[Verdict, GuardState]:
@@ -577,6 +579,25 @@ def guard(command: Command, state: GuardState, limits: Limits, now: float) -> tu
     if new is None:
         return verdict, state
     return verdict, replace(state, actuators={**state.actuators, command.actuator: new})
+
+
+def _actuator_due(state: GuardState, defaults: SafetyDefaults, entry: Entry, st: ActuatorState) -> float | None:
+    """When :meth:`Guard.tick` next has something to do for this actuator."""
+    lim = entry.limits
+    due: float | None = None
+    if st.lease is not None:
+        due = st.renew_at if st.lease.hold else st.lease_end
+    if not is_on(st):
+        return due
+    times: list[float | None] = [due]
+    if lim.max_runtime is not None and st.on_since is not None:
+        times.append(st.on_since + lim.max_runtime)
+    if entry.watched and lim.on_sensor_loss == "off":
+        times.extend(_stale_at(state, defaults, s) for s in entry.watched)
+    if entry.only_if:
+        times.append(_only_if_due(state, defaults, entry))
+    known = [t for t in times if t is not None]
+    return min(known) if known else None
 
 
 # --------------------------------------------------------------------------
@@ -596,7 +617,8 @@ class Guard:
         when the server started; defaults to the first ``now`` the guard sees."""
         self._limits = compile_limits(deployment)
         self._state = GuardState(assume_online=assume_online, start=start)
-        self._active: set[str] = set()  # actuators that run or hold a lease: tick looks only here
+        #: actuator ref -> when tick has something to do for it (only those that have)
+        self._due: dict[str, float] = {}
         self._pending: list[Event] = []
 
     # -- queries ---------------------------------------------------------
@@ -635,10 +657,16 @@ class Guard:
 
     def _store(self, ref: str, new: ActuatorState) -> None:
         self._state.actuators[ref] = new
-        if is_on(new) or new.lease is not None:
-            self._active.add(ref)
+        self._schedule(ref)
+
+    def _schedule(self, ref: str) -> None:
+        entry = self._limits.entries.get(ref)
+        st = self._state.actuators.get(ref)
+        t = None if entry is None or st is None else _actuator_due(self._state, self._limits.defaults, entry, st)
+        if t is None:
+            self._due.pop(ref, None)
         else:
-            self._active.discard(ref)
+            self._due[ref] = t
 
     def check(self, command: Command, now: float) -> Verdict:
         """Decide ``command`` at ``now``; on Allowed record the state change.
@@ -671,9 +699,7 @@ class Guard:
             for ref in self._limits.devices.get(device, ()):
                 st = self._state.actuators.get(ref)
                 if st is not None and st.lease is not None and st.lease.hold and st.renew_at is None:
-                    new = st.clone()
-                    new.renew_at = now
-                    self._store(ref, new)
+                    self._store(ref, st._replace(renew_at=now))
 
     def actuator_reported(self, ref: str, value: float, now: float) -> None:
         """The firmware reported ``value`` (0.0-1.0) for actuator ``ref``."""
@@ -682,13 +708,12 @@ class Guard:
             return
         st = self._state.actuators.get(ref, EMPTY)
         was_on = is_on(st)
-        new = st.clone()
-        new.reported, new.reported_at = float(value), now
+        new = st._replace(reported=float(value), reported_at=now)
         on = is_on(new)
         if on and not was_on:
-            new.on_since = now  # switched on outside our commands: max_runtime still counts
+            new = new._replace(on_since=now)  # switched on outside our commands: max_runtime still counts
         elif was_on and not on:
-            new.off_since, new.on_since = now, None
+            new = new._replace(off_since=now, on_since=None)
         self._store(ref, new)
 
     def reading(self, reading: Reading) -> None:
@@ -696,6 +721,9 @@ class Guard:
         old = self._state.readings.get(reading.sensor)
         if old is None or reading.ts >= old[1]:
             self._state.readings[reading.sensor] = (float(reading.value), float(reading.ts), reading.quality)
+            for ref in self._limits.users.get(reading.sensor, ()):
+                if ref in self._state.actuators:
+                    self._schedule(ref)
 
     # -- server-originated commands ---------------------------------------
     def tick(self, now: float) -> Outputs:
@@ -708,11 +736,11 @@ class Guard:
             out.events.extend(self._pending)
             self._pending.clear()
         limits, state = self._limits, self._state
-        for ref in sorted(self._active):
+        for ref in sorted(r for r, t in self._due.items() if t <= now):
             entry = limits.entries.get(ref)
             st = state.actuators.get(ref)
             if entry is None or st is None:
-                self._active.discard(ref)
+                self._due.pop(ref, None)
                 continue
             lim = entry.limits
             running = is_on(st)
@@ -753,9 +781,7 @@ class Guard:
                     if verdict.code is Code.DEVICE_OFFLINE:
                         # nothing reaches it; the board's own lease turns it off.
                         # Renew as soon as it is back (device_online).
-                        new = st.clone()
-                        new.renew_at = None
-                        self._store(ref, new)
+                        self._store(ref, st._replace(renew_at=None))
                     else:
                         self._emit_off(out, ref, f"{ref} switched off: hold renewal blocked: {verdict.reason}",
                                        now, verdict.code, "warning")
@@ -771,34 +797,13 @@ class Guard:
         self._store(ref, _after(off, st, entry, self._limits.defaults, now))
 
     def next_due(self) -> float | None:
-        """The earliest Unix time at which :meth:`tick` has something to do."""
-        limits, state = self._limits, self._state
-        due: float | None = None
-
-        def earliest(t: float | None) -> None:
-            nonlocal due
-            if t is not None and (due is None or t < due):
-                due = t
-
-        for ref in self._active:
-            entry = limits.entries.get(ref)
-            st = state.actuators.get(ref)
-            if entry is None or st is None:
-                continue
-            lim = entry.limits
-            running = is_on(st)
-            if running and lim.max_runtime is not None and st.on_since is not None:
-                earliest(st.on_since + lim.max_runtime)
-            if running and entry.watched and lim.on_sensor_loss == "off":
-                for s in entry.watched:
-                    earliest(_stale_at(state, limits.defaults, s))
-            if running and entry.only_if:
-                earliest(_only_if_due(state, limits.defaults, entry))
-            if st.lease is not None:
-                earliest(st.renew_at if st.lease.hold else st.lease_end)
-        if due is not None and state.last_now is not None and due < state.last_now:
-            due = state.last_now  # already due: never ask a clock to go backwards
-        return due
+        """The earliest Unix time at which :meth:`tick` has something to do (never
+        earlier than the latest ``now`` given: a past due time means "now")."""
+        if not self._due:
+            return None
+        due = min(self._due.values())
+        last = self._state.last_now
+        return last if last is not None and due < last else due
 
     # -- emergency stop ---------------------------------------------------
     def emergency_stop(self, target: str, reason: str, who: str, now: float) -> Outputs:
@@ -863,6 +868,7 @@ class Guard:
         return {
             "version": SNAPSHOT_VERSION,
             "start": s.start,
+            "saved_at": s.last_now,
             "latches": {t: {"reason": x.reason, "who": x.who, "ts": x.ts} for t, x in s.latches.items()},
             "actuators": {ref: _dump_actuator(st) for ref, st in s.actuators.items()},
             "readings": {ref: [v, ts, q] for ref, (v, ts, q) in s.readings.items()},
@@ -878,26 +884,9 @@ class Guard:
         start = data.get("start")
         if isinstance(start, int | float) and s.start is None:
             s.start = float(start)
-        latches = data.get("latches", {})
-        try:
-            assert isinstance(latches, dict)
-            for t, x in latches.items():
-                assert isinstance(x, dict)
-                s.latches[str(t)] = Latch(str(t), str(x.get("reason", "")), str(x.get("who", "")),
-                                          float(x.get("ts", 0.0)))
-        except (AssertionError, TypeError, ValueError):
-            s.latches["all"] = Latch("all", "emergency state unreadable after restart", "kaiser", s.start or 0.0)
-            self._pending.append(Event(s.start or 0.0, "emergency", "critical", "all",
-                                       "emergency latches in the snapshot were unreadable: stopped all boards "
-                                       "until a reset", {"active": True}))
-        acts = data.get("actuators", {})
-        if isinstance(acts, dict):
-            for ref, raw in acts.items():
-                if ref in self._limits.entries and isinstance(raw, dict):
-                    try:
-                        self._store(ref, _load_actuator(ref, raw))
-                    except (TypeError, ValueError, KeyError):
-                        continue
+        saved = data.get("saved_at")
+        if isinstance(saved, int | float) and (s.last_now is None or saved > s.last_now):
+            s.last_now = float(saved)  # a lower bound of the clock: due times before it mean "now"
         readings = data.get("readings", {})
         if isinstance(readings, dict):
             for ref, raw in readings.items():
@@ -906,6 +895,22 @@ class Guard:
                     s.readings[str(ref)] = (float(v), float(ts), str(q))
                 except (TypeError, ValueError):
                     continue
+        latches = _load_latches(data.get("latches", {}))
+        if latches is None:
+            s.latches["all"] = Latch("all", "emergency state unreadable after restart", "kaiser", s.start or 0.0)
+            self._pending.append(Event(s.start or 0.0, "emergency", "critical", "all",
+                                       "emergency latches in the snapshot were unreadable: stopped all boards "
+                                       "until a reset", {"active": True}))
+        else:
+            s.latches.update(latches)
+        acts = data.get("actuators", {})
+        if isinstance(acts, dict):
+            for ref, raw in acts.items():
+                if ref in self._limits.entries and isinstance(raw, dict):
+                    try:
+                        self._store(ref, _load_actuator(ref, raw))
+                    except (TypeError, ValueError, KeyError):
+                        continue
 
     def reload(self, deployment: Deployment) -> None:
         """Switch to a new deployment, keeping latches, readings, online flags and the
@@ -913,7 +918,9 @@ class Guard:
         self._limits = compile_limits(deployment)
         s = self._state
         s.actuators = {r: st for r, st in s.actuators.items() if r in self._limits.entries}
-        self._active = {r for r, st in s.actuators.items() if is_on(st) or st.lease is not None}
+        self._due.clear()
+        for ref in s.actuators:
+            self._schedule(ref)
 
 
 # --------------------------------------------------------------------------
@@ -932,6 +939,21 @@ def _dump_actuator(st: ActuatorState) -> dict[str, object]:
         },
         "lease_end": st.lease_end, "renew_at": st.renew_at,
     }
+
+
+def _load_latches(raw: object) -> dict[str, Latch] | None:
+    """Latches from a snapshot; None when they cannot be read."""
+    if not isinstance(raw, dict):
+        return None
+    out: dict[str, Latch] = {}
+    for t, x in raw.items():
+        if not isinstance(x, dict):
+            return None
+        try:
+            out[str(t)] = Latch(str(t), str(x.get("reason", "")), str(x.get("who", "")), float(x.get("ts", 0.0)))
+        except (TypeError, ValueError):
+            return None
+    return out
 
 
 def _opt(raw: Mapping[str, object], key: str) -> float | None:
