@@ -791,7 +791,7 @@ class Guard:
                   severity: str, **data: object) -> None:
         st = self._state.actuators.get(ref, EMPTY)
         entry = self._limits.entries[ref]
-        off = _off(ref, message, rule=st.lease.rule if st.lease is not None else None)
+        off = _off(ref, message)  # the guard's own decision: no rule asked for it
         out.sent.append(Allowed(off))
         out.events.append(Event(now, "safety", severity, ref, message, {"code": str(code), **data}))
         self._store(ref, _after(off, st, entry, self._limits.defaults, now))
