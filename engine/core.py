@@ -318,7 +318,11 @@ class BaseEngine:
         return batch.out
 
     def _order(self, names: Iterable[str]) -> list[str]:
-        return sorted((n for n in names if n in self._rules), key=self._index.__getitem__)
+        rules = self._rules
+        found = [n for n in names if n in rules]
+        if len(found) > 1:
+            found.sort(key=self._index.__getitem__)
+        return found
 
     def _evaluate(self, names: Iterable[str], batch: _Batch, fire: bool) -> None:
         for name in self._order(names):

@@ -78,7 +78,10 @@ class _Ruleset:
                 return fired
             message: str | None = started[1]
             while message:
-                fired.extend(k for k in json.loads(message) if k != _INIT)
+                # one action per message: '{"<term name>":{...}}' (names never hold quotes)
+                name = message[2:message.index('"', 2)]
+                if name != _INIT:
+                    fired.append(name)
                 message = _dre.complete_and_start_action(self.handle, state_handle)
         except _dre.error as e:
             raise EngineError(f"durable-rules dispatch failed: {e}") from e
