@@ -677,16 +677,23 @@ class Guard:
         try:
             verdict, new = _decide(command, self._state, self._limits, now)
         except Exception as exc:  # never let a bad command through, never crash the server
-            if command.is_off and command.actuator in self._limits.entries:
-                off = replace(command, value=0.0, duration=None, hold=False, toggle=False)
-                self._store(command.actuator, _after(off, self._state.actuators.get(command.actuator, EMPTY),
-                                                     self._limits.entries[command.actuator],
-                                                     self._limits.defaults, now))
-                return Allowed(off)
-            return Blocked(command, Code.ACTUATOR_NOT_CONFIGURED, f"{command.actuator}: unusable command ({exc})")
+            return self._unusable(command, exc, now)
         if new is not None:
             self._store(command.actuator, new)
         return verdict
+
+    def _unusable(self, command: Command, exc: Exception, now: float) -> Verdict:
+        """A command the checks cannot even read (a value that is not a number...)."""
+        ref = command.actuator if isinstance(command.actuator, str) else repr(command.actuator)
+        entry = self._limits.entries.get(ref)
+        if entry is None:
+            return Blocked(command, Code.ACTUATOR_NOT_CONFIGURED, f"{ref} is not an actuator in the device map")
+        value = command.value
+        if isinstance(value, int | float) and value <= 0.0 and not command.toggle:  # still an OFF
+            off = Command(ref, 0.0, None, str(command.source), command.rule, 0, str(command.reason))
+            self._store(ref, _after(off, self._state.actuators.get(ref, EMPTY), entry, self._limits.defaults, now))
+            return Allowed(off)
+        return Blocked(command, Code.PWM_OUT_OF_RANGE, f"{ref}: {value!r} is not a value 0.0-1.0 ({exc})")
 
     def device_online(self, device: str, online: bool, now: float) -> None:
         """The device (name or esp_id) came online or went offline. Holds whose
@@ -782,6 +789,10 @@ class Guard:
                         # nothing reaches it; the board's own lease turns it off.
                         # Renew as soon as it is back (device_online).
                         self._store(ref, st._replace(renew_at=None))
+                        out.events.append(Event(now, "safety", "warning", ref,
+                                                f"hold on {ref} not renewed: {verdict.reason}; the board's "
+                                                "lease switches it off, the hold resumes when it is back",
+                                                {"code": str(verdict.code), "rule": lease.rule}))
                     else:
                         self._emit_off(out, ref, f"{ref} switched off: hold renewal blocked: {verdict.reason}",
                                        now, verdict.code, "warning")

@@ -401,6 +401,7 @@ def test_renewal_waits_for_an_offline_device() -> None:
     g.device_online("north", False, T0 + 5)
     out = g.tick(T0 + 30)
     assert [b.code for b in out.blocked] == [Code.DEVICE_OFFLINE] and not out.sent
+    assert "not renewed" in out.events[0].message
     assert g.next_due() is None
     g.device_online("north", True, T0 + 100)
     assert g.next_due() == T0 + 100
@@ -537,3 +538,12 @@ def test_pure_guard_does_not_touch_its_input() -> None:
 def test_negative_values_are_off(value: float) -> None:
     v = make().check(Command("north.fan", value, duration=5), T0)
     assert isinstance(v, Allowed) and v.command.value == 0.0 and v.command.duration is None
+
+
+@pytest.mark.parametrize("value", ["on", None, [1]])
+def test_unreadable_values_are_blocked_not_raised(value: object) -> None:
+    g = make()
+    v = g.check(Command("north.fan", value), T0)  # type: ignore[arg-type]
+    assert isinstance(v, Blocked) and v.code is Code.PWM_OUT_OF_RANGE
+    v = g.check(Command("north.nothing", value), T0)  # type: ignore[arg-type]
+    assert isinstance(v, Blocked) and v.code is Code.ACTUATOR_NOT_CONFIGURED
