@@ -154,7 +154,9 @@ class KaiserProc:
         raise RuntimeError("kaiser did not come up")
 
     def get(self, path: str) -> str:
-        with urllib.request.urlopen(self.base + path, timeout=30) as r:
+        token = os.environ.get("KAISER_WS_TOKEN")
+        req = urllib.request.Request(self.base + path, headers={"Authorization": f"Bearer {token}"} if token else {})
+        with urllib.request.urlopen(req, timeout=30) as r:
             return str(r.read().decode())
 
     def query(self, sql: str) -> list[list[Any]]:

@@ -461,7 +461,7 @@ class Server:
         who = rej.esp_id or ""
         self.store.event(Event(now, "malformed", "warning", who, rej.reason,
                                {"topic": rej.topic[:300], "kind": rej.kind, "error": rej.error}))
-        key = (who, rej.kind)
+        key = (who, rej.topic[:200])  # once per board and topic per minute
         if now - self._malformed_logged.get(key, -1e18) >= MALFORMED_LOG_EVERY:
             self._malformed_logged[key] = now
             log.warning("%s (further ones from this board and topic are counted, not logged, for a minute)", rej)
@@ -1072,8 +1072,10 @@ def run_query(settings: Settings, sql: str) -> QueryResult:
     w = settings.websocket
     host = w.host if w.host not in ("0.0.0.0", "::", "") else "127.0.0.1"
     url = f"http://{host}:{w.port}/query?" + urllib.parse.urlencode({"sql": sql})
+    token = w.token
+    req = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"} if token else {})
     try:
-        with urllib.request.urlopen(url, timeout=30) as r:
+        with urllib.request.urlopen(req, timeout=30) as r:
             data = json.loads(r.read())
             return QueryResult(data["columns"], [tuple(x) for x in data["rows"]], data.get("truncated", False))
     except urllib.error.HTTPError as e:

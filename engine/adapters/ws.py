@@ -3,7 +3,8 @@
 ``ws://HOST:PORT/ws``: clients subscribe to topics with MQTT wildcards and get JSON
 events ``{"event_type", "ts", "topic", "data"}``. ``GET /health`` (JSON),
 ``GET /metrics`` (Prometheus text) and ``GET /query?sql=...`` (read-only SQL through
-the running server) answer on the same port.
+the running server; needs the token, as ``Authorization: Bearer T``, when one is
+set) answer on the same port.
 
 Each client has a bounded queue and its own sender task: a client whose queue fills
 is dropped (close code 1013) and never delays the others. A client that sends
@@ -199,7 +200,13 @@ class Hub:
         if url.path == "/metrics":
             return _respond(HTTPStatus.OK, self.metrics(), "text/plain; version=0.0.4")
         if url.path == "/query" and self.query is not None:
-            sql = (parse_qs(url.query).get("sql") or [""])[0]
+            args = parse_qs(url.query)
+            if self.token is not None:
+                auth = request.headers.get("Authorization", "")
+                given = auth[7:] if auth.startswith("Bearer ") else (args.get("token") or [""])[0]
+                if not hmac.compare_digest(given, self.token):
+                    return _respond(HTTPStatus.UNAUTHORIZED, {"error": "missing or wrong token"})
+            sql = (args.get("sql") or [""])[0]
             if not sql:
                 return _respond(HTTPStatus.BAD_REQUEST, {"error": "missing ?sql="})
             try:

@@ -26,9 +26,10 @@ async def _recv(ws: Any, timeout: float = 5.0) -> dict[str, Any]:
     return json.loads(await asyncio.wait_for(ws.recv(), timeout))
 
 
-def _get(url: str) -> tuple[int, str, str]:
+def _get(url: str, token: str | None = None) -> tuple[int, str, str]:
+    req = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"} if token else {})
     try:
-        with urllib.request.urlopen(url, timeout=5) as r:
+        with urllib.request.urlopen(req, timeout=5) as r:
             return r.status, r.headers["Content-Type"], r.read().decode()
     except urllib.error.HTTPError as e:
         return e.code, e.headers["Content-Type"], e.read().decode()
@@ -158,6 +159,8 @@ async def test_health_metrics_query_on_the_same_port(hub: Hub) -> None:
     status, ctype, body = await asyncio.to_thread(_get, base + "/metrics")
     assert status == 200 and ctype.startswith("text/plain") and "kaiser_readings_total 5" in body
     status, _, body = await asyncio.to_thread(_get, base + "/query?sql=SELECT%201")
+    assert status == 401  # the hub has a token: queries need it too
+    status, _, body = await asyncio.to_thread(_get, base + "/query?sql=SELECT%201", "s3cret")
     assert status == 200 and json.loads(body)["sql"] == "SELECT 1"
     status, _, _ = await asyncio.to_thread(_get, base + "/nope")
     assert status == 404
