@@ -209,3 +209,28 @@ async def test_plan_why_and_history_read_the_store_after_the_server_stopped(
     assert await asyncio.to_thread(cmd_plan, ns) == 0
     out = capsys.readouterr().out
     assert "0 new, 1 gone" in out, out
+
+
+async def test_estop_and_reset_from_the_cli_go_through_the_running_server(
+        server: Server, board: Board, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import argparse
+
+    from engine.app import cmd_estop, cmd_query, cmd_reset
+
+    assert server.hub is not None
+    monkeypatch.setenv("KAISER_WS_TOKEN", "tok")
+    server.hub.token = "tok"
+    toml = tmp_path / "cli.toml"
+    toml.write_text(f'[kaiser]\nid = "{server.kaiser_id}"\n[store]\npath = "{tmp_path / "nope.duckdb"}"\n'
+                    f'[websocket]\nlisten = "127.0.0.1:{server.hub.port}"\n')
+    ns = argparse.Namespace(config=str(toml), device="south", reason="smoke in south")
+    assert await asyncio.to_thread(cmd_estop, ns) == 0
+    _, p = await board.expect(lambda t, p: t.endswith(f"{SOUTH}/actuator/emergency"))
+    assert p["action"] == "stop_all" and p["reason"] == "smoke in south"
+    await board.expect(lambda t, p: t.endswith(f"{SOUTH}/actuator/25/command") and p["command"] == "OFF")
+    ns = argparse.Namespace(config=str(toml), device="south", reason="all clear")
+    assert await asyncio.to_thread(cmd_reset, ns) == 0
+    ns = argparse.Namespace(config=str(toml), sql="SELECT kind FROM events WHERE kind = 'emergency'")
+    assert await asyncio.to_thread(cmd_query, ns) == 0
+    ns = argparse.Namespace(config=str(toml), device="nowhere", reason="x")
+    assert await asyncio.to_thread(cmd_estop, ns) == 1  # refused: unknown device
