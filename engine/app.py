@@ -1243,9 +1243,10 @@ def cmd_plan(args: argparse.Namespace) -> int:
     except (StoreError, KaiserError, ValueError) as exc:
         print(f"kaiser: {exc}", file=sys.stderr)
         return 1
-    planned = replay(Kaiser(deployment), deployment,
-                     [Reading(s, float(v), float(t), q or "good", u or "", bool(r))
-                      for s, v, t, q, u, r in readings.rows])
+    stored = [Reading(s, float(v), float(t), q or "good", u or "", bool(r)) for s, v, t, q, u, r in readings.rows]
+    # boards count as online: the replay is about what the rules decide, not who was reachable
+    kaiser = Kaiser(deployment, assume_online=True, start=stored[0].ts if stored else since)
+    planned = replay(kaiser, stored, until=time.time())
     actual = [(float(t), a, float(v)) for t, a, v in sent.rows]
     only_new, only_old = diff_commands(planned, actual)
     print(f"plan: rules {rules} (version {version.id}) over {len(readings.rows)} readings since {args.since}")
@@ -1260,32 +1261,37 @@ def cmd_plan(args: argparse.Namespace) -> int:
     return 0
 
 
-def replay(kaiser: Any, deployment: Deployment, readings: list[Reading]) -> list[tuple[float, str, float]]:
-    """Feed stored readings through a fresh Kaiser on a virtual clock (timers fire on time).
-    Returns the commands it sends as (ts, actuator, value)."""
+def replay(kaiser: Any, readings: list[Reading], until: float | None = None) -> list[tuple[float, str, float]]:
+    """Feed stored readings through a fresh Kaiser on a virtual clock: the clock stops
+    at every due instant, so timers fire on time; then runs on to ``until``. Returns
+    the commands it would send as (ts, actuator, value)."""
     out: list[tuple[float, str, float]] = []
-    by_sensor_device = {ref: ref.split(".", 1)[0] for ref in deployment.sensor_refs()}
-    seen: set[str] = set()
+    t_now = readings[0].ts if readings else 0.0
 
     def collect(o: Outputs) -> None:
         out.extend((t_now, a.command.actuator, a.command.value) for a in o.sent)
 
-    t_now = readings[0].ts if readings else 0.0
-    for dev in deployment.devices:
-        collect(kaiser.device_seen(dev, t_now))
-        seen.add(dev)
-    for r in readings:
+    def run_until(t: float) -> None:
+        nonlocal t_now
+        last: float | None = None
         while True:
             due = kaiser.next_due()
-            if due is None or due > r.ts:
-                break
-            t_now = max(t_now, due)
+            if due is None or due > t:
+                return
+            step = max(t_now, due)
+            if last is not None and step <= last:
+                step = last + 0.001  # a due time the tick did not clear: step on, never spin
+            if step > t:
+                return
+            t_now = last = step
             collect(kaiser.tick(t_now))
+
+    for r in readings:
+        run_until(r.ts)
         t_now = max(t_now, r.ts)
-        owner = by_sensor_device.get(r.sensor)
-        if owner is not None:
-            collect(kaiser.device_seen(owner, t_now))
         collect(kaiser.receive(replace(r, retained=False), t_now))
+    if until is not None:
+        run_until(until)
     return out
 
 
