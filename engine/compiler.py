@@ -205,6 +205,14 @@ def next_window_change(w: TimeWindow, now: float, tz: ZoneInfo) -> float:
     return min(later)
 
 
+def next_every(start: float, interval: float, now: float) -> float:
+    """The first instant ``start + k * interval`` (k >= 1) at or after ``now``."""
+    interval = max(interval, 1e-3)
+    if now <= start + interval:
+        return start + interval
+    return start + math.ceil((now - start) / interval) * interval
+
+
 def next_at(minute: int, now: float, tz: ZoneInfo) -> float:
     """The next instant strictly after ``now`` with local time ``minute`` after midnight."""
     later = [t for t in _local_instants(now, tz, [minute]) if t > now + 1e-6]

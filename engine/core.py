@@ -128,6 +128,7 @@ class BaseEngine:
         # rule state
         self._prev: dict[str, bool] = {}
         self._last_run: dict[str, float] = {}
+        self._cooldown_ends: list[float] = []  # heap: instants a cooldown ends
         self._holds: dict[str, list[str]] = {}
         self._held_by: dict[str, set[str]] = {}  # actuator -> rules holding it
         self._waits: list[tuple[float, int, str, str, int]] = []  # (due, seq, rule, list, index)
@@ -277,11 +278,11 @@ class BaseEngine:
             cands.append(t)
         if self._waits:
             cands.append(min(w[0] for w in self._waits))
-        if self._now is not None:
-            for name, last in self._last_run.items():
-                r = self._rules.get(name)
-                if r is not None and r.cooldown > 0 and last + r.cooldown > self._now:
-                    cands.append(last + r.cooldown)
+        ends = self._cooldown_ends
+        while ends and self._now is not None and ends[0] <= self._now:
+            heapq.heappop(ends)
+        if ends:
+            cands.append(ends[0])
         return min(cands) if cands else None
 
     def is_true(self, rule: str) -> bool:
@@ -350,6 +351,8 @@ class BaseEngine:
             batch.out.runs.append(RuleRun(rule.name, now, trigger, (), "skipped_cooldown", self.version))
             return
         self._last_run[rule.name] = now
+        if rule.cooldown > 0:
+            heapq.heappush(self._cooldown_ends, now + rule.cooldown)
         if rule.kind == "level":
             self._holds[rule.name] = [a.actuator for a in rule.actions if isinstance(a, SetActuator)]
             for ref in self._holds[rule.name]:
@@ -553,6 +556,8 @@ class BaseEngine:
         self._commanded = {k: float(v) for k, v in dict(g("commanded") or {}).items()}  # type: ignore[call-overload]
         self._prev = {k: bool(v) for k, v in dict(g("prev") or {}).items() if k in self._rules}  # type: ignore[call-overload]
         self._last_run = {k: float(v) for k, v in dict(g("last_run") or {}).items()}  # type: ignore[call-overload]
+        self._cooldown_ends = sorted(t + self._rules[k].cooldown for k, t in self._last_run.items()
+                                     if k in self._rules and self._rules[k].cooldown > 0)
         self._holds = {k: list(v) for k, v in dict(g("holds") or {}).items() if k in self._rules}  # type: ignore[call-overload]
         self._reindex_holds()
         self._waits = [(float(w[0]), int(w[1]), str(w[2]), str(w[3]), int(w[4])) for w in list(g("waits") or [])  # type: ignore[call-overload]
@@ -784,7 +789,7 @@ class Engine(BaseEngine):
                 if atom.nxt < now:
                     atom.nxt = C.next_at(leaf.minute, now - 1e-3, self._tzinfo)
             elif isinstance(leaf, Every):
-                atom.nxt = start + leaf.interval
+                atom.nxt = C.next_every(start, leaf.interval, now)
         self._schedule(f"pulse:{C.leaf_key(leaf)}", atom.nxt)
 
     def _pulse(self, now: float, on: bool) -> set[str]:

@@ -58,7 +58,7 @@ class ReferenceEngine(BaseEngine):
                         n = C.next_at(leaf.minute, start - 1e-3, self._tzinfo)
                         self._next[key] = n if n >= now else C.next_at(leaf.minute, now - 1e-3, self._tzinfo)
                     else:
-                        self._next[key] = start + leaf.interval
+                        self._next[key] = C.next_every(start, leaf.interval, now)
                 continue
             if isinstance(leaf, Comparison | Difference) and (leaf.for_ > 0 or leaf.hysteresis > 0):
                 self._values[key] = self._timed_compare(key, leaf, now)

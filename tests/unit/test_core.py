@@ -308,3 +308,11 @@ def test_bad_restore_data_is_an_engine_error(make) -> None:
     e = make(dep(edge("hot", hot(), fan())))
     with pytest.raises(EngineError):
         e.restore({"readings": {"north.temp": "x"}})
+
+
+def test_a_new_every_rule_after_a_reload_keeps_the_start_rhythm(make) -> None:
+    e = make(dep())
+    e.tick(T0)
+    e.reload(dep(edge("tick", Every(60.0), Notify("every"))), T0 + 130)
+    assert e.next_due() == T0 + 180
+    assert [n.text for n in e.tick(T0 + 180).notifications] == ["every"]
