@@ -73,13 +73,25 @@ class Kaiser:
             for dev in self.deployment.devices:
                 self._online[dev] = True
                 self._last_seen.setdefault(dev, now)
-                out.extend(self._apply(self.engine.device_state(dev, True, now), now))
+                out.extend(self._decide(self.engine.device_state, dev, True, now))
         return out
 
     def _compile_events(self, now: float) -> list[Event]:
         """One critical event per rule the network could not take (it never runs)."""
         return [Event(now, "rule", "critical", name, f"rule {name} is not running: {why}", {"rule": name})
                 for name, why in sorted(self.engine.errors().items())]
+
+    def _decide(self, step: Callable[..., Decisions], *args: Any) -> Outputs:
+        """Run one engine step and pass its decisions through the guard. A failure of
+        the rule network becomes a critical event, never an exception (the guard's
+        own timers keep running)."""
+        now = float(args[-1])
+        try:
+            decisions = step(*args)
+        except EngineError as e:
+            return Outputs(events=[Event(now, "engine", "critical", "", f"rule engine failed: {e}",
+                                         {"error": str(e)})])
+        return self._apply(decisions, now)
 
     def _apply(self, d: Decisions, now: float) -> Outputs:
         """Decisions -> guard -> Outputs."""
@@ -118,7 +130,7 @@ class Kaiser:
         msg = f"device {device} is {'online' if online else 'offline'}" + (f": {reason}" if reason else "")
         out.events.append(Event(now, "device", "info" if online else "warning", device, msg,
                                 {"online": online}))
-        out.extend(self._apply(self.engine.device_state(device, online, now), now))
+        out.extend(self._decide(self.engine.device_state, device, online, now))
         return out
 
     # ------------------------------------------------------------------ inputs
@@ -130,7 +142,7 @@ class Kaiser:
         if dev in self.deployment.devices:
             self._last_seen[dev] = now
             out.extend(self._set_online(dev, True, now, ""))
-        out.extend(self._apply(self.engine.receive(reading, now), now))
+        out.extend(self._decide(self.engine.receive, reading, now))
         return out
 
     def device_seen(self, device: str, now: float) -> Outputs:
@@ -160,7 +172,7 @@ class Kaiser:
         if dev in self.deployment.devices:
             self._last_seen[dev] = now
             out.extend(self._set_online(dev, True, now, ""))
-        out.extend(self._apply(self.engine.actuator_reported(ref, value, now), now))
+        out.extend(self._decide(self.engine.actuator_reported, ref, value, now))
         return out
 
     def command(self, cmd: Command, now: float) -> Outputs:
@@ -194,7 +206,7 @@ class Kaiser:
                     seen = "never seen" if dev not in self._last_seen else f"no heartbeat or data for {after:g}s"
                     out.extend(self._set_online(dev, False, now, seen))
         out.extend(self.guard.tick(now))
-        out.extend(self._apply(self.engine.tick(now), now))
+        out.extend(self._decide(self.engine.tick, now))
         return out
 
     def next_due(self) -> float | None:
@@ -222,8 +234,8 @@ class Kaiser:
                 if dev not in self._online:
                     self._online[dev] = True
                     self._last_seen[dev] = now
-                    self.engine.device_state(dev, True, now)
-        out.extend(self._apply(self.engine.reload(deployment, now), now))
+                    out.extend(self._decide(self.engine.device_state, dev, True, now))
+        out.extend(self._decide(self.engine.reload, deployment, now))
         out.events.extend(self._compile_events(now))
         out.events.append(Event(now, "reload", "info", "", f"rules version {self.version} loaded",
                                 {"version": self.version, "rules": len(deployment.rules)}))

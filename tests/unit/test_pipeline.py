@@ -116,3 +116,18 @@ def test_reload_keeps_running_state() -> None:
     assert [n.text for n in out.notifications] == ["warm 30"]
     assert any(e.kind == "reload" for e in out.events)
     assert not out.sent  # "hot" was already true: no new edge
+
+
+def test_a_failing_rule_network_is_an_event_not_an_exception() -> None:
+    from engine.errors import EngineError
+
+    k = Kaiser(dep(HOT), assume_online=True)
+
+    def broken(*_: object) -> None:
+        raise EngineError("durable-rules failed")
+
+    k.engine.receive = broken  # type: ignore[method-assign]
+    out = k.receive(Reading("north.temp", 30.0, T0), T0)
+    assert not out.sent
+    assert [(e.kind, e.severity) for e in out.events] == [("engine", "critical")]
+    assert k.tick(T0 + 1) is not None  # the pipeline keeps running
