@@ -126,7 +126,7 @@ def test_a_failing_rule_network_is_an_event_not_an_exception() -> None:
     def broken(*_: object) -> None:
         raise EngineError("durable-rules failed")
 
-    k.engine.receive = broken  # type: ignore[method-assign]
+    k.engine.receive = broken  # type: ignore[method-assign,assignment]
     out = k.receive(Reading("north.temp", 30.0, T0), T0)
     assert not out.sent
     assert [(e.kind, e.severity) for e in out.events] == [("engine", "critical")]
