@@ -995,8 +995,8 @@ async def _serve(settings: Settings) -> int:
         print(f"kaiser: refusing to start: {exc}", file=sys.stderr)
         await server.stop()
         return 1
-    except StoreError as exc:
-        print(f"kaiser: {exc}", file=sys.stderr)
+    except (StoreError, OSError) as exc:  # store locked by another process, port taken
+        print(f"kaiser: cannot start: {exc}", file=sys.stderr)
         await server.stop()
         return 1
     try:
