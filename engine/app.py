@@ -216,6 +216,7 @@ class Server:
         self.metrics = Metrics()
         self.devices: dict[str, DeviceLink] = {}
         self.last_sent: dict[str, Sent] = {}
+        self.reported: dict[str, float] = {}  # actuator ref -> last state the board reported
         self._malformed_logged: dict[tuple[str, str], float] = {}
         self._tasks: list[asyncio.Task[Any]] = []
         self._wake = asyncio.Event()
@@ -579,9 +580,9 @@ class Server:
                               "value": value, "runtime_ms": st.runtime_ms, "emergency": st.emergency}, now)
         if ref is None:
             return
-        out = self.kaiser.actuator_reported(ref, value, now)
-        if out:
-            self._apply(out, now)
+        # retained too: legacy firmware publishes every status retained, and the state
+        # it reports is what the guard must know
+        self._reported(ref, value, now)
         sent = self.last_sent.get(ref)
         if sent is not None and sent.responded and not st.retained and abs(sent.value - value) > 0.02 \
                 and not (sent.value > 0 and value > 0 and ref_type(self.deployment, ref) in ("pump", "relay", "valve")):
@@ -606,6 +607,15 @@ class Server:
             self._event(Event(now, "command_failed", "warning", ref or r.esp_id,
                               f"{ref or r.esp_id} refused {r.command}: {r.message}",
                               {"esp_id": r.esp_id, "gpio": r.gpio, "command": r.command, "message": r.message}))
+            if ref and not r.retained:
+                # the actuator kept its last reported state, whatever was commanded
+                self._reported(ref, self.reported.get(ref, 0.0), now)
+
+    def _reported(self, ref: str, value: float, now: float) -> None:
+        self.reported[ref] = value
+        out = self.kaiser.actuator_reported(ref, value, now)
+        if out:
+            self._apply(out, now)
 
     def _on_alert(self, a: codec.ActuatorAlert, now: float) -> None:
         assert self.router is not None
@@ -616,6 +626,13 @@ class Server:
         sev = "critical" if a.alert_type in ("emergency_stop", "runtime_protection") else "warning"
         self._event(Event(now, "alert", sev, subject, f"{subject}: {a.alert_type}: {a.message}",
                           {"esp_id": a.esp_id, "gpio": a.gpio, "type": a.alert_type}))
+        if a.alert_type in ("emergency_stop", "runtime_protection") and not a.retained:
+            # the board stopped these actuators itself
+            dev = self._esp_to_device.get(a.esp_id)
+            refs = ([x.ref for x in dev.actuators] if dev is not None else []) if a.whole_board else \
+                ([ref] if ref else [])
+            for r in refs:
+                self._reported(r, 0.0, now)
 
     def _on_config_response(self, c: codec.ConfigResponse, now: float) -> None:
         self._seen(c.esp_id, now, c.retained)
