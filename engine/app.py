@@ -429,12 +429,20 @@ class Server:
     def _on_sensor_data(self, msg: codec.SensorData, now: float) -> None:
         assert self.router is not None and self.store is not None
         esp = msg.esp_id
-        routed = self.router.route(msg)
-        self._seen(esp, now, msg.retained, tell_pipeline=not routed.readings)
+        router, retained = self.router, msg.retained
+        placed: list[tuple[Reading, int, float | None]] = []
+        unmapped: list[Unmapped] = []
+        for v in msg.values:
+            r = router.reading(esp, v, retained=retained)
+            if isinstance(r, Reading):
+                placed.append((r, v.gpio, v.raw))
+            else:
+                unmapped.append(r)
+        self._seen(esp, now, retained, tell_pipeline=not placed)
         store, kaiser, hub = self.store, self.kaiser, self.hub
-        for r in routed.readings:
+        for r, gpio, raw in placed:
             self.metrics.readings += 1
-            store.reading(r, esp)
+            store.reading(r, esp, gpio, raw)
             if hub is not None and hub.clients:
                 hub.publish(f"sensor_data/{esp}", "sensor_data",
                             {"esp_id": esp, "sensor": r.sensor, "value": r.value, "unit": r.unit,
@@ -442,7 +450,7 @@ class Server:
             out = kaiser.receive(r, now)
             if out:
                 self._apply(out, now)
-        for u in routed.unmapped:
+        for u in unmapped:
             self._on_unmapped(u, now)
 
     def _on_unmapped(self, u: Unmapped, now: float) -> None:

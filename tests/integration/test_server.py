@@ -42,8 +42,8 @@ async def test_reading_on_one_board_commands_an_actuator_on_another(server: Serv
     assert payload == {"command": "ON", "value": 1.0, "duration": 0}
     rows = _rows(server, "SELECT actuator, outcome, rule, esp_id, gpio, config_version FROM commands")
     assert rows == [("south.fan", "sent", "cool-south-when-north-hot", SOUTH, 5, server.version.id)]  # type: ignore[union-attr]
-    readings = _rows(server, "SELECT sensor, value, esp_id FROM readings")
-    assert readings == [("north.air_temp", 30.0, NORTH)]
+    readings = _rows(server, "SELECT sensor, value, esp_id, gpio, raw FROM readings")
+    assert readings == [("north.air_temp", 30.0, NORTH, 4, 480.0)]
     runs = _rows(server, "SELECT rule, outcome FROM rule_runs")
     assert ("cool-south-when-north-hot", "ran") in runs
 
