@@ -505,7 +505,7 @@ async def _demo(settings: Settings, rules: Path, duration: float | None) -> int:
             await server.stop()
     from rich.console import Console
 
-    console = Console(highlight=False)
+    console = Console(highlight=False, soft_wrap=True)
     console.print(f"kaiser demo summary: {summary['readings']} readings, {summary['commands']} commands sent, "
                   f"{summary['blocked']} blocked, {summary['rule_runs']} rule runs, {summary['events']} events "
                   f"from {summary['boards']} boards in {summary['seconds']} s")
