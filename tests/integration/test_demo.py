@@ -41,3 +41,37 @@ def test_simulated_raw_values_come_back_through_the_sensor_libraries() -> None:
         assert raw is not None
         got = sensors.process(wire, raw, dict(sensor.calibration), quantity=q).value
         assert got == pytest.approx(value, abs=0.1), (sensor, q)
+
+
+@pytest.mark.anyio
+async def test_simulate_runs_virtual_boards_against_a_broker(broker_url: str, kaiser_id: str, tmp_path: Path,
+                                                              rules_dir: Path) -> None:
+    import asyncio
+    import json
+
+    import aiomqtt
+
+    from engine.adapters.mqtt import parse_url
+    from engine.demo import cmd_simulate
+
+    toml = tmp_path / "kaiser.toml"
+    toml.write_text(f'[kaiser]\nid = "{kaiser_id}"\nrules = "{rules_dir}"\n[mqtt]\nurl = "{broker_url}"\n')
+    host, port = parse_url(broker_url)
+    seen: list[str] = []
+    async with aiomqtt.Client(host, port) as c:
+        await c.subscribe(f"kaiser/{kaiser_id}/esp/+/#")
+
+        async def listen() -> None:
+            async for m in c.messages:
+                seen.append(m.topic.value)
+                json.loads(m.payload)
+
+        task = asyncio.create_task(listen())
+        args = __import__("argparse").Namespace(config=str(toml), rules=None, devices=4, rate=20.0, duration=2.0)
+        assert await asyncio.to_thread(cmd_simulate, args) == 0
+        await asyncio.sleep(0.2)
+        task.cancel()
+    # the device map's two boards first, then generic ones; heartbeats and readings from each
+    boards = {t.split("/")[3] for t in seen}
+    assert {"ESP_00A1B2", "ESP_00C3D4", "ESP_51000002", "ESP_51000003"} <= boards
+    assert any(t.endswith("/system/heartbeat") for t in seen) and any("/sensor/" in t for t in seen)
