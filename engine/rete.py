@@ -152,7 +152,10 @@ class Network:
                 for fid in t.facts:
                     self._terms_by_fact.setdefault(fid, []).append(t.name)
                     self._rules_by_fact.setdefault(fid, set()).add(t.rule)
-        self._live &= set(self._term_rule)
+        # matches of kept rulesets stay valid; terms of new rulesets (even under an
+        # old name: an edited rule) are matched afresh below
+        kept = {t.name for key, rs in new.items() if key in old for t in rs.part.terms}
+        self._live &= kept
         for rs in created:
             for fid in sorted(rs.part.facts):
                 if fid not in self._facts:

@@ -5,8 +5,9 @@ Default profile: a few hundred examples; KAISER_HYPOTHESIS_PROFILE=thorough runs
 
 from __future__ import annotations
 
+import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 from hypothesis import HealthCheck, given, settings
@@ -166,6 +167,8 @@ steps = st.lists(
         st.builds(Step, st.sampled_from((0.0, 5.0)), st.just("actuator"), st.sampled_from(ACTUATORS),
                   st.sampled_from((0.0, 1.0, 0.5))),
         st.builds(Step, st.sampled_from((10.0, 45.0, 100.0)), st.just("tick"), st.just(""), st.just(0.0)),
+        st.builds(Step, st.sampled_from((0.0, 4.0)), st.sampled_from(("reload", "restore")), st.just(""),
+                  st.just(0.0)),
     ),
     min_size=1, max_size=25,
 )
@@ -192,11 +195,16 @@ def _same(a: Decisions, b: Decisions, where: str) -> None:
     assert a.emergencies == b.emergencies, where
 
 
-def run_both(rs: tuple[Rule, ...], seq: list[Step], offset: float = 0.0) -> int:
+def run_both(rs: tuple[Rule, ...], seq: list[Step], offset: float = 0.0,
+             other: tuple[Rule, ...] | None = None) -> int:
+    """Drive both engines through ``seq`` (ticking at every due instant) and compare
+    every decision. ``reload`` steps switch between ``rs`` and ``other``; ``restore``
+    steps replace both engines by fresh ones restored from a JSON snapshot."""
     dep = deployment(rs)
+    alt = deployment(other if other is not None else rs)
     start = T0 + offset
     rete = Engine(dep, start=start, version="v")
-    ref = ReferenceEngine(dep, start=start, version="v")
+    ref: BaseEngine = ReferenceEngine(dep, start=start, version="v")
     now = start
     fired = 0
     try:
@@ -212,7 +220,23 @@ def run_both(rs: tuple[Rule, ...], seq: list[Step], offset: float = 0.0) -> int:
                 _same(a, b, f"tick at +{now - start:g}s before step {i}")
                 fired += len(a.runs)
             now = target
-            a, b = _apply(rete, s, now), _apply(ref, s, now)
+            if s.kind == "reload":
+                dep, alt = alt, dep
+                a, b = rete.reload(dep, now), ref.reload(dep, now)
+                rete.version = ref.version = "v"
+                for d in (a, b):
+                    d.runs[:] = [replace(r, config_version="v") for r in d.runs]
+            elif s.kind == "restore":
+                snap_a = json.loads(json.dumps(rete.snapshot()))
+                snap_b = json.loads(json.dumps(ref.snapshot()))
+                rete.close()
+                rete = Engine(dep, start=start, version="v")
+                ref = ReferenceEngine(dep, start=start, version="v")
+                rete.restore(snap_a)
+                ref.restore(snap_b)
+                continue
+            else:
+                a, b = _apply(rete, s, now), _apply(ref, s, now)
             _same(a, b, f"step {i} {s} at +{now - start:g}s")
             fired += len(a.runs)
     finally:
@@ -221,9 +245,10 @@ def run_both(rs: tuple[Rule, ...], seq: list[Step], offset: float = 0.0) -> int:
 
 
 @settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(rules(), steps, st.sampled_from((0.0, 59.0, 3599.0)))
-def test_rete_and_reference_decide_the_same(rs: tuple[Rule, ...], seq: list[Step], offset: float) -> None:
-    run_both(rs, seq, offset)
+@given(rules(), steps, st.sampled_from((0.0, 59.0, 3599.0)), st.one_of(st.none(), rules()))
+def test_rete_and_reference_decide_the_same(rs: tuple[Rule, ...], seq: list[Step], offset: float,
+                                            other: tuple[Rule, ...] | None) -> None:
+    run_both(rs, seq, offset, other)
 
 
 def test_a_known_sequence_fires_and_agrees() -> None:
