@@ -139,7 +139,8 @@ class Kaiser:
         out = self._begin(now)
         self.guard.reading(reading)
         dev = reading.sensor.split(".", 1)[0]
-        if dev in self.deployment.devices:
+        # a retained reading is the broker's old copy: it says nothing about liveness
+        if dev in self.deployment.devices and not reading.retained:
             self._last_seen[dev] = now
             out.extend(self._set_online(dev, True, now, ""))
         out.extend(self._decide(self.engine.receive, reading, now))

@@ -131,3 +131,11 @@ def test_a_failing_rule_network_is_an_event_not_an_exception() -> None:
     assert not out.sent
     assert [(e.kind, e.severity) for e in out.events] == [("engine", "critical")]
     assert k.tick(T0 + 1) is not None  # the pipeline keeps running
+
+
+def test_a_retained_reading_does_not_bring_a_device_online() -> None:
+    k = Kaiser(dep(HOT))
+    out = k.receive(Reading("north.temp", 30.0, T0 - 600, retained=True), T0)
+    assert not [e for e in out.events if e.kind == "device"] and not out.sent
+    out = k.receive(Reading("north.temp", 30.5, T0 + 1), T0 + 1)
+    assert [e.message for e in out.events if e.kind == "device"] == ["device north is online"]
