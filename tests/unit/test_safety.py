@@ -547,3 +547,9 @@ def test_unreadable_values_are_blocked_not_raised(value: object) -> None:
     assert isinstance(v, Blocked) and v.code is Code.PWM_OUT_OF_RANGE
     v = g.check(Command("north.nothing", value), T0)  # type: ignore[arg-type]
     assert isinstance(v, Blocked) and v.code is Code.ACTUATOR_NOT_CONFIGURED
+
+
+def test_sensor_loss_hold_blocks_a_first_start() -> None:
+    g = _loss_guard("hold")
+    v = g.check(on("north.pump"), T0 + 301)  # north.soil silent since the start
+    assert isinstance(v, Blocked) and v.code is Code.SENSOR_LOST and "has not reported since start" in v.reason
