@@ -11,7 +11,7 @@ durable-rules 2.0.28 has sharp edges; this module keeps them in:
   sentinel rule run once at creation so that ``delete_state`` never frees the
   uninitialised action context of a session in which no rule ever fired;
 - its JSON parser rejects exponents (``1e-05``) and non-finite numbers: every
-  fact is encoded by ``compiler.dumps`` (normalised, no exponent);
+  fact is encoded with ``compiler.number_json`` (normalised, no exponent);
 - a message that matches nothing is normal, not an error;
 - events that match nothing stay in memory forever: we keep one FACT per thing and
   replace it (retract + assert), so working memory is bounded by the deployment;
@@ -26,7 +26,7 @@ import json
 
 import durable_rules_engine as _dre
 
-from engine.compiler import Partition, Program, dumps
+from engine.compiler import Partition, Program, number_json
 from engine.errors import EngineError
 
 _names = itertools.count(1)
@@ -174,7 +174,7 @@ class Network:
             head = self._heads[fid] = '{"id":' + json.dumps(fid)
         parts = [head]
         for name, v in fields.items():
-            parts.append(f',"{name}":{v if isinstance(v, int) else dumps(v)}')
+            parts.append(f',"{name}":{v if isinstance(v, int) else number_json(v)}')  # type: ignore[arg-type]
         parts.append(f',"k":{next(self._seq)}}}')
         text = "".join(parts)
         self._facts[fid] = (fields, text)
