@@ -17,7 +17,7 @@ from typing import Any
 
 from engine.core import Decisions, Engine
 from engine.errors import EngineError
-from engine.model import Allowed, Blocked, Command, Deployment, Event, Outputs, Reading
+from engine.model import Allowed, Blocked, Code, Command, Deployment, Event, Outputs, Reading
 
 GuardFactory = Callable[[Deployment, bool, float | None], Any]
 
@@ -48,6 +48,7 @@ class Kaiser:
         self._last_seen: dict[str, float] = {}
         self._online: dict[str, bool] = {}
         self._started = False
+        self._unheld: dict[str, Command] = {}  # actuator -> hold refused while its board was offline
 
     @property
     def version(self) -> str:
@@ -106,12 +107,30 @@ class Kaiser:
     def _guarded(self, cmd: Command, now: float) -> Outputs:
         out = Outputs()
         verdict = self.guard.check(cmd, now)
+        self._unheld.pop(cmd.actuator, None)
         if isinstance(verdict, Allowed):
             out.sent.append(verdict)
             self.engine.commanded(verdict.command.actuator, verdict.command.value)
         else:
             out.blocked.append(verdict)
             out.events.append(self._block_event(verdict, now))
+            if cmd.hold and verdict.code == Code.DEVICE_OFFLINE:
+                # a `while` rule that is still true holds again when the board is back
+                self._unheld[cmd.actuator] = cmd
+        return out
+
+    def _rehold(self, device: str, now: float) -> Outputs:
+        """Re-send holds the guard refused while ``device`` was offline, for rules
+        that still hold them."""
+        out = Outputs()
+        held = {ref for refs in self.engine.holds().values() for ref in refs}
+        for ref, cmd in list(self._unheld.items()):
+            if ref.split(".", 1)[0] != device:
+                continue
+            if ref in held and cmd.rule in self.engine.holds():
+                out.extend(self._guarded(cmd, now))
+            else:
+                del self._unheld[ref]
         return out
 
     @staticmethod
@@ -131,6 +150,8 @@ class Kaiser:
         out.events.append(Event(now, "device", "info" if online else "warning", device, msg,
                                 {"online": online}))
         out.extend(self._decide(self.engine.device_state, device, online, now))
+        if online and self._unheld:
+            out.extend(self._rehold(device, now))
         return out
 
     # ------------------------------------------------------------------ inputs

@@ -139,3 +139,14 @@ def test_a_retained_reading_does_not_bring_a_device_online() -> None:
     assert not [e for e in out.events if e.kind == "device"] and not out.sent
     out = k.receive(Reading("north.temp", 30.5, T0 + 1), T0 + 1)
     assert [e.message for e in out.events if e.kind == "device"] == ["device north is online"]
+
+
+def test_a_hold_refused_while_offline_is_sent_when_the_board_is_back() -> None:
+    keep = Rule("keep-pumping", "level", Comparison("north.temp", "above", 28.0), (SetActuator("tank.pump", 1.0),))
+    k = Kaiser(dep(keep))
+    k.tick(T0)
+    out = k.receive(Reading("north.temp", 30.0, T0 + 1), T0 + 1)  # tank never seen: offline
+    assert [b.code for b in out.blocked] == [Code.DEVICE_OFFLINE]
+    out = k.device_seen("tank", T0 + 2)
+    assert [(a.command.actuator, a.command.value, a.command.hold) for a in out.sent] == [("tank.pump", 1.0, True)]
+    assert not k.device_seen("tank", T0 + 3).sent  # once
