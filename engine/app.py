@@ -57,7 +57,8 @@ from engine.units import parse_duration
 log = logging.getLogger("kaiser")
 
 STATE_KEY = "pipeline"
-MALFORMED_LOG_EVERY = 60.0  # seconds: one log line per board and topic kind
+MALFORMED_LOG_EVERY = 60.0  # seconds: one log line per board and topic
+TICK = 0.2  # seconds between pipeline ticks: timers (for:, leases, offline) fire at most this late
 
 
 # --------------------------------------------------------------------------
@@ -754,23 +755,22 @@ class Server:
         self._wake.set()
 
     async def _timer_loop(self) -> None:
-        """Tick the pipeline when something is due (at least every half second) and save
-        its state. Saving costs a snapshot plus JSON (milliseconds for a big deployment,
-        all under the GIL), so it happens every flush interval, or less often when it is
-        expensive: never more than about 1 % of the time (emergency stops, resets,
-        reloads and shutdown save at once regardless)."""
+        """Tick the pipeline every TICK seconds (timers fire at most that late) and save
+        its state.
+
+        Why a fixed tick and not sleeping until ``next_due()``: with a big deployment
+        asking for the next due time costs more than a tick with nothing due (1,000
+        devices: 5 ms against 0.2 ms), and either blocks the loop while readings wait.
+        Saving costs a snapshot plus its JSON (15 ms for 1,000 rules, all under the
+        GIL), so it happens every flush interval, or less often when it is expensive:
+        at most about 0.2 % of the time, and at least every 30 s. Emergency stops,
+        resets, reloads and shutdown save at once regardless."""
         flush = max(0.05, self.settings.store.flush_interval)
         snapshot_every = flush
         while True:
-            now = self.clock.now()
-            due = None
-            with contextlib.suppress(Exception):
-                due = self.kaiser.next_due()
-            wait = 0.5 if due is None else min(0.5, due - now)
             self._wake.clear()
             with contextlib.suppress(TimeoutError):
-                # at least 5 ms: a due time the tick does not clear must not spin the loop
-                await asyncio.wait_for(self._wake.wait(), max(0.005, wait))
+                await asyncio.wait_for(self._wake.wait(), TICK)
             now = self.clock.now()
             try:
                 out = self.kaiser.tick(now)
@@ -786,7 +786,7 @@ class Server:
                 if self.store is not None:
                     self.store.flush_state()
                 cost = time.perf_counter() - t0
-                snapshot_every = max(flush, min(30.0, cost * 100))
+                snapshot_every = max(flush, min(30.0, cost * 500))
 
     # ------------------------------------------------------------------ reload
     async def _on_files_changed(self, paths: list[str]) -> None:
