@@ -941,13 +941,16 @@ class Server:
 
 
 def _tune_gc() -> None:
-    """The compiled rules, the device map and the libraries are long-lived: move them
+    """Latency tuning of the interpreter for a server process. The compiled rules, the device map and the libraries are long-lived: move them
     out of the collector's way (a full collection over them took ~130 ms, a latency
     spike), and collect the young generation less often (messages make short-lived
     garbage without cycles)."""
     gc.collect()
     gc.freeze()
     gc.set_threshold(20_000, 50, 100)
+    # the store's writer thread builds Arrow batches in Python: hand the GIL back to
+    # the event loop after 1 ms instead of 5 ms so readings do not wait behind it
+    sys.setswitchinterval(0.001)
 
 
 def ref_type(deployment: Deployment | None, ref: str) -> str | None:
