@@ -150,3 +150,26 @@ def test_a_hold_refused_while_offline_is_sent_when_the_board_is_back() -> None:
     out = k.device_seen("tank", T0 + 2)
     assert [(a.command.actuator, a.command.value, a.command.hold) for a in out.sent] == [("tank.pump", 1.0, True)]
     assert not k.device_seen("tank", T0 + 3).sent  # once
+
+
+def test_reloading_the_example_deployment_recompiles_only_what_changed() -> None:
+    from dataclasses import replace
+    from pathlib import Path
+
+    from engine.config import load_deployment
+
+    d, diags = load_deployment(Path(__file__).resolve().parents[2] / "rules", "Europe/Berlin")
+    assert not [x for x in diags if x.is_error]
+    k = Kaiser(d, assume_online=True)
+    k.receive(Reading("north.air_temp", 12.0, T0), T0)  # heater-thermostat holds
+    before = {p.key for p in k.engine.program.partitions}
+    out = k.reload(d, T0 + 1)
+    assert not out.sent and not out.blocked and [e.kind for e in out.events] == ["reload"]
+    assert {p.key for p in k.engine.program.partitions} == before
+    rules = tuple(replace(r, cooldown=0.0) if r.name == "frost-warning" else r for r in d.rules)
+    edited = tuple(replace(r, condition=Comparison("north.air_temp", "below", 3.0)) if r.name == "frost-warning"
+                   else r for r in rules)
+    k.reload(replace(d, rules=edited), T0 + 2)
+    after = {p.key for p in k.engine.program.partitions}
+    assert 1 <= len(after - before) <= 2
+    assert "heater-thermostat" in k.engine.holds()
