@@ -456,16 +456,25 @@ def partition(terms_by_rule: dict[str, tuple[Term, ...]]) -> tuple[Partition, ..
     out: list[Partition] = []
     cur: list[Term] = []
     cur_rules = 0
+    seen: dict[str, set[str]] = {}  # field -> distinct constants in the current ruleset
     for rule in order:
         rterms = list(terms_by_rule[rule])
-        if cur and (cur_rules + 1 > MAX_RULES_PER_PARTITION or not _distinct_ok(cur + rterms)):
+        consts: dict[str, set[str]] = {}
+        for t in rterms:
+            for _, pat in t.patterns:
+                for f, v in _constants(pat):
+                    consts.setdefault(f, set()).add(v)
+        full = cur_rules + 1 > MAX_RULES_PER_PARTITION
+        if cur and (full or any(len(seen.get(f, set()) | vs) > MAX_DISTINCT_PER_FIELD for f, vs in consts.items())):
             out.append(_make_partition(cur))
-            cur, cur_rules = [], 0
+            cur, seen, cur_rules = [], {}, 0
         cur.extend(rterms)
         cur_rules += 1
+        for f, vs in consts.items():
+            seen.setdefault(f, set()).update(vs)
         if zlib.crc32(rule.encode()) % CHUNK == 0:
             out.append(_make_partition(cur))
-            cur, cur_rules = [], 0
+            cur, seen, cur_rules = [], {}, 0
     if cur:
         out.append(_make_partition(cur))
     return tuple(out)
