@@ -57,6 +57,7 @@ class TestResult:
     missing: list[Expectation] = field(default_factory=list)
     unexpected: list[Happened] = field(default_factory=list)
     error: str = ""
+    until: float = 0.0  # seconds after start the test ran to
 
     @property
     def passed(self) -> bool:
@@ -186,6 +187,7 @@ def run_test(deployment: Deployment, test: RuleTest) -> TestResult:
     dep = deployment
     if test.rules:
         dep = replace(deployment, rules=tuple(r for r in deployment.rules if r.name in test.rules))
+    result.until = max([s.at for s in test.steps] + [e.at for e in test.expect] + [0.0]) + WINDOW
     try:
         _drive(dep, test, result.happened)
     except (EngineError, ValueError, KeyError, TypeError) as e:
@@ -297,11 +299,11 @@ def report(results: list[TestResult], stream: TextIO) -> None:
         for h in r.unexpected:
             line(f"    + {h.describe()}   <- not expected (only_expected)", "yellow")
         if r.happened:
-            line("      what happened:", "dim")
+            line(f"      what happened (the test ran until {_secs(r.until)}):", "dim")
             for h in r.happened:
                 line(f"        {h.describe()}", "dim")
         else:
-            line("      nothing happened (no command, block or notification)", "dim")
+            line(f"      nothing happened until {_secs(r.until)} (no command, block or notification)", "dim")
     failed = sum(not r.passed for r in results)
     summary = f"{len(results) - failed} passed, {failed} failed"
     line(summary, "bold red" if failed else "bold green")

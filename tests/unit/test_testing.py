@@ -35,6 +35,7 @@ def test_failures_exit_1_with_a_readable_diff(capsys: pytest.CaptureFixture[str]
     assert "FAIL  wrong time" in out and "PASS  right time" in out
     assert "- at    60s  command  house.fan set on   <- expected, did not happen" in out
     assert "+ at   120s  command  house.fan set on  (rule vent-hot)   <- not expected (only_expected)" in out
+    assert "nothing happened until 61s" in out
     assert "1 passed, 2 failed" in out
 
 
