@@ -301,8 +301,15 @@ _OPS = {"above": "$gt", "below": "$lt", "at_least": "$gte", "at_most": "$lte"}
 _NEG = {"above": "$lte", "below": "$gte", "at_least": "$lt", "at_most": "$gt"}
 
 
+_NEVER: dict[str, object] = {"ok": 2}  # no fact has ok == 2
+_ALWAYS: dict[str, object] = {"$neq": {"ok": 2}}
+
+
 def _cmp_test(op: str, value: float | tuple[float, float], negated: bool) -> dict[str, object]:
     t = norm_threshold(value)
+    ranged = op in ("between", "outside")
+    if ranged != isinstance(t, tuple) or (not ranged and op not in _OPS and op != "equals"):
+        return _ALWAYS if negated else _NEVER  # malformed (the loader refuses it): never true
     if isinstance(t, tuple):
         lo, hi = t
         inside: dict[str, object] = {"$and": [{"$gte": {"v": lo}}, {"$lte": {"v": hi}}]}

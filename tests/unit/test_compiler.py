@@ -108,3 +108,18 @@ def test_at_across_a_daylight_saving_change() -> None:
     assert nxt == datetime.fromisoformat("2026-03-29T06:30:00+02:00").timestamp()
     # 02:30 does not exist on that day: still a valid instant after now
     assert C.next_at(2 * 60 + 30, before, tz) > before
+
+
+def test_malformed_comparisons_are_never_true_instead_of_crashing() -> None:
+    from engine.rete import Network
+
+    bad = (Comparison("n.t", "between", 5.0), Comparison("n.t", "above", (1.0, 2.0)), Comparison("n.t", "near", 1.0))
+    rules = [Rule(f"r{i}", "edge", c, (Notify("x"),), index=i) for i, c in enumerate(bad)]
+    rules.append(Rule("neg", "edge", Not(bad[0]), (Notify("x"),), index=9))
+    prog = C.compile_program(Deployment(rules=tuple(rules)))
+    net = Network(prog)
+    net.set_fact("s:n.t", {"ok": 1, "v": 5.0})
+    assert not any(net.is_true(f"r{i}") for i in range(3))
+    assert net.is_true("neg")
+    net.close()
+    assert not C.compare("between", 5.0, 5.0) and not C.compare("above", 5.0, (1.0, 2.0))
