@@ -582,13 +582,18 @@ class BaseEngine:
         self._install(deployment)
         self._truth_reload(deployment, now)
         for name in list(self._holds):
-            if name not in self._rules:
+            new_rule = self._rules.get(name)
+            if new_rule is None or new_rule.kind != "level":
+                # gone, disabled or now a when/then rule: its hold ends here
                 rule = old_rules[name]
-                self._holds[name] = self._holds[name]
                 self._rules[name] = rule  # temporarily, to release through the normal path
                 self._index.setdefault(name, (rule.index, len(self._index)))
                 self._release(rule, batch)
-                del self._rules[name]
+                if new_rule is None:
+                    del self._rules[name]
+                else:
+                    self._rules[name] = new_rule
+                    self._prev[name] = False
         self._prev = {k: v for k, v in self._prev.items() if k in self._rules}
         self._waits = [w for w in self._waits if w[2] in self._rules]
         self._suspended = set()

@@ -316,3 +316,12 @@ def test_a_new_every_rule_after_a_reload_keeps_the_start_rhythm(make) -> None:
     e.reload(dep(edge("tick", Every(60.0), Notify("every"))), T0 + 130)
     assert e.next_due() == T0 + 180
     assert [n.text for n in e.tick(T0 + 180).notifications] == ["every"]
+
+
+def test_a_hold_ends_when_its_rule_becomes_a_when_rule(make) -> None:
+    e = make(dep(level("keep", hot(), fan())))
+    e.receive(r("north.temp", 30, 0), T0)
+    d = e.reload(dep(edge("keep", hot(), Notify("now an edge"))), T0 + 1)
+    assert [(c.actuator, c.value) for c in d.commands] == [("north.fan", 0.0)]
+    assert [n.text for n in d.notifications] == ["now an edge"]  # true at once: a new edge
+    assert e.holds() == {}
