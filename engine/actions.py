@@ -54,15 +54,23 @@ def actuator_state(node: YNode | None, ctx: Ctx, what: str = "'set'",
         choices = ("on", "off", "toggle") if allow_toggle else ("on", "off")
         hint = did_you_mean(s, choices)
         if s.endswith("%") and s[:-1].strip().replace(".", "", 1).isdigit():
-            hint = f"a duty is a fraction: write {float(s[:-1]) / 100:g}"
+            pct = float(s[:-1])
+            hint = f"a duty is a fraction: if you meant {pct:g} %, write {pct / 100:g}"
         ctx.error("K204", f"{what} must be {', '.join(choices)} or a number 0.0-1.0, not "
                   f"{type_name(node)}", node.pos, hint=hint)
         return None
-    if isinstance(v, int | float) and 1.0 < v <= 100.0:
-        ctx.error("K204", f"{what} must be a duty 0.0-1.0, got {v}", node.pos,
-                  hint=f"a duty is a fraction: write {v / 100:g}" if v != 1 else "")
+    if isinstance(v, int | float) and not 0.0 <= v <= 1.0:
+        ctx.error("K204", f"{what} must be a duty 0.0-1.0, got {v}", node.pos, hint=duty_hint(v))
         return None
     return ctx.number(node, what, lo=0.0, hi=1.0)
+
+
+def duty_hint(v: float) -> str:
+    """The hint for a number outside 0.0-1.0: the percent reading only for a value
+    that looks like a percent (a whole number 2-100), else the allowed values."""
+    if float(v).is_integer() and 1 < v <= 100:
+        return f"a duty is a fraction: if you meant {v:g} %, write {v / 100:g}"
+    return "a duty is 0.0-1.0, or on/off"
 
 
 def _set(m: YMap, ctx: Ctx) -> Action | None:
@@ -70,18 +78,18 @@ def _set(m: YMap, ctx: Ctx) -> Action | None:
     ref = ctx.ref(m.values["actuator"], "'actuator'", "actuator")
     state = actuator_state(m.values.get("set"), ctx)
     for_ = ctx.duration(m.values["for"], "'for'", positive=True) if "for" in m.values else None
-    if ref is None or state is None or ("for" in m.values and for_ is None):
+    if ref is None or state is None:
         return None
-    return SetActuator(ref, state, for_, m.pos)
+    return SetActuator(ref, state, for_, m.pos)  # a bad 'for' is left out (and reported)
 
 
 def _notify(m: YMap, ctx: Ctx) -> Action | None:
     ctx.keys(m, ("notify", "level"), "a notify action")
     text = ctx.text(m.values["notify"], "'notify'")
     level = ctx.choice(m.values["level"], "'level'", NOTIFY_LEVELS) if "level" in m.values else "info"
-    if text is None or level is None:
+    if text is None:
         return None
-    return Notify(text, level, m.pos)
+    return Notify(text, level or "info", m.pos)
 
 
 def _wait(m: YMap, ctx: Ctx) -> Action | None:
@@ -94,9 +102,9 @@ def _estop(m: YMap, ctx: Ctx) -> Action | None:
     ctx.keys(m, ("emergency_stop", "reason"), "an emergency_stop action")
     target = ctx.ref(m.values["emergency_stop"], "'emergency_stop'", "device")
     reason = ctx.text(m.values["reason"], "'reason'") if "reason" in m.values else ""
-    if target is None or reason is None:
+    if target is None:
         return None
-    return EmergencyStop(target, reason, m.pos)
+    return EmergencyStop(target, reason or "", m.pos)
 
 
 def _obj(props: dict[str, Any], required: list[str]) -> dict[str, Any]:
@@ -142,13 +150,23 @@ SELECTORS: tuple[str, ...] = tuple(a.selector for a in REGISTRY)
 
 
 def build_action(node: YNode, ctx: Ctx) -> Action | None:
-    """One action from its YAML mapping (None with diagnostics when it is wrong)."""
+    """One action from its YAML mapping, best effort: every defect is reported; a bad
+    optional part (``for``, ``level``, ``reason``) is left out, and None means nothing
+    usable was left (its well-formed refs are then kept in ``ctx.probes``). Callers
+    tell a complete action by ``ctx.errors`` not growing."""
     m = ctx.map(node, "an action")
     if m is None:
         return None
     for at in REGISTRY:
         if at.selector in m.values:
-            return at.build(m, ctx)
+            built = at.build(m, ctx)
+            if built is None:
+                if "actuator" in m.values:
+                    ctx.probe(m.values["actuator"], "actuator", m.pos)
+                target = m.values.get("emergency_stop")
+                if not (isinstance(target, YScalar) and target.value == "all"):
+                    ctx.probe(target, "device", m.pos)
+            return built
     if not m.keys:
         ctx.error("K203", "an empty action", m.pos)
         return None

@@ -106,11 +106,17 @@ def _comparison(m: YMap, ctx: Ctx) -> Condition | None:
     ctx.keys(m, _COMPARISON_KEYS, "a sensor comparison")
     sensor = ctx.ref(m.values.get("sensor"), "'sensor'", "sensor")
     cmp = compare(m, ctx, "a sensor condition")
-    for_ = ctx.duration(m.values["for"], "'for'") if "for" in m.values else 0.0
-    hyst = ctx.number(m.values["hysteresis"], "'hysteresis'", lo=0) if "hysteresis" in m.values else 0.0
-    if sensor is None or cmp is None or for_ is None or hyst is None:
+    for_, hyst = _options(m, ctx)
+    if sensor is None or cmp is None:
         return None
     return Comparison(sensor, cmp[0], cmp[1], for_, hyst, m.pos)
+
+
+def _options(m: YMap, ctx: Ctx) -> tuple[float, float]:
+    """``for`` and ``hysteresis`` of a comparison; a bad one is reported and left out (0)."""
+    for_ = ctx.duration(m.values["for"], "'for'") if "for" in m.values else 0.0
+    hyst = ctx.number(m.values["hysteresis"], "'hysteresis'", lo=0) if "hysteresis" in m.values else 0.0
+    return for_ or 0.0, hyst or 0.0
 
 
 _COMPARISON_KEYS = ("sensor", *COMPARE_OPS, "for", "hysteresis")
@@ -129,9 +135,8 @@ def _difference(m: YMap, ctx: Ctx) -> Condition | None:
                 if r is not None:
                     refs.append(r)
     cmp = compare(m, ctx, "a difference condition")
-    for_ = ctx.duration(m.values["for"], "'for'") if "for" in m.values else 0.0
-    hyst = ctx.number(m.values["hysteresis"], "'hysteresis'", lo=0) if "hysteresis" in m.values else 0.0
-    if len(refs) != 2 or cmp is None or for_ is None or hyst is None:
+    for_, hyst = _options(m, ctx)
+    if len(refs) != 2 or cmp is None:
         return None
     return Difference(refs[0], refs[1], cmp[0], cmp[1], for_, hyst, m.pos)
 
@@ -243,10 +248,8 @@ def _items(m: YMap, ctx: Ctx, key: str) -> tuple[Condition, ...] | None:
     if not q.items:
         ctx.error("K204", f"{key!r} needs at least one condition", q.pos)
         return None
-    items = [build_condition(i, ctx) for i in q.items]
-    if any(i is None for i in items):
-        return None
-    return tuple(i for i in items if i is not None)
+    items = tuple(c for c in (build_condition(i, ctx) for i in q.items) if c is not None)
+    return items or None  # the bad items are reported and left out
 
 
 def _all(m: YMap, ctx: Ctx) -> Condition | None:
@@ -376,15 +379,17 @@ SELECTORS: tuple[str, ...] = tuple(s for c in REGISTRY for s in c.selectors)
 
 
 def build_condition(node: YNode, ctx: Ctx, under_not: bool = False) -> Condition | None:
-    """A condition from YAML (a mapping, or a bare list meaning ``all``)."""
+    """A condition from YAML (a mapping, or a bare list meaning ``all``), best effort:
+    every defect is reported, a bad item of ``all``/``any`` or a bad ``for``/
+    ``hysteresis`` is left out, and None means nothing usable was left (its
+    well-formed refs are then kept in ``ctx.probes``). Callers tell a complete
+    condition by ``ctx.errors`` not growing."""
     if isinstance(node, YSeq):
         if not node.items:
             ctx.error("K204", "an empty list of conditions", node.pos)
             return None
-        items = [build_condition(i, ctx) for i in node.items]
-        if any(i is None for i in items):
-            return None
-        return All(tuple(i for i in items if i is not None), node.pos)
+        items = tuple(c for c in (build_condition(i, ctx) for i in node.items) if c is not None)
+        return All(items, node.pos) if items else None
     m = ctx.map(node, "a condition")
     if m is None:
         return None
@@ -397,7 +402,10 @@ def build_condition(node: YNode, ctx: Ctx, under_not: bool = False) -> Condition
             ctx.error("K208", f"{sel!r} is a trigger (an instant); it is not allowed {where}",
                       m.keys[sel], hint="use a time window: {time: {after: ..., before: ...}}")
             return None
-        return ct.build(m, ctx)
+        built = ct.build(m, ctx)
+        if built is None:
+            _probe(m, ctx)
+        return built
     if not m.keys:
         ctx.error("K203", "an empty condition", m.pos)
         return None
@@ -406,6 +414,17 @@ def build_condition(node: YNode, ctx: Ctx, under_not: bool = False) -> Condition
               hint=did_you_mean(first, (*SELECTORS, *COMPARE_OPS))
               or "conditions start with one of: " + ", ".join(SELECTORS))
     return None
+
+
+def _probe(m: YMap, ctx: Ctx) -> None:
+    """The refs of a condition that could not be built, for the semantic checks."""
+    for key, kind in (("sensor", "sensor"), ("device", "device"), ("actuator", "actuator")):
+        if key in m.values:
+            ctx.probe(m.values[key], kind, m.pos)
+    diff = m.values.get("difference")
+    if isinstance(diff, YSeq) and len(diff.items) == 2:
+        for item in diff.items:
+            ctx.probe(item, "sensor", m.pos)
 
 
 def condition_schema_defs() -> dict[str, Any]:

@@ -35,6 +35,7 @@ from engine.model import (
     Comparison,
     Condition,
     Deployment,
+    Device,
     DeviceIs,
     Difference,
     EmergencyStop,
@@ -45,6 +46,7 @@ from engine.model import (
     Notify,
     Position,
     Rule,
+    RuleTest,
     Sensor,
     SetActuator,
     TimeWindow,
@@ -116,7 +118,39 @@ _ON_OFF_TYPES = ("pump", "relay")
 # Entry point
 
 
-def run_checks(deployment: Deployment, *, partial: bool = False) -> list[Diagnostic]:
+@dataclass(frozen=True)
+class Gaps:
+    """What the loader could build only in part; every missing part has its own
+    error already. ``engine.config.loader.load`` fills it in for ``kaiser lint``,
+    which checks everything that was built (``Loaded.checked``), so that a defect
+    never hides another one, without the checks cascading from the missing parts.
+
+    Items are named by their position (a rule's, test's or interlock's mapping).
+    """
+
+    #: rules, tests and interlocks with a part left out: the checks that need the
+    #: whole item (opposite states, interlocks within a rule's actions, "never_together
+    #: needs two", "expects nothing") skip them
+    items: frozenset[Position] = frozenset()
+    #: rules whose condition lost a part: no reasoning over the whole condition
+    #: (contradictions, "only_if never allows")
+    conditions: frozenset[Position] = frozenset()
+    #: devices (``north``), sensors and actuators (``north.fan``) that are declared
+    #: but could not be built: refs to them (and below them) are not "unknown"
+    refs: frozenset[str] = frozenset()
+    #: (kind, ref, position) of conditions and actions that could not be built:
+    #: their refs are still looked up (kind: sensor, actuator or device)
+    probes: tuple[tuple[str, str, Position], ...] = ()
+    #: device bodies checked for pins, GPIO conflicts and calibration only (not as
+    #: ref targets): a duplicate device, or a device with its duplicate sensors and
+    #: actuators added
+    devices: tuple[Device, ...] = ()
+
+
+NO_GAPS = Gaps()
+
+
+def run_checks(deployment: Deployment, *, partial: bool = False, gaps: Gaps = NO_GAPS) -> list[Diagnostic]:
     """Every semantic finding about ``deployment`` (K4xx codes), in check order.
 
     ``partial``: the loader reported errors and skipped the items it could not
@@ -125,11 +159,14 @@ def run_checks(deployment: Deployment, *, partial: bool = False) -> list[Diagnos
     may be exactly what uses it. Callers pass ``partial=any(d.is_error for d in
     loader_findings)``.
 
+    ``gaps``: what the loader built only in part (see ``Gaps``); ``kaiser lint``
+    passes the loader's ``Loaded.checked`` deployment with its ``Loaded.gaps``.
+
     Never raises: a check that fails unexpectedly becomes a K499 warning naming it.
     """
     out: list[Diagnostic] = []
     try:
-        ctx = _Context(deployment, out, partial)
+        ctx = _Context(deployment, out, partial, gaps)
     except Exception as exc:
         return [_internal("index", exc)]
     for check in _CHECKS:
@@ -171,10 +208,12 @@ class _Quantity:
 
 
 class _Context:
-    def __init__(self, dep: Deployment, out: list[Diagnostic], partial: bool = False) -> None:
+    def __init__(self, dep: Deployment, out: list[Diagnostic], partial: bool = False,
+                 gaps: Gaps = NO_GAPS) -> None:
         self.dep = dep
         self.out = out
         self.partial = partial
+        self.gaps = gaps
         self.readings: dict[str, _Quantity] = {}
         self.multi: dict[str, Sensor] = {}  # base ref of a multi-value chip
         self.actuators: dict[str, Actuator] = {}
@@ -222,10 +261,20 @@ class _Context:
     ) -> None:
         self.out.append(Diagnostic(code, severity, message, pos, hint, related))
 
+    def unbuilt(self, ref: str) -> bool:
+        """``ref`` is (under) a declared device, sensor or actuator the loader could not build."""
+        if not self.gaps.refs:
+            return False
+        parts = ref.split(".")
+        return any(".".join(parts[:n]) in self.gaps.refs for n in range(1, len(parts) + 1))
+
+    def complete(self, item: Rule | Interlock | RuleTest) -> bool:
+        return item.pos not in self.gaps.items
+
     # reference checks, shared by every place a ref appears ----------------
     def sensor(self, ref: str, pos: Position, what: str = "sensor") -> _Quantity | None:
         q = self.readings.get(ref)
-        if q is not None:
+        if q is not None or self.unbuilt(ref):
             return q
         self.emit(UNKNOWN_SENSOR, "error", f"unknown {what} {ref!r}", pos, self._sensor_hint(ref))
         return None
@@ -244,7 +293,7 @@ class _Context:
 
     def actuator(self, ref: str, pos: Position) -> Actuator | None:
         a = self.actuators.get(ref)
-        if a is not None:
+        if a is not None or self.unbuilt(ref):
             return a
         if ref in self.readings or ref in self.multi:
             hint = f"{ref} is a sensor, not an actuator"
@@ -254,7 +303,7 @@ class _Context:
         return None
 
     def device(self, name: str, pos: Position) -> bool:
-        if name in self.devices:
+        if name in self.devices or self.unbuilt(name):
             return True
         self.emit(UNKNOWN_DEVICE, "error", f"unknown device {name!r}", pos, did_you_mean(name, self.devices))
         return False
@@ -359,6 +408,13 @@ def _references(ctx: _Context) -> None:
             ctx.actuator(ref, il.pos)
         if il.actuator is not None:
             ctx.actuator(il.actuator, il.pos)
+    for kind, ref, pos in ctx.gaps.probes:
+        if kind == "sensor":
+            ctx.sensor(ref, pos)
+        elif kind == "actuator":
+            ctx.actuator(ref, pos)
+        else:
+            ctx.device(ref, pos)
     _test_references(ctx)
 
 
@@ -395,7 +451,7 @@ def _test_references(ctx: _Context) -> None:
 
 
 def _devices(ctx: _Context) -> None:
-    for dev in ctx.dep.devices.values():
+    for dev in (*ctx.dep.devices.values(), *ctx.gaps.devices):
         _gpio_conflicts(ctx, dev.sensors, dev.actuators)
         if dev.board is None:
             continue
@@ -592,7 +648,8 @@ def _condition_sanity(ctx: _Context) -> None:
                      "a rule cannot run more than once a second; use every: 1s or more")
     for rule in ctx.dep.rules:
         _trigger_placement(ctx, rule)
-        ctx.facts(rule)  # K445: contradictions inside `all`, reported while computing facts
+        if rule.pos not in ctx.gaps.conditions:
+            ctx.facts(rule)  # K445: contradictions inside `all`, reported while computing facts
     for il in ctx.dep.safety.interlocks:
         if il.only_if is not None:
             _facts_of(il.only_if, ctx)
@@ -920,12 +977,16 @@ def _interactions(ctx: _Context) -> None:
     for il in ctx.dep.safety.interlocks:
         if il.actuator is not None and il.only_if is not None:
             only_if[il.actuator].append(il)
-        if il.never_together and len(set(il.never_together)) < 2:
+        if il.never_together and len(set(il.never_together)) < 2 and ctx.complete(il):
             ctx.emit(INTERLOCK_DEGENERATE, "error",
                      f"interlock {il.name!r}: never_together needs two different actuators", il.pos)
     for rule in ctx.dep.rules:
         if not rule.enabled:
             continue
+        # a rule built in part takes no part in the checks across its actions or
+        # against other rules: what is missing might be what makes it right
+        whole = ctx.complete(rule)
+        whole_condition = rule.pos not in ctx.gaps.conditions
         # what this rule has switched on, and until when (seconds after it ran):
         # `for:` ends an on, `wait` moves time on, `off` ends it at once
         on_here: dict[str, tuple[SetActuator, float]] = {}
@@ -937,12 +998,14 @@ def _interactions(ctx: _Context) -> None:
             if not isinstance(a, SetActuator) or a.state == "toggle":
                 continue
             v = float(a.state)
-            groups[(a.actuator, rule.priority)].append(_Drive(rule, a, v))
+            if whole:
+                groups[(a.actuator, rule.priority)].append(_Drive(rule, a, v))
             if v > 0.0:
-                _interlock_on(ctx, rule, a, on_here, t, by_actuator)
+                if whole:
+                    _interlock_on(ctx, rule, a, on_here, t, by_actuator)
                 for il in only_if.get(a.actuator, ()):
                     assert il.only_if is not None
-                    if ctx.facts(rule).merged(_facts_of(il.only_if, None)).empty is not None:
+                    if whole_condition and ctx.facts(rule).merged(_facts_of(il.only_if, None)).empty is not None:
                         ctx.emit(INTERLOCK_NEVER_ALLOWS, "warning",
                                  f"rule {rule.name!r} switches {a.actuator} on only when interlock {il.name!r} "
                                  "forbids it: the guard blocks it every time", a.pos, related=il.pos)
@@ -1007,7 +1070,7 @@ def _state(v: float) -> str:
 def _tests(ctx: _Context) -> None:
     driven = {a.actuator for r in ctx.dep.rules for a, _ in _actions(r) if isinstance(a, SetActuator)}
     for test in ctx.dep.tests:
-        if not test.expect and not test.only_expected:
+        if not test.expect and not test.only_expected and ctx.complete(test):
             ctx.emit(TEST_EXPECTS_NOTHING, "warning", f"test {test.name!r} expects nothing and can never fail",
                      test.pos, "add expect: [...], or only_expected: true to assert that no command is sent")
         last = -_INF
@@ -1054,7 +1117,7 @@ def _hygiene(ctx: _Context) -> None:
         if ref not in used and not ctx.partial:
             ctx.emit(ACTUATOR_UNUSED, "warning", f"actuator {ref} is not used by any rule, limit or interlock",
                      act.pos, "remove it, or give it safety limits if people switch it by hand")
-    for dev in ctx.dep.devices.values():
+    for dev in (*ctx.dep.devices.values(), *ctx.gaps.devices):
         for s in dev.sensors:
             _calibration(ctx, s)
 

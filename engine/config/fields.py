@@ -77,11 +77,25 @@ class Ctx:
     triggers_allowed: bool = True
     #: parent mapping's allowed keys, for "wrong indentation" hints
     parents: list[Collection[str]] = field(default_factory=list)
+    #: errors reported through ``error`` so far: an item built while this grew is
+    #: incomplete (builders are best effort: they leave out only the bad part)
+    errors: int = 0
+    #: refs (kind, ref, position) of conditions/actions that could not be built, so
+    #: the semantic checks still look them up (``engine.config.checks.Gaps.probes``)
+    probes: list[tuple[str, str, Position]] = field(default_factory=list)
 
     # findings -------------------------------------------------------------
     def error(self, code: str, message: str, pos: Position, hint: str = "",
               related: Position | None = None) -> None:
+        self.errors += 1
         self.out.append(Diagnostic(code, "error", message, pos, hint, related))
+
+    def probe(self, node: YNode | None, kind: str, pos: Position) -> None:
+        """Remember a well-formed ref in ``node`` (quietly: no finding) for the checks."""
+        if isinstance(node, YScalar) and isinstance(node.value, str):
+            pattern = {"sensor": SENSOR_REF_RE, "actuator": ACTUATOR_REF_RE, "device": DEVICE_REF_RE}[kind]
+            if pattern.match(node.value):
+                self.probes.append((kind, node.value, pos))
 
     def warning(self, code: str, message: str, pos: Position, hint: str = "") -> None:
         self.out.append(Diagnostic(code, "warning", message, pos, hint))

@@ -18,16 +18,16 @@ import os
 import sys
 from pathlib import Path
 
-from engine.config.checks import run_checks
-from engine.config.loader import load_deployment
+from engine.config.checks import NO_GAPS, Gaps, run_checks
+from engine.config.loader import load
 from engine.diagnostics import Diagnostic, render, sort_key
 from engine.errors import ConfigError
 from engine.model import Deployment, Position
 
 
-def _run_checks(deployment: Deployment, partial: bool = False) -> list[Diagnostic]:
+def _run_checks(deployment: Deployment, partial: bool = False, gaps: Gaps = NO_GAPS) -> list[Diagnostic]:
     try:
-        return list(run_checks(deployment, partial=partial))
+        return list(run_checks(deployment, partial=partial, gaps=gaps))
     except Exception as e:  # a check bug must not hide the loader's findings
         return [Diagnostic("K499", "error", f"internal error in the semantic checks: "
                            f"{type(e).__name__}: {e}", Position("<checks>", 0, 0),
@@ -35,10 +35,14 @@ def _run_checks(deployment: Deployment, partial: bool = False) -> list[Diagnosti
 
 
 def lint(path: str | os.PathLike[str], tz: str = "UTC") -> tuple[Deployment, list[Diagnostic]]:
-    """Load and check: the deployment and every finding (loader + semantic checks),
-    deduplicated and sorted by position. Never raises."""
-    deployment, found = load_deployment(path, tz)
-    found = found + _run_checks(deployment, partial=any(d.is_error for d in found))
+    """Load and check: the deployment (the loader's model) and every finding (loader +
+    semantic checks), deduplicated and sorted by position. Never raises.
+
+    The semantic checks run over everything the loader could build, also items it
+    built in part and the bodies of duplicates, so one defect never hides another."""
+    loaded = load(path, tz)
+    found = loaded.diagnostics
+    found = found + _run_checks(loaded.checked, partial=any(d.is_error for d in found), gaps=loaded.gaps)
     seen: set[tuple[object, ...]] = set()
     unique: list[Diagnostic] = []
     for d in found:
@@ -47,7 +51,7 @@ def lint(path: str | os.PathLike[str], tz: str = "UTC") -> tuple[Deployment, lis
             seen.add(key)
             unique.append(d)
     unique.sort(key=sort_key)
-    return deployment, unique
+    return loaded.deployment, unique
 
 
 def _plural(n: int, word: str) -> str:

@@ -5,6 +5,12 @@
 any finding is an error. Semantic checks (unknown refs, GPIO conflicts, ...)
 live in ``engine.config.checks``; this module covers syntax, structure, types,
 names and sensor types.
+
+Every item is built best effort: a bad action, condition or field is reported
+and left out, the rest is kept. Whole, uniquely named items make the model;
+everything that could be built (also in part, also a duplicate's body) is what
+``load(path, tz).checked`` holds for the semantic checks, with ``Gaps`` saying
+what is missing, so ``kaiser lint`` reports every defect in one run.
 """
 
 from __future__ import annotations
@@ -13,7 +19,7 @@ import difflib
 import os
 import re
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TypeVar
@@ -24,6 +30,7 @@ from engine.actions import REGISTRY as ACTION_TYPES
 from engine.conditions import REGISTRY as CONDITION_TYPES
 from engine.conditions import build_condition, compare
 from engine.config.boards import BOARDS as _BOARD_TABLES
+from engine.config.checks import Gaps
 from engine.config.fields import RULE_NAME_RE, Ctx, did_you_mean
 from engine.config.source import YMap, YNode, YScalar, YSeq, read_yaml, type_name
 from engine.diagnostics import Diagnostic
@@ -33,6 +40,7 @@ from engine.model import (
     Action,
     Actuator,
     ActuatorLimits,
+    All,
     Code,
     Comparison,
     Condition,
@@ -113,6 +121,16 @@ class _Loader:
     esp_ids: dict[str, Position] = field(default_factory=dict)
     limit_pos: dict[str, Position] = field(default_factory=dict)
     defaults_pos: Position | None = None
+    # what the semantic checks look at: everything that could be built, even in
+    # part or under a duplicate name (the model above keeps only whole, unique items)
+    c_devices: dict[str, Device] = field(default_factory=dict)
+    c_interlocks: list[Interlock] = field(default_factory=list)
+    c_rules: list[Rule] = field(default_factory=list)
+    c_tests: list[RuleTest] = field(default_factory=list)
+    gap_items: set[Position] = field(default_factory=set)
+    gap_conditions: set[Position] = field(default_factory=set)
+    gap_refs: set[str] = field(default_factory=set)
+    extra_devices: list[Device] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.ctx = Ctx(self.out, tz=self.tz)
@@ -173,13 +191,24 @@ class _Loader:
                 continue
             if not ctx.name(YScalar.at(name, kpos), "device name"):
                 continue
-            if not self.named("device").claim(ctx, "device", name, kpos):
+            unique = self.named("device").claim(ctx, "device", name, kpos)
+            built = self.device(name, dnode, kpos, unique)
+            if not unique:  # its body is checked, but it is no ref target
+                if built is not None:
+                    self.extra_devices.append(built[1])
                 continue
-            dev = self.device(name, dnode, kpos)
+            if built is None:
+                self.gap_refs.add(name)
+                continue
+            dev, checked = built
             if dev is not None:
                 self.devices[name] = dev
+            self.c_devices[name] = checked
 
-    def device(self, name: str, node: YNode, kpos: Position) -> Device | None:
+    def device(self, name: str, node: YNode, kpos: Position,
+               unique: bool = True) -> tuple[Device | None, Device] | None:
+        """(the model's device or None, the device the checks see), or None when
+        nothing could be built."""
         ctx = self.ctx
         m = ctx.map(node, f"device {name!r}")
         if m is None:
@@ -188,7 +217,7 @@ class _Loader:
         ctx.keys(m, DEVICE_KEYS, f"device {name!r}", required=("esp_id",),
                  children=SENSOR_KEYS + ACTUATOR_KEYS)
         esp_id = ctx.text(m.values.get("esp_id"), "'esp_id'")
-        if esp_id is not None:
+        if esp_id is not None and unique:
             first = self.esp_ids.get(esp_id)
             if first is not None:
                 ctx.error("K306", f"esp_id {esp_id!r} is already used by another device",
@@ -201,6 +230,8 @@ class _Loader:
             board = ctx.choice(m.values["board"], "'board'", BOARDS)
         sensors: list[Sensor] = []
         actuators: list[Actuator] = []
+        dup_sensors: list[Sensor] = []
+        dup_actuators: list[Actuator] = []
         ctx.parents = [DEVICE_KEYS]
         seen: dict[str, Position] = {}
         for section in ("sensors", "actuators"):
@@ -215,23 +246,30 @@ class _Loader:
                     continue
                 if not ctx.name(YScalar.at(item, ipos), f"{section[:-1]} name"):
                     continue
-                if item in seen:
+                dup = item in seen
+                if dup:
                     ctx.error("K302", f"device {name!r} already has a sensor or actuator named {item!r}",
                               ipos, related=seen[item])
-                    continue
-                seen[item] = ipos
-                if section == "sensors":
-                    s = self.sensor(name, item, inode)
-                    if s is not None:
-                        sensors.append(s)
                 else:
-                    a = self.actuator(name, item, inode)
-                    if a is not None:
-                        actuators.append(a)
+                    seen[item] = ipos
+                # a duplicate's body is checked too; it is no ref target
+                built: Sensor | Actuator | None
+                if section == "sensors":
+                    built = self.sensor(name, item, inode)
+                    if built is not None:
+                        (dup_sensors if dup else sensors).append(built)
+                else:
+                    built = self.actuator(name, item, inode)
+                    if built is not None:
+                        (dup_actuators if dup else actuators).append(built)
+                if built is None and not dup and unique:
+                    self.gap_refs.add(f"{name}.{item}")
         ctx.parents = []
-        if esp_id is None:
-            return None
-        return Device(name, esp_id, zone, board, tuple(sensors), tuple(actuators), kpos)
+        checked = Device(name, esp_id or "", zone, board, tuple(sensors), tuple(actuators), kpos)
+        if dup_sensors or dup_actuators:
+            self.extra_devices.append(Device(name, esp_id or "", zone, board, (*sensors, *dup_sensors),
+                                             (*actuators, *dup_actuators), kpos))
+        return (checked if esp_id is not None else None), checked
 
     def sensor(self, device: str, name: str, node: YNode) -> Sensor | None:
         ctx = self.ctx
@@ -331,6 +369,7 @@ class _Loader:
                 if ref in self.limit_pos:
                     ctx.error("K301", f"safety limits for {ref!r} are already given", kpos,
                               related=self.limit_pos[ref])
+                    self.limit(ref, lnode, kpos)  # its body is checked too
                     continue
                 self.limit_pos[ref] = kpos
                 lim = self.limit(ref, lnode, kpos)
@@ -339,9 +378,7 @@ class _Loader:
         q = ctx.seq(m.values.get("interlocks"), "'interlocks'")
         if q is not None:
             for inode in q.items:
-                il = self.interlock(inode)
-                if il is not None:
-                    self.interlocks.append(il)
+                self.interlock(inode)
         ctx.parents = []
 
     def safety_defaults(self, node: YNode) -> None:
@@ -349,10 +386,11 @@ class _Loader:
         m = ctx.map(node, "'safety: defaults'")
         if m is None:
             return
-        if self.defaults_pos is not None:
-            ctx.error("K301", "safety defaults are already given", m.pos, related=self.defaults_pos)
-            return
-        self.defaults_pos = m.pos
+        first = self.defaults_pos
+        if first is not None:  # its body is checked too, then dropped
+            ctx.error("K301", "safety defaults are already given", m.pos, related=first)
+        else:
+            self.defaults_pos = m.pos
         ctx.keys(m, DEFAULTS_KEYS, "safety defaults")
         base = SafetyDefaults()
         vals = {
@@ -370,6 +408,8 @@ class _Loader:
             v = vals[key]
             return float(v) if v is not None else default
 
+        if first is not None:
+            return
         self.defaults = SafetyDefaults(
             offline_after=pick("offline_after", base.offline_after),
             stale_after=pick("stale_after", base.stale_after),
@@ -403,45 +443,52 @@ class _Loader:
         return ActuatorLimits(ref, max_runtime, min_off, max_starts, loss, pwm, rate_limit,  # type: ignore[arg-type]
                               kpos)
 
-    def interlock(self, node: YNode) -> Interlock | None:
+    def interlock(self, node: YNode) -> None:
+        """Into the model when whole and uniquely named; into the checks whatever was built."""
         ctx = self.ctx
         m = ctx.map(node, "an interlock")
         if m is None:
-            return None
+            return
+        errors = ctx.errors
         ctx.keys(m, INTERLOCK_KEYS, "an interlock", required=("name",))
         name = ctx.text(m.values.get("name"), "interlock 'name'")
-        if name is not None and not self.named("interlock").claim(ctx, "interlock", name, m.values["name"].pos):
-            return None
         together = "never_together" in m.values
         only = "actuator" in m.values or "only_if" in m.values
-        if together and only:
+        if together and only:  # reported; both parts are still checked
             ctx.error("K205", "an interlock is either 'never_together' or 'actuator' + 'only_if'",
                       m.keys.get("actuator", m.keys.get("only_if", m.pos)))
-            return None
+        refs: list[str] = []
         if together:
             q = ctx.seq(m.values["never_together"], "'never_together'")
-            if q is None:
-                return None
-            refs = [ctx.ref(i, "an interlocked actuator", "actuator") for i in q.items]
-            if len(q.items) < 2:
-                ctx.error("K204", "'never_together' needs at least two actuators", q.pos)
-                return None
-            if name is None or any(r is None for r in refs):
-                return None
-            return Interlock(name, tuple(r for r in refs if r is not None), pos=m.pos)
-        if not only:
+            if q is not None:
+                refs = [r for r in (ctx.ref(i, "an interlocked actuator", "actuator") for i in q.items)
+                        if r is not None]
+                if len(q.items) < 2:
+                    ctx.error("K204", "'never_together' needs at least two actuators", q.pos)
+        elif not only:
             ctx.error("K203", "an interlock needs 'never_together' or 'actuator' + 'only_if'", m.pos)
-            return None
-        for k in ("actuator", "only_if"):
-            if k not in m.values:
-                ctx.error("K203", f"an interlock with {'only_if' if k == 'actuator' else 'actuator'!r} "
-                          f"needs {k!r}", m.pos)
-                return None
-        act = ctx.ref(m.values["actuator"], "interlock 'actuator'", "actuator")
-        cond = self.only_if(m.values["only_if"])
-        if name is None or act is None or cond is None:
-            return None
-        return Interlock(name, actuator=act, only_if=cond, pos=m.pos)
+        act: str | None = None
+        cond: Comparison | None = None
+        if only:
+            for k in ("actuator", "only_if"):
+                if k not in m.values:
+                    ctx.error("K203", f"an interlock with {'only_if' if k == 'actuator' else 'actuator'!r} "
+                              f"needs {k!r}", m.pos)
+            if "actuator" in m.values:
+                act = ctx.ref(m.values["actuator"], "interlock 'actuator'", "actuator")
+            if "only_if" in m.values:
+                cond = self.only_if(m.values["only_if"])
+        whole = ctx.errors == errors
+        unique = name is not None and self.named("interlock").claim(ctx, "interlock", name,
+                                                                     m.values["name"].pos)
+        if not refs and act is None:
+            return
+        il = Interlock(name or "", tuple(refs), act, cond, pos=m.pos)
+        self.c_interlocks.append(il)
+        if not whole:
+            self.gap_items.add(m.pos)
+        elif unique:
+            self.interlocks.append(il)
 
     def only_if(self, node: YNode) -> Comparison | None:
         ctx = self.ctx
@@ -454,6 +501,7 @@ class _Loader:
         sensor = ctx.ref(m.values.get("sensor"), "'sensor'", "sensor")
         cmp = compare(m, ctx, "'only_if'")
         if sensor is None or cmp is None:
+            ctx.probe(m.values.get("sensor"), "sensor", m.pos)
             return None
         return Comparison(sensor, cmp[0], cmp[1], pos=m.pos)
 
@@ -465,22 +513,21 @@ class _Loader:
             return
         ctx.parents = [SECTIONS]
         for item in q.items:
-            r = self.rule(item)
-            if r is not None:
-                self.rules.append(r)
+            self.rule(item)
         ctx.parents = []
 
-    def rule(self, node: YNode) -> Rule | None:
+    def rule(self, node: YNode) -> None:
+        """Into the model when whole and uniquely named; into the checks whatever
+        could be built (a bad action or condition is left out, the rest is kept)."""
         ctx = self.ctx
         m = ctx.map(node, "a rule")
         if m is None:
-            return None
+            return
+        errors = ctx.errors
         ctx.keys(m, RULE_KEYS, "a rule", required=("name",), children=_RULE_CHILD_KEYS)
         v = dict(m.values)  # a copy: empty sections are dropped below
         name = ctx.name(v.get("name"), "rule name", RULE_NAME_RE,
                         "lower-case letters, digits, '_' and '-'")
-        if name is not None and not self.named("rule").claim(ctx, "rule", name, v["name"].pos):
-            name = None
         description = ctx.text(v["description"], "'description'", allow_empty=True) \
             if "description" in v else ""
         priority = ctx.integer(v["priority"], "'priority'") if "priority" in v else 0
@@ -488,26 +535,28 @@ class _Loader:
         enabled = ctx.boolean(v["enabled"], "'enabled'") if "enabled" in v else True
         edge = "when" in v or "then" in v
         level = "while" in v or "hold" in v or "release" in v
-        if edge and level:
+        if edge and level:  # reported; the when/then part is still checked
             a = next(k for k in ("when", "then") if k in v)
             b = next(k for k in ("while", "hold", "release") if k in v)
             ctx.error("K205", f"a rule has either when+then or while+hold, not both ({a!r} and {b!r})",
                       m.keys[b], hint="split it into two rules")
-            return None
+            level = False
         if not edge and not level:
             ctx.error("K203", "a rule needs 'when' + 'then' (edge) or 'while' + 'hold' (level)", m.pos)
-            return None
+            self._claim_rule(name, v)
+            return
         cond_key, act_key = ("when", "then") if edge else ("while", "hold")
-        ok = True
         for k in (cond_key, act_key):
             if k not in v:
-                ok = False
                 if difflib.get_close_matches(k, [u for u in v if u not in RULE_KEYS], n=1, cutoff=0.6):
                     continue  # misspelt: already reported as an unknown key with "did you mean"
                 other = act_key if k == cond_key else cond_key
-                ctx.error("K203", f"a rule with {other!r} needs {k!r}", m.keys[other])
+                if other in m.keys:
+                    ctx.error("K203", f"a rule with {other!r} needs {k!r}", m.keys[other])
+                else:  # only 'release'
+                    ctx.error("K203", f"a rule needs {k!r}", m.pos)
         condition: Condition | None = None
-        actions: tuple[Action, ...] | None = None
+        actions: tuple[Action, ...] = ()
         release: tuple[Action, ...] | None = None
         saved_parents = ctx.parents
         ctx.parents = [RULE_KEYS]
@@ -515,32 +564,43 @@ class _Loader:
             if k in v and isinstance(v[k], YScalar) and v[k].value is None:  # type: ignore[union-attr]
                 ctx.error("K203", f"{k!r} is empty", v[k].pos,
                           hint=f"indent what belongs to {k!r} under it, deeper than {k!r} itself")
-                ok = False
                 del v[k]
+        cond_errors = ctx.errors
         if cond_key in v:
             ctx.triggers_allowed = edge
             condition = build_condition(v[cond_key], ctx)
             ctx.triggers_allowed = True
+        whole_condition = condition is not None and ctx.errors == cond_errors
         if act_key in v:
             actions = self.actions(v[act_key], act_key)
-        if "release" in v:
+        if "release" in v and level:
             release = self.actions(v["release"], "release")
-            ok = ok and release is not None
         ctx.parents = saved_parents
-        if actions is not None and not edge:
+        if not edge:
             for act in actions:
                 if isinstance(act, Wait):
                     ctx.error("K204", "'wait' is not allowed in 'hold' (a hold is a state, not a "
                               "sequence)", act.pos, hint="use 'release' or a when/then rule")
-                    ok = False
-        if (not ok or name is None or condition is None or actions is None or priority is None
-                or cooldown is None or enabled is None or description is None):
-            return None
-        index = len(self.rules)
-        return Rule(name, "edge" if edge else "level", condition, actions, release, description,
-                    priority, cooldown, enabled, index, m.pos)
+        whole = ctx.errors == errors
+        unique = self._claim_rule(name, v)
+        shown = name if name is not None else _raw_text(v.get("name"))
+        checked = Rule(shown, "edge" if edge else "level", condition or All((), m.pos), actions, release,
+                       description or "", priority if priority is not None else 0, cooldown or 0.0,
+                       enabled if enabled is not None else True, len(self.c_rules), m.pos)
+        self.c_rules.append(checked)
+        if not whole_condition:
+            self.gap_conditions.add(m.pos)
+        if not whole:
+            self.gap_items.add(m.pos)
+        elif unique:
+            self.rules.append(replace(checked, index=len(self.rules)))
 
-    def actions(self, node: YNode, key: str) -> tuple[Action, ...] | None:
+    def _claim_rule(self, name: str | None, v: dict[str, YNode]) -> bool:
+        """Claim a valid rule name (K301 when it is taken): True when it was free."""
+        return name is not None and self.named("rule").claim(self.ctx, "rule", name, v["name"].pos)
+
+    def actions(self, node: YNode, key: str) -> tuple[Action, ...]:
+        """The actions that could be built (each bad one is reported and left out)."""
         ctx = self.ctx
         items: list[YNode]
         if isinstance(node, YMap):
@@ -548,15 +608,12 @@ class _Loader:
         else:
             q = ctx.seq(node, f"{key!r}")
             if q is None:
-                return None
+                return ()
             items = q.items
         if not items:
             ctx.error("K204", f"{key!r} needs at least one action", node.pos)
-            return None
-        built = [build_action(i, ctx) for i in items]
-        if any(b is None for b in built):
-            return None
-        return tuple(b for b in built if b is not None)
+            return ()
+        return tuple(b for b in (build_action(i, ctx) for i in items) if b is not None)
 
     # tests ---------------------------------------------------------------
     def section_tests(self, node: YNode) -> None:
@@ -566,9 +623,7 @@ class _Loader:
             return
         ctx.parents = [SECTIONS]
         for item in q.items:
-            t = self.test(item)
-            if t is not None:
-                self.tests.append(t)
+            self.test(item)
         ctx.parents = []
 
     def instant(self, node: YNode | None, what: str, start: float) -> float | None:
@@ -598,79 +653,69 @@ class _Loader:
             dt = dt.replace(tzinfo=self.zone or UTC)
         return dt.timestamp()
 
-    def test(self, node: YNode) -> RuleTest | None:
+    def test(self, node: YNode) -> None:
+        """Into the model when whole and uniquely named; into the checks whatever was built."""
         ctx = self.ctx
         m = ctx.map(node, "a test")
         if m is None:
-            return None
+            return
+        errors = ctx.errors
         ctx.keys(m, TEST_KEYS, "a test", required=("name", "steps"),
                  children=STEP_KEYS + EXPECT_KINDS)
         v = m.values
         name = ctx.text(v.get("name"), "test name")
-        if name is not None and not self.named("test").claim(ctx, "test", name, v["name"].pos):
-            name = None
         start: float | None = DEFAULT_TEST_START
         if "start" in v:
             s = ctx.scalar(v["start"], "'start'")
             start = None if s is None else self.iso(s, "'start'")
-        ok = start is not None
         only_expected = ctx.boolean(v["only_expected"], "'only_expected'") if "only_expected" in v else False
         rules: list[str] = []
         if "rules" in v:
             q = ctx.seq(v["rules"], "'rules'")
-            if q is None:
-                ok = False
-            else:
-                for i in q.items:
-                    r = ctx.name(i, "rule name", RULE_NAME_RE, "lower-case letters, digits, '_' and '-'")
-                    if r is None:
-                        ok = False
-                    else:
-                        rules.append(r)
+            for i in q.items if q is not None else ():
+                r = ctx.name(i, "rule name", RULE_NAME_RE, "lower-case letters, digits, '_' and '-'")
+                if r is not None:
+                    rules.append(r)
         steps: list[TestStep] = []
         expects: list[Expectation] = []
-        base = start or 0.0
+        base = start if start is not None else DEFAULT_TEST_START
         sq = ctx.seq(v.get("steps"), "'steps'")
-        if sq is not None:
-            for item in sq.items:
-                st = self.step(item, base)
-                if st is None:
-                    ok = False
-                else:
-                    steps.append(st)
-        elif "steps" in v:
-            ok = False
+        for item in sq.items if sq is not None else ():
+            st = self.step(item, base)
+            if st is not None:
+                steps.append(st)
         if "expect" in v:
             eq = ctx.seq(v["expect"], "'expect'")
-            if eq is None:
-                ok = False
-            else:
-                for item in eq.items:
-                    ex = self.expectation(item, base)
-                    if ex is None:
-                        ok = False
-                    else:
-                        expects.append(ex)
-        if not ok or name is None or only_expected is None or start is None:
-            return None
-        return RuleTest(name, start, tuple(steps), tuple(expects), only_expected, tuple(rules), m.pos)
+            for item in eq.items if eq is not None else ():
+                ex = self.expectation(item, base)
+                if ex is not None:
+                    expects.append(ex)
+        whole = ctx.errors == errors
+        unique = name is not None and self.named("test").claim(ctx, "test", name, v["name"].pos)
+        t = RuleTest(name or "", base, tuple(steps), tuple(expects), bool(only_expected), tuple(rules), m.pos)
+        self.c_tests.append(t)
+        if not whole:
+            self.gap_items.add(m.pos)
+        elif unique:
+            self.tests.append(t)
 
     def _mapping(self, node: YNode | None, what: str, key_kind: str,
-                 value: Callable[[YNode], T | None]) -> dict[str, T] | None:
+                 value: Callable[[YNode], T | None]) -> dict[str, T]:
         ctx = self.ctx
         m = ctx.map(node, what)
         if m is None:
-            return None
+            return {}
         out: dict[str, T] = {}
-        ok = True
         for k, vnode in m.values.items():
             ref = ctx.ref(YScalar.at(k, m.keys[k]), f"a {key_kind} in {what}", key_kind)
             val = value(vnode)
-            if ref is None or (val is None and not (key_kind == "sensor" and _is_null(vnode))):
-                ok = False
+            if ref is None:
+                continue
+            if val is None and not (key_kind == "sensor" and _is_null(vnode)):
+                ctx.probe(YScalar.at(ref, m.keys[k]), key_kind, m.pos)  # a bad value: the ref is still checked
                 continue
             out[ref] = val  # type: ignore[assignment]
-        return out if ok else None
+        return out  # the bad entries are reported and left out
 
     def _online(self, n: YNode) -> bool | None:
         s = self.ctx.choice(n, "a device state", ("online", "offline"))
@@ -693,7 +738,9 @@ class _Loader:
                                   lambda n: _float_state(actuator_state(n, ctx, "an actuator state",
                                                                         allow_toggle=False))) \
             if "actuators" in v else {}
-        if at is None or readings is None or devices is None or actuators is None:
+        if at is None:  # the step is left out; its refs are still checked
+            for kind, refs in (("sensor", readings), ("device", devices), ("actuator", actuators)):
+                ctx.probes.extend((kind, ref, m.pos) for ref in refs)
             return None
         return TestStep(at, readings, devices, actuators, m.pos)
 
@@ -714,44 +761,34 @@ class _Loader:
         kind = kinds[0]
         at = self.instant(m.values.get("at"), "'at'", start) if "at" in m.values else None
         fm = ctx.map(m.values[kind], repr(kind))
-        if fm is None or at is None:
+        if fm is None:
             return None
+        # a bad field is reported and left out (the expectation is kept for the checks)
         fields: dict[str, object] = {}
-        ok = True
         if kind in ("command", "blocked", "no_command"):
             allowed = {"command": ("actuator", "set", "for"), "blocked": ("actuator", "reason"),
                        "no_command": ("actuator",)}[kind]
             ctx.keys(fm, allowed, f"a {kind!r} expectation", required=("actuator",))
             ref = ctx.ref(fm.values.get("actuator"), "'actuator'", "actuator")
-            if ref is None:
-                ok = False
-            else:
+            if ref is not None:
                 fields["actuator"] = ref
             if "set" in fm.values:
-                state = actuator_state(fm.values["set"], ctx)
-                ok = ok and state is not None
-                fields["set"] = state
+                fields["set"] = actuator_state(fm.values["set"], ctx)
             if "for" in fm.values:
-                d = ctx.duration(fm.values["for"], "'for'")
-                ok = ok and d is not None
-                fields["for"] = d
+                fields["for"] = ctx.duration(fm.values["for"], "'for'")
             if "reason" in fm.values:
                 code = ctx.choice(fm.values["reason"], "'reason'", [c.name for c in Code])
-                if code is None:
-                    ok = False
-                else:
-                    fields["reason"] = Code[code.upper()]
+                fields["reason"] = None if code is None else Code[code.upper()]
         else:
             ctx.keys(fm, ("level", "text"), "a 'notify' expectation")
             if "level" in fm.values:
-                lv = ctx.choice(fm.values["level"], "'level'", NOTIFY_LEVELS)
-                ok = ok and lv is not None
-                fields["level"] = lv
+                fields["level"] = ctx.choice(fm.values["level"], "'level'", NOTIFY_LEVELS)
             if "text" in fm.values:
-                tx = ctx.text(fm.values["text"], "'text'")
-                ok = ok and tx is not None
-                fields["text"] = tx
-        if not ok:
+                fields["text"] = ctx.text(fm.values["text"], "'text'")
+        fields = {k: x for k, x in fields.items() if x is not None}
+        if at is None:  # left out; its actuator is still checked
+            if isinstance(fields.get("actuator"), str):
+                ctx.probes.append(("actuator", str(fields["actuator"]), m.pos))
             return None
         return Expectation(at, kind, fields, m.pos)  # type: ignore[arg-type]
 
@@ -765,6 +802,38 @@ class _Loader:
             files=tuple(files),
             tz=self.tz,
         )
+
+    def checked(self, files: list[str]) -> Deployment:
+        """Everything that could be built, for the semantic checks: items built in
+        part, and the bodies of duplicates (a second rule of a name is checked,
+        even though only the first is in the model)."""
+        return Deployment(
+            devices=dict(self.c_devices),
+            safety=Safety(self.defaults or SafetyDefaults(), dict(self.limits), tuple(self.c_interlocks)),
+            rules=tuple(self.c_rules),
+            tests=tuple(self.c_tests),
+            files=tuple(files),
+            tz=self.tz,
+        )
+
+    def gaps(self) -> Gaps:
+        return Gaps(frozenset(self.gap_items), frozenset(self.gap_conditions), frozenset(self.gap_refs),
+                    tuple(self.ctx.probes), tuple(self.extra_devices))
+
+
+@dataclass(frozen=True)
+class Loaded:
+    """What ``load`` found: the model, the findings, and what the semantic checks see."""
+
+    #: the best-effort model: only whole, uniquely named items (callers refuse it
+    #: when any finding is an error)
+    deployment: Deployment
+    #: every loader finding, sorted by position
+    diagnostics: list[Diagnostic]
+    #: everything that could be built (items in part, duplicates' bodies), for
+    #: ``run_checks(checked, partial=..., gaps=gaps)``
+    checked: Deployment
+    gaps: Gaps
 
 
 def _misplaced_section(key: str, value: YNode) -> str:
@@ -780,6 +849,11 @@ def _misplaced_section(key: str, value: YNode) -> str:
         if any(k in first for k in ("when", "while", "then", "hold")):
             return "rules go under 'rules:', one list for all of them"
     return ""
+
+
+def _raw_text(n: YNode | None) -> str:
+    """A bad name's text as written (the checks name the item by it), or ''."""
+    return n.value if isinstance(n, YScalar) and isinstance(n.value, str) else ""
 
 
 def _is_null(n: YNode) -> bool:
@@ -800,6 +874,14 @@ def load_deployment(path: str | os.PathLike[str], tz: str = "UTC") -> tuple[Depl
     (syntax, structure, types, names, sensor types), sorted by position. Never
     raises. Positions carry file names as ``path`` joined with the relative name.
     """
+    loaded = load(path, tz)
+    return loaded.deployment, loaded.diagnostics
+
+
+def load(path: str | os.PathLike[str], tz: str = "UTC") -> Loaded:
+    """``load_deployment`` plus what ``kaiser lint`` checks: every item that could be
+    built, even in part or under a duplicate name, and the ``Gaps`` left by the rest,
+    so that one defect never hides another. Never raises."""
     out: list[Diagnostic] = []
     loader = _Loader(tz=tz, out=out)
     if loader.zone is None:
@@ -815,11 +897,11 @@ def load_deployment(path: str | os.PathLike[str], tz: str = "UTC") -> tuple[Depl
         else:
             out.append(Diagnostic("K100", "error", f"no such file or directory: {os.fspath(path)}",
                                   Position(os.fspath(path), 0, 0)))
-            return loader.deployment([]), out
+            return Loaded(loader.deployment([]), out, loader.checked([]), loader.gaps())
     except OSError as e:
         out.append(Diagnostic("K100", "error", f"cannot read {os.fspath(path)}: {e}",
                               Position(os.fspath(path), 0, 0)))
-        return loader.deployment([]), out
+        return Loaded(loader.deployment([]), out, loader.checked([]), loader.gaps())
     names: list[str] = []
     for f in files:
         name = os.fspath(f)
@@ -834,4 +916,4 @@ def load_deployment(path: str | os.PathLike[str], tz: str = "UTC") -> tuple[Depl
     from engine.diagnostics import sort_key
 
     out.sort(key=sort_key)
-    return loader.deployment(names), out
+    return Loaded(loader.deployment(names), out, loader.checked(names), loader.gaps())

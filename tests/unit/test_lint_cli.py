@@ -75,7 +75,7 @@ def test_strict_fails_on_warnings_only(tmp_path: Path, monkeypatch: pytest.Monke
 
     d = rules(tmp_path, GOOD)
     warn = Diagnostic("K499", "warning", "something odd", Position(str(d / "main.yaml"), 1, 1))
-    monkeypatch.setattr(lint, "_run_checks", lambda dep, partial=False: [warn])
+    monkeypatch.setattr(lint, "_run_checks", lambda dep, **_: [warn])
     assert main(["lint", str(d)]) == 0
     assert main(["lint", str(d), "--strict"]) == 1
     assert "1 warning" in capsys.readouterr().err

@@ -659,8 +659,8 @@ def test_hints_for_words_people_write(tmp_path: Path) -> None:
             then: [{actuator: north.pump, set: 50%}, {actuator: north.fan, state: on}, {actuator: north.vent, set: 60}]
         """})
     hints = {d.hint for d in diags}
-    assert {"write 2m", "to combine conditions use all: [...]", "a duty is a fraction: write 0.5",
-            "did you mean 'set'?", "a duty is a fraction: write 0.6"} <= hints
+    assert {"write 2m", "to combine conditions use all: [...]", "a duty is a fraction: if you meant 50 %, write 0.5",
+            "did you mean 'set'?", "a duty is a fraction: if you meant 60 %, write 0.6"} <= hints
 
 
 def test_a_misspelt_required_key_is_reported_once(tmp_path: Path) -> None:
