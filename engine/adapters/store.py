@@ -7,7 +7,8 @@ an Arrow batch ~500,000 rows/s). At most ``flush_interval`` of data is lost on a
 crash. Retention (default 90 days) is applied once a day by the same thread.
 
 Tables (all times ``TIMESTAMPTZ`` in UTC, appended in time order so DuckDB's
-min/max zone maps prune time ranges; ``latest_readings`` is a view):
+min/max zone maps prune time ranges; ``latest_readings`` holds one row a sensor,
+upserted by every flush):
 
 ``readings`` ``device_status`` ``actuator_status`` ``commands`` (sent and blocked)
 ``command_responses`` ``rule_runs`` ``events`` ``notifications`` ``config_versions``
@@ -125,11 +126,18 @@ _DDL_EXTRA = (
         path VARCHAR, files JSON, ok BOOLEAN, errors JSON)""",
     """CREATE TABLE IF NOT EXISTS state (
         key VARCHAR PRIMARY KEY, value JSON, updated_at TIMESTAMPTZ)""",
-    """CREATE OR REPLACE VIEW latest_readings AS
-        SELECT sensor, arg_max(value, ts) AS value, max(ts) AS ts,
-               arg_max(quality, ts) AS quality, arg_max(unit, ts) AS unit
-        FROM readings GROUP BY sensor""",
 )
+
+#: the newest reading of every sensor, kept up to date by every flush (one row a
+#: sensor: "latest values" never scans the history)
+_LATEST_DDL = """CREATE TABLE latest_readings (
+    sensor VARCHAR PRIMARY KEY, value DOUBLE, ts TIMESTAMPTZ, quality VARCHAR, unit VARCHAR)"""
+_LATEST_UPSERT = """INSERT INTO latest_readings
+    SELECT sensor, arg_max(value, ts), max(ts), arg_max(quality, ts), arg_max(unit, ts)
+    FROM {src} GROUP BY sensor
+    ON CONFLICT (sensor) DO UPDATE SET value = excluded.value, ts = excluded.ts,
+        quality = excluded.quality, unit = excluded.unit
+    WHERE excluded.ts >= latest_readings.ts"""
 
 #: tables that retention trims (config_versions and state are kept)
 RETAINED_TABLES = tuple(TABLES)
@@ -235,6 +243,14 @@ class Store:
             self._con.execute(f"CREATE TABLE IF NOT EXISTS {table} ({body})")
         for ddl in _DDL_EXTRA:
             self._con.execute(ddl)
+        kinds = dict(self._con.execute(
+            "SELECT table_name, table_type FROM information_schema.tables WHERE table_name = 'latest_readings'"
+        ).fetchall())
+        if kinds.get("latest_readings") != "BASE TABLE":
+            if kinds.get("latest_readings") == "VIEW":  # a store from an earlier version
+                self._con.execute("DROP VIEW latest_readings")
+            self._con.execute(_LATEST_DDL)
+            self._con.execute(_LATEST_UPSERT.format(src="readings"))
 
     def start(self) -> None:
         """Start the writer thread (idempotent)."""
@@ -441,6 +457,8 @@ class Store:
                 arrays.append(pa.array(values, typ))
         batch = pa.Table.from_arrays(arrays, names=[c[0] for c in cols])  # noqa: F841 (read by DuckDB)
         cur.execute(f"INSERT INTO {table} SELECT * FROM batch")
+        if table == "readings":
+            cur.execute(_LATEST_UPSERT.format(src="batch"))
         self.rows_written += len(rows)
 
     def _maybe_retain(self) -> None:

@@ -110,3 +110,22 @@ def test_a_second_writer_is_refused_with_a_store_error(tmp_path: Path) -> None:
     # same process, different configuration: DuckDB refuses; other processes get a lock error
     with Store(path), pytest.raises(StoreError):
         Store(path, read_only=True)
+
+
+def test_latest_readings_keep_the_newest_even_when_an_old_one_arrives_late(tmp_path: Path) -> None:
+    path = str(tmp_path / "k.duckdb")
+    with Store(path) as store:
+        store.reading(Reading("north.t", 21.0, T0 + 10))
+        store.flush()
+        store.reading(Reading("north.t", 15.0, T0, retained=True))  # a broker replay, older
+        store.reading(Reading("south.t", 18.0, T0 + 5))
+        store.flush()
+        latest = {r.sensor: r.value for r in store.latest_readings()}
+    assert latest == {"north.t": 21.0, "south.t": 18.0}
+    # a store written by an earlier version (a view, not a table) is upgraded and backfilled
+    con = duckdb.connect(path)
+    con.execute("DROP TABLE latest_readings")
+    con.execute("CREATE VIEW latest_readings AS SELECT 1 AS x")
+    con.close()
+    with Store(path) as again:
+        assert {r.sensor: r.value for r in again.latest_readings()} == latest
