@@ -553,3 +553,21 @@ def test_sensor_loss_hold_blocks_a_first_start() -> None:
     g = _loss_guard("hold")
     v = g.check(on("north.pump"), T0 + 301)  # north.soil silent since the start
     assert isinstance(v, Blocked) and v.code is Code.SENSOR_LOST and "has not reported since start" in v.reason
+
+
+def test_a_board_that_switches_on_by_itself_is_still_limited() -> None:
+    g = make(limits={"north.pump": ActuatorLimits("north.pump", max_runtime=60, min_off=30)})
+    g.actuator_reported("north.pump", 1.0, T0)  # switched on at the board, not by us
+    assert g.is_on("north.pump") and g.next_due() == T0 + 60
+    out = g.tick(T0 + 60)
+    assert [(a.command.actuator, a.command.value) for a in out.sent] == [("north.pump", 0.0)]
+    g.actuator_reported("north.pump", 0.0, T0 + 61)
+    assert blocked_code(g.check(on("north.pump"), T0 + 70)) is Code.MIN_OFF
+
+
+def test_emergency_stop_by_esp_id() -> None:
+    g = make()
+    out = g.emergency_stop("ESP_T", "tank leak", "bob", T0)
+    assert out.emergencies[0].target == "tank" and g.emergency_active("tank")
+    assert [e.target for e in g.reset("ESP_T", "bob", "dry", T0 + 1).emergencies] == ["tank"]
+    assert not g.emergency_active("tank")
