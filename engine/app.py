@@ -28,7 +28,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -235,6 +235,9 @@ class Server:
         self.broker: Any = None
         self._esp_to_device: dict[str, Device] = {}
         self._encoded: dict[tuple[str, float, float | None, bool], tuple[str, int, Any]] = {}
+        #: observers (the demo's live view): called with every step's Outputs / every reading
+        self.output_taps: list[Callable[[Outputs, float], None]] = []
+        self.reading_taps: list[Callable[[Reading], None]] = []
 
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
@@ -444,6 +447,8 @@ class Server:
         for r, gpio, raw in placed:
             self.metrics.readings += 1
             store.reading(r, esp, gpio, raw)
+            for tap in self.reading_taps:
+                tap(r)
             if hub is not None and hub.clients:
                 hub.publish(f"sensor_data/{esp}", "sensor_data",
                             {"esp_id": esp, "sensor": r.sensor, "value": r.value, "unit": r.unit,
@@ -735,6 +740,8 @@ class Server:
             self._event(ev)
         if out.emergencies:
             self._save_snapshot(immediate=True)
+        for tap in self.output_taps:
+            tap(out, now)
 
     def _publish_emergency(self, target: str, reason: str, active: bool, now: float) -> None:
         if not active or self.mqtt is None or self.deployment is None:

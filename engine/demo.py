@@ -23,7 +23,6 @@ import random
 import sys
 import time
 from collections import deque
-from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -515,12 +514,9 @@ async def _demo(settings: Settings, rules: Path, duration: float | None) -> int:
 
 
 def _tap(server: Any, view: LiveView) -> None:
-    """Mirror what the server does into the live view (wraps its output step)."""
-    apply: Callable[..., None] = server._apply
-    on_mqtt: Callable[..., None] = server.on_mqtt
+    """Mirror what the server does into the live view."""
 
-    def tapped_apply(out: Any, now: float) -> None:
-        apply(out, now)
+    def on_outputs(out: Any, now: float) -> None:
         stamp = time.strftime("%H:%M:%S", time.localtime(now))
         for a in out.sent:
             c = a.command
@@ -533,19 +529,11 @@ def _tap(server: Any, view: LiveView) -> None:
         for n in out.notifications:
             view.recent.append(f"{stamp} [cyan]NOTIFY[/cyan] {n.text}")
 
-    def tapped_mqtt(topic: str, payload: bytes, retained: bool) -> None:
-        on_mqtt(topic, payload, retained)
-
-    server._apply = tapped_apply
-    server.on_mqtt = tapped_mqtt
-    # latest values for the view: read them from the pipeline's input path
-    orig_store_reading = server.store.reading
-
-    def tapped_reading(r: Any, esp_id: str = "", gpio: Any = None, raw: Any = None) -> None:
-        orig_store_reading(r, esp_id, gpio, raw)
+    def on_reading(r: Any) -> None:
         view.values[r.sensor] = (r.value, r.unit)
 
-    server.store.reading = tapped_reading
+    server.output_taps.append(on_outputs)
+    server.reading_taps.append(on_reading)
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
