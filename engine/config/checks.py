@@ -174,6 +174,10 @@ def run_checks(deployment: Deployment, *, partial: bool = False, gaps: Gaps = NO
             check(ctx)
         except Exception as exc:
             out.append(_internal(check.__name__.lstrip("_"), exc))
+        if check is _references and any(d.is_error for d in out):
+            # an unknown ref is a use that went astray: "no rule uses this actuator"
+            # would only repeat it
+            ctx.partial = True
     return out
 
 

@@ -1,12 +1,17 @@
-"""Golden lint corpus: every ``*.bad.yaml`` (or ``*.bad/`` directory) holds ONE defect
+"""Golden lint corpus: every ``*.bad.yaml`` (or ``*.bad/`` directory) holds a defect
 and says in a leading comment what lint must report for it::
 
     # expect: K401 12:11          (code, line, column in this file)
 
+Most cases hold ONE defect. A ``many-defects-*`` case holds several independent ones, one
+``# expect:`` line each: lint must report every one of them in the same run (SPEC:
+"all errors are reported, not only the first"), and nothing else.
+
 Every ``*.good.yaml`` / ``*.good/`` case must load and lint with no error and no
 warning. A case is linted the way ``kaiser lint`` does it: the loader's findings
-plus ``run_checks`` on the best-effort model. The finding list must be exactly the
-expected one (a case may name extra, accepted findings with ``# also: CODE L:C``).
+plus ``run_checks`` over everything the loader could build. The finding list must
+be exactly the expected one (a case may name extra, accepted findings with
+``# also: CODE L:C``).
 """
 
 from __future__ import annotations
@@ -30,7 +35,7 @@ def _cases(kind: str) -> list[Path]:
     return sorted([*HERE.glob(f"*.{kind}.yaml"), *(p for p in HERE.glob(f"*.{kind}") if p.is_dir())])
 
 
-def _expected(case: Path) -> tuple[tuple[str, str, int, int], list[tuple[str, str, int, int]]]:
+def _expected(case: Path) -> tuple[list[tuple[str, str, int, int]], list[tuple[str, str, int, int]]]:
     files = [case] if case.is_file() else sorted(case.rglob("*.yaml"))
     main: list[tuple[str, str, int, int]] = []
     also: list[tuple[str, str, int, int]] = []
@@ -38,8 +43,12 @@ def _expected(case: Path) -> tuple[tuple[str, str, int, int], list[tuple[str, st
         for m in _EXPECT.finditer(f.read_text(encoding="utf-8")):
             item = (m.group(2), f.name, int(m.group(3)), int(m.group(4)))
             (main if m.group(1) == "expect" else also).append(item)
-    assert len(main) == 1, f"{case.name}: a bad case declares exactly one '# expect: CODE LINE:COL'"
-    return main[0], also
+    if case.name.startswith("many-defects-"):
+        assert len(main) >= 2, f"{case.name}: a many-defects case declares each defect with '# expect:'"
+    else:
+        assert len(main) == 1, f"{case.name}: a bad case declares exactly one '# expect: CODE LINE:COL'"
+    assert len(set(main)) == len(main), f"{case.name}: an '# expect:' line is repeated"
+    return main, also
 
 
 def lint(path: Path, tz: str = "UTC") -> list[Diagnostic]:
@@ -89,9 +98,10 @@ def test_bad_case_reports_exactly_its_defect(case: Path) -> None:
     expected, also = _expected(case)
     found = lint(case)
     keys = [_key(d) for d in found]
-    assert expected in keys, f"expected {expected}, lint said:\n{_show(found)}"
-    extra = [d for d, k in zip(found, keys, strict=True) if k != expected and k not in also]
-    assert not extra, f"{case.name}: findings beyond its one defect:\n{_show(extra)}"
+    missing = [e for e in expected if e not in keys]
+    assert not missing, f"expected {missing}, lint said:\n{_show(found)}"
+    extra = [d for d, k in zip(found, keys, strict=True) if k not in expected and k not in also]
+    assert not extra, f"{case.name}: findings beyond its declared defects:\n{_show(extra)}"
     assert all(d.message and d.pos.line >= 1 for d in found)
 
 

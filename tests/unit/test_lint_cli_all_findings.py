@@ -1,0 +1,340 @@
+"""`kaiser lint` reports every defect in one run (SPEC: "all errors are reported,
+not only the first"): a bad action, condition or field never hides the rest of its
+rule, a duplicate's body is still checked, and what was left out never cascades
+into findings of its own."""
+
+from __future__ import annotations
+
+import itertools
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from engine.cli import main
+from engine.config import load_deployment
+from engine.config.lint import lint
+from engine.config.loader import load
+from engine.diagnostics import Diagnostic
+
+DEVICES = """\
+devices:
+  north:
+    esp_id: ESP_12AB34
+    board: esp32dev
+    sensors:
+      air_temp: {gpio: 4, type: DS18B20}
+      soil:     {gpio: 34, type: moisture}
+    actuators:
+      fan:  {gpio: 5, type: relay}
+      vent: {gpio: 18, type: relay}
+      pump: {gpio: 19, type: pump}
+"""
+
+LEAD = DEVICES + """\
+rules:
+  - name: hot
+    when: {sensor: north.air_tmp, above: 28, for: 2m}
+    then:
+      - {actuator: north.fan, set: on}
+      - {actuator: north.fan, set: 1.5}
+  - name: hot
+    when: {sensor: north.air_temp, between: [5, 1]}
+    then: [{notify: "x"}]
+"""
+
+
+def write(tmp_path: Path, text: str, name: str = "main.yaml") -> Path:
+    p = tmp_path / name
+    p.write_text(textwrap.dedent(text), encoding="utf-8")
+    return p
+
+
+def found(path: Path) -> list[tuple[str, int, int]]:
+    return [(d.code, d.pos.line, d.pos.col) for d in lint(path)[1]]
+
+
+def codes(path: Path) -> list[str]:
+    return [d.code for d in lint(path)[1]]
+
+
+def test_the_leads_file_gets_every_finding(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    p = write(tmp_path, LEAD)
+    assert main(["lint", str(p)]) == 1
+    out = capsys.readouterr().out
+    assert f"{p}:14:11: K401 unknown sensor 'north.air_tmp' (did you mean north.air_temp?)" in out
+    assert f"{p}:17:36: K204 'set' must be a duty 0.0-1.0, got 1.5 (a duty is 0.0-1.0, or on/off)" in out
+    assert f"{p}:18:11: K301 duplicate rule name 'hot'" in out
+    assert f"{p}:19:11: K440 between: [5, 1] has its bounds reversed (write between: [1, 5])" in out
+    assert found(p) == [("K401", 14, 11), ("K204", 17, 36), ("K301", 18, 11), ("K440", 19, 11)]
+
+
+def test_the_model_keeps_only_whole_unique_items(tmp_path: Path) -> None:
+    """What the server would run is unchanged: a rule with a defect is not in the
+    model, nor the second rule of a name; the checks see both."""
+    p = write(tmp_path, LEAD + """\
+  - name: fine
+    when: {sensor: north.air_temp, above: 30}
+    then: [{actuator: north.vent, set: on}]
+""")
+    dep, diags = load_deployment(p)
+    assert [r.name for r in dep.rules] == ["fine"] and dep.rules[0].index == 0
+    loaded = load(p)
+    assert loaded.deployment == dep and loaded.diagnostics == diags
+    assert [r.name for r in loaded.checked.rules] == ["hot", "hot", "fine"]
+    first = loaded.checked.rules[0]
+    assert len(first.actions) == 1  # the bad action is left out, the good one kept
+    assert first.pos in loaded.gaps.items and first.pos not in loaded.gaps.conditions
+    assert loaded.checked.rules[1].pos not in loaded.gaps.items  # a duplicate, but whole
+
+
+# Independent defects in one rule: every combination reports exactly the union
+# of what each defect reports alone (nothing hidden, nothing cascading).
+
+RULE = """\
+rules:
+  - name: hot
+    priority: {prio}
+    when:
+      all:
+        - {{sensor: {sensor}, above: 28, for: {for_}}}
+        - {{sensor: north.air_temp, between: {range_}}}
+    then:
+      - {{actuator: {act}, set: on, for: 10m}}
+      - {{wait: 1m}}
+      - {{actuator: north.fan, set: {set2}}}
+      - {{notify: "hot", level: {level}}}
+  - name: other
+    when: {{sensor: north.soil, below: 30}}
+    then: [{{actuator: north.pump, set: on, for: 1m}}, {{notify: "{{north.soil}}"}}]
+"""
+GOOD = {"prio": "1", "sensor": "north.air_temp", "for_": "2m", "range_": "[20, 40]",
+        "act": "north.vent", "set2": "off", "level": "warning"}
+DEFECTS = {"prio": "high", "sensor": "north.air_tmpp", "for_": "2 minutes", "range_": "[40, 20]",
+           "act": "north.vnet", "set2": "1.5", "level": "loud"}
+
+
+def _lint_rule(tmp_path: Path, bad: tuple[str, ...]) -> set[tuple[str, int, int]]:
+    d = tmp_path / "-".join(bad or ("none",))
+    d.mkdir()
+    values = {k: DEFECTS[k] if k in bad else v for k, v in GOOD.items()}
+    (d / "devices.yaml").write_text(DEVICES)
+    (d / "rules.yaml").write_text(RULE.format(**values))
+    return set(found(d))
+
+
+def test_independent_defects_in_one_rule_are_all_reported(tmp_path: Path) -> None:
+    assert _lint_rule(tmp_path, ()) == set()
+    alone = {k: _lint_rule(tmp_path, (k,)) for k in DEFECTS}
+    for k, f in alone.items():
+        assert len(f) == 1, (k, f)  # each defect is one finding
+    for n in range(2, len(DEFECTS) + 1):
+        for combo in itertools.combinations(DEFECTS, n):
+            want = set().union(*(alone[k] for k in combo))
+            assert _lint_rule(tmp_path, combo) == want, combo
+
+
+# No cascades from what was left out
+
+
+def test_a_rule_that_lost_its_only_action_gets_no_more(tmp_path: Path) -> None:
+    p = write(tmp_path, DEVICES + """\
+rules:
+  - name: water
+    when: {sensor: north.soil, below: 30}
+    then: [{actuator: north.pump, set: 60}]
+""")
+    [d] = lint(p)[1]
+    assert (d.code, d.hint) == ("K204", "a duty is a fraction: if you meant 60 %, write 0.6")
+
+
+def test_a_declared_but_broken_sensor_or_device_is_not_unknown(tmp_path: Path) -> None:
+    p = write(tmp_path, """\
+devices:
+  north:
+    esp_id: ESP_12AB34
+    sensors:
+      soil: {gpio: 34, type: moisturex}
+      hum:  {gpio: 99, type: DS18B20}
+    actuators:
+      fan: {gpio: 5, type: fan}
+  south:
+    sensors:
+      t: {gpio: 4, type: DS18B20}
+    actuators:
+      heater: {gpio: 5, type: relay}
+  east: not a mapping
+rules:
+  - name: r
+    when:
+      any:
+        - {sensor: north.soil, below: 30}
+        - {sensor: north.hum, above: 3}
+        - {sensor: south.t, below: 3}
+        - {device: east, is: offline}
+        - {sensor: east.t, above: 3}
+    then:
+      - {actuator: north.fan, set: on}
+      - {actuator: south.heater, set: on}
+""")
+    assert codes(p) == ["K305", "K204", "K204", "K203", "K202"]
+
+
+def test_a_dropped_item_of_any_makes_no_contradiction(tmp_path: Path) -> None:
+    """``all: [t > 30, any: [t < 10, <bad>]]``: without the bad item the rule would
+    look contradictory; it is not reported as such."""
+    p = write(tmp_path, DEVICES + """\
+rules:
+  - name: r
+    when:
+      all:
+        - {sensor: north.air_temp, above: 30}
+        - any:
+            - {sensor: north.air_temp, below: 10}
+            - {sensor: north.air_temp, above: warm}
+    then: [{actuator: north.fan, set: on}]
+""")
+    assert codes(p) == ["K202"]
+
+
+def test_a_dropped_action_makes_no_interlock_finding(tmp_path: Path) -> None:
+    """The misspelt ``off`` between two ons would have kept them apart."""
+    p = write(tmp_path, DEVICES + """\
+safety:
+  interlocks:
+    - {name: apart, never_together: [north.fan, north.vent]}
+rules:
+  - name: swap
+    when: {sensor: north.air_temp, above: 30}
+    then:
+      - {actuator: north.fan, set: on}
+      - {actuator: north.fan, set: of}
+      - {actuator: north.vent, set: on}
+""")
+    assert codes(p) == ["K204"]
+
+
+def test_a_bad_priority_makes_no_opposite_states_warning(tmp_path: Path) -> None:
+    p = write(tmp_path, DEVICES + """\
+rules:
+  - name: on
+    when: {sensor: north.air_temp, above: 30}
+    then: [{actuator: north.fan, set: on}]
+  - name: off
+    priority: high
+    when: {sensor: north.air_temp, above: 25}
+    then: [{actuator: north.fan, set: off}]
+""")
+    assert codes(p) == ["K202"]
+
+
+def test_tests_and_interlocks_that_lost_a_part(tmp_path: Path) -> None:
+    p = write(tmp_path, DEVICES + """\
+safety:
+  interlocks:
+    - {name: apart, never_together: [north.fan, North Vent]}
+rules:
+  - name: r
+    when: {sensor: north.air_temp, above: 30}
+    then: [{actuator: north.fan, set: on}, {actuator: north.vent, set: on}]
+tests:
+  - name: t
+    steps:
+      - {at: 0s, readings: {north.air_temp: 31}}
+    expect:
+      - {at: 1s, command: {actuator: north.fan, set: maybe}}
+""")
+    # the bad ref only (no "never_together needs two"); the bad state only (no
+    # "expects nothing"); the pump is unused, but that is not said while errors stand
+    assert codes(p) == ["K304", "K204"]
+
+
+# Refs of parts that could not be built are still looked up
+
+
+def test_refs_of_dropped_parts_are_checked(tmp_path: Path) -> None:
+    p = write(tmp_path, DEVICES + """\
+safety:
+  interlocks:
+    - {name: dry, actuator: north.pump, only_if: {sensor: north.soill, below: dry}}
+rules:
+  - name: r
+    when: {sensor: north.air_tmp, above: warm}
+    then:
+      - {actuator: north.fna, set: 1.5}
+      - {emergency_stop: nrth, reason: [3]}
+tests:
+  - name: t
+    steps:
+      - {at: soon, readings: {north.air_tmp: 3}}
+    expect:
+      - {at: later, command: {actuator: north.fna}}
+""")
+    assert found(p) == [
+        ("K401", 14, 50), ("K202", 14, 79),  # only_if: unknown sensor, bad threshold
+        ("K401", 17, 11), ("K202", 17, 42),  # when: the same
+        ("K402", 19, 9), ("K204", 19, 36),  # set: unknown actuator, bad duty
+        ("K403", 20, 9), ("K202", 20, 40),  # emergency_stop: kept without its bad reason
+        ("K401", 24, 9), ("K204", 24, 14),  # a test step with a bad time
+        ("K402", 26, 9), ("K204", 26, 14),  # an expectation with a bad time
+    ]
+
+
+def test_duplicates_bodies_are_checked(tmp_path: Path) -> None:
+    p = write(tmp_path, DEVICES + """\
+  north:
+    esp_id: ESP_99
+    board: esp32dev
+    actuators:
+      heater: {gpio: 6, type: relay}
+""", "a.yaml")
+    write(tmp_path, """\
+devices:
+  north:
+    esp_id: ESP_99
+    board: esp32dev
+    sensors:
+      t: {gpio: 4, type: DS18B20}
+    actuators:
+      heater: {gpio: 0, type: relay}
+      t: {gpio: 2, type: relay}
+rules:
+  - name: r
+    when: {sensor: north.t, above: 3}
+    then: [{actuator: north.heater, set: on}]
+""", "b.yaml")
+    f = lint(tmp_path)[1]
+    got = [(Path(d.pos.file).name, d.code, d.pos.line) for d in f]
+    # a.yaml's second `north` key is a YAML duplicate key (the parser keeps the first)
+    assert ("a.yaml", "K107", 12) in got
+    # b.yaml's `north` is a duplicate device: reported, its body checked (reserved
+    # pin on the duplicate-named actuator too), but it is no ref target
+    assert ("b.yaml", "K301", 2) in got
+    assert ("b.yaml", "K412", 8) in got and ("b.yaml", "K302", 9) in got and ("b.yaml", "K412", 9) in got
+    assert ("b.yaml", "K401", 12) in got and ("b.yaml", "K402", 13) in got
+
+
+# The duty hint
+
+
+@pytest.mark.parametrize(("value", "hint"), [
+    ("1.5", "a duty is 0.0-1.0, or on/off"),
+    ("60", "a duty is a fraction: if you meant 60 %, write 0.6"),
+    ("100", "a duty is a fraction: if you meant 100 %, write 1"),
+    ("2", "a duty is a fraction: if you meant 2 %, write 0.02"),
+    ("150", "a duty is 0.0-1.0, or on/off"),
+    ("-1", "a duty is 0.0-1.0, or on/off"),
+    ("62.5", "a duty is 0.0-1.0, or on/off"),
+    ("60%", "a duty is a fraction: if you meant 60 %, write 0.6"),
+])
+def test_duty_hints(tmp_path: Path, value: str, hint: str) -> None:
+    p = write(tmp_path, DEVICES + f"rules:\n  - name: r\n    when: {{sensor: north.soil, below: 30}}\n"
+              f"    then: [{{actuator: north.pump, set: {value}}}]\n")
+    [d] = lint(p)[1]
+    assert d.code == "K204" and d.hint == hint, d.text()
+
+
+def test_every_finding_is_positioned(tmp_path: Path) -> None:
+    p = write(tmp_path, LEAD)
+    f: list[Diagnostic] = lint(p)[1]
+    assert f and all(d.pos.file == str(p) and d.pos.line >= 1 and d.pos.col >= 1 for d in f)
