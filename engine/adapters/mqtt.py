@@ -188,6 +188,9 @@ class MqttLink:
                     self._client = client
                     self._paho = client._client  # paho: non-blocking publish (see module doc)
                     self._paho.on_message = self._on_paho_message
+                    # a persistent session's queued messages can arrive with the CONNACK,
+                    # before the handler above was installed: aiomqtt queued them
+                    self._drain_early(client)
                     if self.subscriptions:
                         await client.subscribe([(t, 1) for t in self.subscriptions])
                     self._set_state(True)
@@ -223,6 +226,18 @@ class MqttLink:
             log.exception("handling %s failed", getattr(message, "topic", "?"))
         if self._queue:
             self._drain()
+
+    def _drain_early(self, client: aiomqtt.Client) -> None:
+        queue = client._queue
+        while not queue.empty():
+            m = queue.get_nowait()
+            payload = m.payload if isinstance(m.payload, bytes) else str(m.payload or "").encode()
+            self.received += 1
+            try:
+                self.on_message(m.topic.value, payload, bool(m.retain))
+            except Exception:
+                self.errors += 1
+                log.exception("handling %s failed", m.topic.value)
 
     async def _receive(self, client: aiomqtt.Client) -> None:
         """Until the connection ends: messages arrive through _on_paho_message."""

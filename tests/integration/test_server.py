@@ -130,3 +130,20 @@ async def test_a_for_timer_survives_a_restart(settings: Any, board: Board) -> No
     _, p = await board.expect(lambda t, p: t.endswith(f"{SOUTH}/actuator/25/command"), timeout=15)
     assert p["command"] == "PWM" and p["value"] == 0.5
     await s2.stop()
+
+
+async def test_qos1_messages_sent_while_the_server_restarts_are_delivered_afterwards(
+        settings: Any, board: Board) -> None:
+    s = Server(settings, watch=False, websocket=False)
+    await s.start()
+    await board.heartbeat(SOUTH)
+    await s.stop()  # clean stop; the broker keeps the persistent session and queues for it
+    await board.heartbeat(SOUTH)
+    await board.reading(NORTH, 4, "ds18b20", ds18b20(30.0))  # QoS 1 while nobody listens
+    s2 = Server(settings, watch=False, websocket=False)
+    await s2.start()
+    try:
+        await board.expect(lambda t, p: t.endswith(f"{SOUTH}/actuator/5/command"), timeout=15)
+        assert _rows(s2, "SELECT value FROM readings WHERE sensor = 'north.air_temp'") == [(30.0,)]
+    finally:
+        await s2.stop()
