@@ -281,7 +281,7 @@ tests:
 
 
 def test_duplicates_bodies_are_checked(tmp_path: Path) -> None:
-    p = write(tmp_path, DEVICES + """\
+    write(tmp_path, DEVICES + """\
   north:
     esp_id: ESP_99
     board: esp32dev
