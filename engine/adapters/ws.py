@@ -19,6 +19,7 @@ import datetime as dt
 import hmac
 import json
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from http import HTTPStatus
@@ -122,8 +123,6 @@ class Hub:
         self.query = query
         self.queue_size = queue_size
         self.idle_timeout = idle_timeout
-        import time
-
         self._now = now or time.time
         self.clients: set[Client] = set()
         self._server: Server | None = None
