@@ -22,7 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TypeVar
+from typing import Literal, TypeVar
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from engine.actions import NOTIFY_LEVELS, actuator_state, build_action
@@ -483,7 +483,7 @@ class _Loader:
                                                                      m.values["name"].pos)
         if not refs and act is None:
             return
-        il = Interlock(name or "", tuple(refs), act, cond, pos=m.pos)
+        il = Interlock(name or f"<interlock at line {m.pos.line}>", tuple(refs), act, cond, pos=m.pos)
         self.c_interlocks.append(il)
         if not whole:
             self.gap_items.add(m.pos)
@@ -535,17 +535,46 @@ class _Loader:
         enabled = ctx.boolean(v["enabled"], "'enabled'") if "enabled" in v else True
         edge = "when" in v or "then" in v
         level = "while" in v or "hold" in v or "release" in v
-        if edge and level:  # reported; the when/then part is still checked
+        if edge and level:  # reported; both parts are still checked, as two rules
             a = next(k for k in ("when", "then") if k in v)
             b = next(k for k in ("while", "hold", "release") if k in v)
             ctx.error("K205", f"a rule has either when+then or while+hold, not both ({a!r} and {b!r})",
                       m.keys[b], hint="split it into two rules")
-            level = False
         if not edge and not level:
             ctx.error("K203", "a rule needs 'when' + 'then' (edge) or 'while' + 'hold' (level)", m.pos)
             self._claim_rule(name, v)
             return
+        saved_parents = ctx.parents
+        ctx.parents = [RULE_KEYS]
+        kinds: list[Literal["edge", "level"]] = []
+        if edge:
+            kinds.append("edge")
+        if level:
+            kinds.append("level")
+        built = [self._rule_part(m, v, kind) for kind in kinds]
+        ctx.parents = saved_parents
+        whole = ctx.errors == errors
+        unique = self._claim_rule(name, v)
+        shown = name if name is not None else _raw_text(v.get("name")) or f"<rule at line {m.pos.line}>"
+        for part, whole_condition in built:
+            checked = replace(part, name=shown, description=description or "",
+                              priority=priority if priority is not None else 0, cooldown=cooldown or 0.0,
+                              enabled=enabled if enabled is not None else True, index=len(self.c_rules))
+            self.c_rules.append(checked)
+            if not whole_condition:
+                self.gap_conditions.add(m.pos)
+            if not whole:
+                self.gap_items.add(m.pos)
+            elif unique:
+                self.rules.append(replace(checked, index=len(self.rules)))
+
+    def _rule_part(self, m: YMap, v: dict[str, YNode], kind: Literal["edge", "level"]) -> tuple[Rule, bool]:
+        """The when/then or while/hold(/release) part of a rule, best effort, and
+        whether its condition is whole. Name and options are filled in by ``rule``."""
+        ctx = self.ctx
+        edge = kind == "edge"
         cond_key, act_key = ("when", "then") if edge else ("while", "hold")
+        keys = (cond_key, act_key) if edge else (cond_key, act_key, "release")
         for k in (cond_key, act_key):
             if k not in v:
                 if difflib.get_close_matches(k, [u for u in v if u not in RULE_KEYS], n=1, cutoff=0.6):
@@ -555,45 +584,27 @@ class _Loader:
                     ctx.error("K203", f"a rule with {other!r} needs {k!r}", m.keys[other])
                 else:  # only 'release'
                     ctx.error("K203", f"a rule needs {k!r}", m.pos)
-        condition: Condition | None = None
-        actions: tuple[Action, ...] = ()
-        release: tuple[Action, ...] | None = None
-        saved_parents = ctx.parents
-        ctx.parents = [RULE_KEYS]
-        for k in (cond_key, act_key, "release"):
-            if k in v and isinstance(v[k], YScalar) and v[k].value is None:  # type: ignore[union-attr]
-                ctx.error("K203", f"{k!r} is empty", v[k].pos,
+        part = {k: v[k] for k in keys if k in v}
+        for k in keys:
+            if k in part and isinstance(part[k], YScalar) and part[k].value is None:  # type: ignore[union-attr]
+                ctx.error("K203", f"{k!r} is empty", part[k].pos,
                           hint=f"indent what belongs to {k!r} under it, deeper than {k!r} itself")
-                del v[k]
+                del part[k]
+        condition: Condition | None = None
         cond_errors = ctx.errors
-        if cond_key in v:
+        if cond_key in part:
             ctx.triggers_allowed = edge
-            condition = build_condition(v[cond_key], ctx)
+            condition = build_condition(part[cond_key], ctx)
             ctx.triggers_allowed = True
         whole_condition = condition is not None and ctx.errors == cond_errors
-        if act_key in v:
-            actions = self.actions(v[act_key], act_key)
-        if "release" in v and level:
-            release = self.actions(v["release"], "release")
-        ctx.parents = saved_parents
+        actions = self.actions(part[act_key], act_key) if act_key in part else ()
+        release = self.actions(part["release"], "release") if "release" in part else None
         if not edge:
             for act in actions:
                 if isinstance(act, Wait):
                     ctx.error("K204", "'wait' is not allowed in 'hold' (a hold is a state, not a "
                               "sequence)", act.pos, hint="use 'release' or a when/then rule")
-        whole = ctx.errors == errors
-        unique = self._claim_rule(name, v)
-        shown = name if name is not None else _raw_text(v.get("name"))
-        checked = Rule(shown, "edge" if edge else "level", condition or All((), m.pos), actions, release,
-                       description or "", priority if priority is not None else 0, cooldown or 0.0,
-                       enabled if enabled is not None else True, len(self.c_rules), m.pos)
-        self.c_rules.append(checked)
-        if not whole_condition:
-            self.gap_conditions.add(m.pos)
-        if not whole:
-            self.gap_items.add(m.pos)
-        elif unique:
-            self.rules.append(replace(checked, index=len(self.rules)))
+        return Rule("", kind, condition or All((), m.pos), actions, release, pos=m.pos), whole_condition
 
     def _claim_rule(self, name: str | None, v: dict[str, YNode]) -> bool:
         """Claim a valid rule name (K301 when it is taken): True when it was free."""
@@ -692,7 +703,7 @@ class _Loader:
                     expects.append(ex)
         whole = ctx.errors == errors
         unique = name is not None and self.named("test").claim(ctx, "test", name, v["name"].pos)
-        t = RuleTest(name or "", base, tuple(steps), tuple(expects), bool(only_expected), tuple(rules), m.pos)
+        t = RuleTest(name or f"<test at line {m.pos.line}>", base, tuple(steps), tuple(expects), bool(only_expected), tuple(rules), m.pos)
         self.c_tests.append(t)
         if not whole:
             self.gap_items.add(m.pos)

@@ -249,6 +249,24 @@ tests:
     assert codes(p) == ["K304", "K204"]
 
 
+def test_both_parts_of_a_when_and_while_rule_are_checked(tmp_path: Path) -> None:
+    p = write(tmp_path, DEVICES + """\
+rules:
+  - name: x
+    when: {sensor: north.air_tmp, above: 28}
+    then: [{actuator: north.fan, set: on}]
+    while: {sensor: north.air_temp, between: [30, 20]}
+    hold: [{actuator: north.fna, set: on}]
+  - when: {sensor: north.air_temp, above: 28}
+    then: [{actuator: north.fan, set: on}]
+    enabled: false
+""")
+    assert found(p) == [("K401", 14, 11), ("K205", 16, 5), ("K440", 16, 12), ("K402", 17, 12),
+                        ("K203", 18, 5), ("K470", 18, 5)]
+    assert "rule '<rule at line 18>' is disabled" in lint(p)[1][-1].message
+    assert load_deployment(p)[0].rules == ()
+
+
 # Refs of parts that could not be built are still looked up
 
 
