@@ -535,6 +535,11 @@ class Server:
         dev = self._esp_to_device.get(link.esp_id)
         if dev is None or self.mqtt is None:
             return
+        if why != "reboot" and self._emergency_active(dev.name):
+            # a config push clears the board's emergency latch: wait for the reset
+            # (a rebooted board has lost its latch anyway). Retried on its next message.
+            link.config_sent = False
+            return
         try:
             self.mqtt.publish(codec.encode_config(self.kaiser_id, dev))
         except KaiserError as exc:
@@ -543,6 +548,13 @@ class Server:
         link.config_sent = True
         self._event(Event(now, "config", "info", dev.name, f"sent device config to {dev.name} ({why})",
                           {"esp_id": dev.esp_id}))
+
+    def _emergency_active(self, device: str) -> bool:
+        guard = getattr(self.kaiser, "guard", None)
+        try:
+            return bool(guard is not None and guard.emergency_active(device))
+        except Exception:
+            return True  # unsure: do not clear a latch
 
     def _on_heartbeat(self, hb: codec.Heartbeat, now: float) -> None:
         assert self.store is not None
@@ -744,8 +756,17 @@ class Server:
             tap(out, now)
 
     def _publish_emergency(self, target: str, reason: str, active: bool, now: float) -> None:
-        if not active or self.mqtt is None or self.deployment is None:
-            return  # a reset publishes nothing: it only permits a restart
+        if self.mqtt is None or self.deployment is None:
+            return
+        if not active:
+            # a reset turns nothing on, but the boards keep their own latch (every
+            # command answered success: false) until they get their config again
+            for link in list(self.devices.values()):
+                dev = self._esp_to_device.get(link.esp_id)
+                if dev is not None and (target == "all" or target == dev.name) \
+                        and not self._emergency_active(dev.name):
+                    self._push_config(link, now, "emergency reset")
+            return
         if target == "all":
             self.mqtt.publish(codec.encode_emergency(reason, timestamp=now))
             return

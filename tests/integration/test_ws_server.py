@@ -223,13 +223,26 @@ async def test_estop_and_reset_from_the_cli_go_through_the_running_server(
     toml = tmp_path / "cli.toml"
     toml.write_text(f'[kaiser]\nid = "{server.kaiser_id}"\n[store]\npath = "{tmp_path / "nope.duckdb"}"\n'
                     f'[websocket]\nlisten = "127.0.0.1:{server.hub.port}"\n')
+    await board.heartbeat(SOUTH)
+    await board.expect(lambda t, p: t.endswith(f"{SOUTH}/config"))  # first sight
+
+    def configs() -> int:
+        return sum(1 for t, _, _ in board.seen if t.endswith(f"{SOUTH}/config"))
+
     ns = argparse.Namespace(config=str(toml), device="south", reason="smoke in south")
     assert await asyncio.to_thread(cmd_estop, ns) == 0
     _, p = await board.expect(lambda t, p: t.endswith(f"{SOUTH}/actuator/emergency"))
     assert p["action"] == "stop_all" and p["reason"] == "smoke in south"
     await board.expect(lambda t, p: t.endswith(f"{SOUTH}/actuator/25/command") and p["command"] == "OFF")
+    await board.heartbeat(SOUTH, uptime=200)  # no config while stopped: it would clear the board's latch
+    await asyncio.sleep(0.2)
+    assert configs() == 1
     ns = argparse.Namespace(config=str(toml), device="south", reason="all clear")
     assert await asyncio.to_thread(cmd_reset, ns) == 0
+    # after the reset the board gets its config again, which clears its own latch
+    async with asyncio.timeout(10):
+        while configs() < 2:
+            await asyncio.sleep(0.05)
     ns = argparse.Namespace(config=str(toml), sql="SELECT kind FROM events WHERE kind = 'emergency'")
     assert await asyncio.to_thread(cmd_query, ns) == 0
     ns = argparse.Namespace(config=str(toml), device="nowhere", reason="x")
