@@ -99,9 +99,17 @@ class Kaiser:
         out = Outputs(runs=list(d.runs), notifications=list(d.notifications), events=list(d.events))
         out.blocked.extend(d.blocked)
         for e in d.emergencies:
-            out.extend(self.guard.emergency_stop(e.target, e.reason, f"rule {e.rule}", now))
+            out.extend(self._from_guard(self.guard.emergency_stop(e.target, e.reason, f"rule {e.rule}", now)))
         for cmd in d.commands:
             out.extend(self._guarded(cmd, now))
+        return out
+
+    def _from_guard(self, out: Outputs) -> Outputs:
+        """Commands the guard issued itself (for:-end and max_runtime OFFs, renewals,
+        emergency OFFs): the engine must know them, or a later `toggle` or an
+        `actuator is` fallback would start from a state that no longer holds."""
+        for a in out.sent:
+            self.engine.commanded(a.command.actuator, a.command.value)
         return out
 
     def _guarded(self, cmd: Command, now: float) -> Outputs:
@@ -206,7 +214,7 @@ class Kaiser:
     def emergency_stop(self, target: str, reason: str, who: str, now: float) -> Outputs:
         """Latch an emergency stop for ``"all"`` or one device."""
         out = self._begin(now)
-        out.extend(self.guard.emergency_stop(target, reason, who, now))
+        out.extend(self._from_guard(self.guard.emergency_stop(target, reason, who, now)))
         return out
 
     def reset(self, target: str, who: str, reason: str, now: float) -> Outputs:
@@ -227,7 +235,7 @@ class Kaiser:
                 if now - last >= after:
                     seen = "never seen" if dev not in self._last_seen else f"no heartbeat or data for {after:g}s"
                     out.extend(self._set_online(dev, False, now, seen))
-        out.extend(self.guard.tick(now))
+        out.extend(self._from_guard(self.guard.tick(now)))
         out.extend(self._decide(self.engine.tick, now))
         return out
 
