@@ -6,10 +6,14 @@ into findings of its own."""
 from __future__ import annotations
 
 import itertools
+import re
+import tempfile
 import textwrap
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from engine.cli import main
 from engine.config import load_deployment
@@ -356,3 +360,50 @@ def test_every_finding_is_positioned(tmp_path: Path) -> None:
     p = write(tmp_path, LEAD)
     f: list[Diagnostic] = lint(p)[1]
     assert f and all(d.pos.file == str(p) and d.pos.line >= 1 and d.pos.col >= 1 for d in f)
+
+
+# Property, over the shipped example: independent defects on different lines are
+# all reported together, and together they report nothing their parts do not.
+
+EXAMPLE = Path(__file__).resolve().parents[2] / "rules"
+_TEXTS = {p.relative_to(EXAMPLE).as_posix(): p.read_text(encoding="utf-8")
+          for p in sorted(EXAMPLE.rglob("*.yaml"))}
+_SUBSTITUTIONS = (  # (pattern, replacement): each makes one defect on its line
+    (re.compile(r"(sensor: [a-z_]+\.[a-z_]+(?:\.[a-z_]+)?)"), r"\1x"),  # K401
+    (re.compile(r"(actuator: [a-z_]+\.[a-z_]+)"), r"\1x"),  # K402
+    (re.compile(r"set: on\b"), "set: 1.5"),  # K204
+    (re.compile(r"\bfor: (\d+)m\b"), r"for: \1 minutes"),  # K204
+    (re.compile(r"\babove: \d+(\.\d+)?"), "above: hot"),  # K202
+)
+_MUTATIONS = [(name, i, k) for name, text in _TEXTS.items() for i, line in enumerate(text.split("\n"))
+              if not line.lstrip().startswith("#")
+              for k, (pat, _) in enumerate(_SUBSTITUTIONS) if pat.search(line)]
+
+
+def _mutated_errors(root: Path, picked: tuple[tuple[str, int, int], ...]) -> frozenset[tuple[str, str, int, int]]:
+    d = root / f"m{len(list(root.iterdir()))}"
+    lines = {name: text.split("\n") for name, text in _TEXTS.items()}
+    for name, i, k in picked:
+        pat, repl = _SUBSTITUTIONS[k]
+        lines[name][i] = pat.sub(repl, lines[name][i], count=1)
+    for name, ls in lines.items():
+        (d / name).parent.mkdir(parents=True, exist_ok=True)
+        (d / name).write_text("\n".join(ls), encoding="utf-8")
+    return frozenset((f.code, Path(f.pos.file).relative_to(d).as_posix(), f.pos.line, f.pos.col)
+                     for f in lint(d, "Europe/Berlin")[1] if f.is_error)
+
+
+def test_the_property_has_material() -> None:
+    assert len(_MUTATIONS) >= 40 and {k for _, _, k in _MUTATIONS} == set(range(len(_SUBSTITUTIONS)))
+
+
+@settings(max_examples=40)
+@given(st.lists(st.sampled_from(_MUTATIONS), min_size=2, max_size=5, unique_by=lambda m: (m[0], m[1])))
+def test_independent_defects_are_all_reported_together(picked: list[tuple[str, int, int]]) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        alone = [_mutated_errors(root, (m,)) for m in picked]
+        for m, errors in zip(picked, alone, strict=True):
+            assert errors, f"{m}: the mutation makes no error"
+        together = _mutated_errors(root, tuple(picked))
+        assert together == frozenset().union(*alone)
