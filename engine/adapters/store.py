@@ -143,6 +143,7 @@ _LATEST_UPSERT = """INSERT INTO latest_readings
 RETAINED_TABLES = tuple(TABLES)
 
 _READ_ONLY_TYPES = {"SELECT", "EXPLAIN"}
+CHUNK = 2000  # rows per Arrow batch
 
 
 @dataclass(frozen=True, slots=True)
@@ -425,7 +426,11 @@ class Store:
             cur = self._con.cursor()
             try:
                 for table, rows in batches.items():
-                    self._append(cur, table, rows)
+                    for i in range(0, len(rows), CHUNK):
+                        self._append(cur, table, rows[i:i + CHUNK])
+                        # hand the GIL to the event loop between chunks: readings must
+                        # not wait for a whole flush
+                        time.sleep(0)
                 for sql, params in extra:
                     cur.execute(sql, params)
                 now = self._now()
@@ -455,10 +460,13 @@ class Store:
                                         for v in values], typ))
             else:
                 arrays.append(pa.array(values, typ))
-        batch = pa.Table.from_arrays(arrays, names=[c[0] for c in cols])  # noqa: F841 (read by DuckDB)
-        cur.execute(f"INSERT INTO {table} SELECT * FROM batch")
-        if table == "readings":
-            cur.execute(_LATEST_UPSERT.format(src="batch"))
+        cur.register("kaiser_batch", pa.Table.from_arrays(arrays, names=[c[0] for c in cols]))
+        try:
+            cur.execute(f"INSERT INTO {table} SELECT * FROM kaiser_batch")
+            if table == "readings":
+                cur.execute(_LATEST_UPSERT.format(src="kaiser_batch"))
+        finally:
+            cur.unregister("kaiser_batch")
         self.rows_written += len(rows)
 
     def _maybe_retain(self) -> None:
