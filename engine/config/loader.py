@@ -228,8 +228,10 @@ class _Loader:
         board = None
         if "board" in m.values:
             board = ctx.choice(m.values["board"], "'board'", BOARDS)
-        sensors: list[Sensor] = []
+        sensors: list[Sensor] = []  # the model's
         actuators: list[Actuator] = []
+        c_sensors: list[Sensor] = []  # the checks' (also those with an unknown type)
+        c_actuators: list[Actuator] = []
         dup_sensors: list[Sensor] = []
         dup_actuators: list[Actuator] = []
         ctx.parents = [DEVICE_KEYS]
@@ -253,30 +255,40 @@ class _Loader:
                 else:
                     seen[item] = ipos
                 # a duplicate's body is checked too; it is no ref target
-                built: Sensor | Actuator | None
+                whole: Sensor | Actuator | None
                 if section == "sensors":
-                    built = self.sensor(name, item, inode)
-                    if built is not None:
-                        (dup_sensors if dup else sensors).append(built)
+                    whole, s_part = self.sensor(name, item, inode)
+                    if whole is not None and not dup:
+                        sensors.append(whole)
+                    if s_part is not None:
+                        (dup_sensors if dup else c_sensors).append(s_part)
                 else:
-                    built = self.actuator(name, item, inode)
-                    if built is not None:
-                        (dup_actuators if dup else actuators).append(built)
-                if built is None and not dup and unique:
+                    whole, a_part = self.actuator(name, item, inode)
+                    if whole is not None and not dup:
+                        actuators.append(whole)
+                    if a_part is not None:
+                        (dup_actuators if dup else c_actuators).append(a_part)
+                if whole is None and not dup and unique:  # declared: refs to it are not "unknown"
                     self.gap_refs.add(f"{name}.{item}")
         ctx.parents = []
-        checked = Device(name, esp_id or "", zone, board, tuple(sensors), tuple(actuators), kpos)
+        checked = Device(name, esp_id or "", zone, board, tuple(c_sensors), tuple(c_actuators), kpos)
         if dup_sensors or dup_actuators:
-            self.extra_devices.append(Device(name, esp_id or "", zone, board, (*sensors, *dup_sensors),
-                                             (*actuators, *dup_actuators), kpos))
-        return (checked if esp_id is not None else None), checked
+            self.extra_devices.append(Device(name, esp_id or "", zone, board, (*c_sensors, *dup_sensors),
+                                             (*c_actuators, *dup_actuators), kpos))
+        if esp_id is None:
+            return None, checked
+        model = checked if (sensors, actuators) == (c_sensors, c_actuators) else \
+            Device(name, esp_id, zone, board, tuple(sensors), tuple(actuators), kpos)
+        return model, checked
 
-    def sensor(self, device: str, name: str, node: YNode) -> Sensor | None:
+    def sensor(self, device: str, name: str, node: YNode) -> tuple[Sensor | None, Sensor | None]:
+        """(the model's sensor, the checks' sensor): the checks also get one whose
+        type is unknown (for its pin), the model only one with gpio and type."""
         ctx = self.ctx
         what = f"sensor {device}.{name}"
         m = ctx.map(node, what)
         if m is None:
-            return None
+            return None, None
         ctx.keys(m, SENSOR_KEYS, what, required=("gpio", "type"))
         gpio = ctx.integer(m.values.get("gpio"), "'gpio'", lo=0, hi=48)
         tname = ctx.text(m.values.get("type"), "'type'")
@@ -315,16 +327,18 @@ class _Loader:
         onewire = ctx.text(m.values["onewire_address"], "'onewire_address'") \
             if "onewire_address" in m.values else None
         subzone = ctx.text(m.values["subzone"], "'subzone'") if "subzone" in m.values else None
-        if gpio is None or canonical is None:
-            return None
-        return Sensor(device, name, gpio, canonical, calibration, i2c, onewire, subzone, quantities, m.pos)
+        if gpio is None:
+            return None, None
+        s = Sensor(device, name, gpio, canonical or "", calibration, i2c, onewire, subzone, quantities, m.pos)
+        return (s if canonical is not None else None), s
 
-    def actuator(self, device: str, name: str, node: YNode) -> Actuator | None:
+    def actuator(self, device: str, name: str, node: YNode) -> tuple[Actuator | None, Actuator | None]:
+        """(the model's actuator, the checks' actuator): as ``sensor``."""
         ctx = self.ctx
         what = f"actuator {device}.{name}"
         m = ctx.map(node, what)
         if m is None:
-            return None
+            return None, None
         ctx.keys(m, ACTUATOR_KEYS, what, required=("gpio", "type"))
         gpio = ctx.integer(m.values.get("gpio"), "'gpio'", lo=0, hi=48)
         atype = ctx.choice(m.values.get("type"), "'type'", ACTUATOR_TYPES)
@@ -341,9 +355,10 @@ class _Loader:
                 if b is not None:
                     flags[k] = b
         subzone = ctx.text(m.values["subzone"], "'subzone'") if "subzone" in m.values else None
-        if gpio is None or atype is None:
-            return None
-        return Actuator(device, name, gpio, atype, aux, subzone=subzone, pos=m.pos, **flags)
+        if gpio is None:
+            return None, None
+        a = Actuator(device, name, gpio, atype or "", aux, subzone=subzone, pos=m.pos, **flags)
+        return (a if atype is not None else None), a
 
     # safety --------------------------------------------------------------
     def section_safety(self, node: YNode) -> None:
