@@ -413,3 +413,43 @@ def test_independent_defects_are_all_reported_together(picked: list[tuple[str, i
             assert errors, f"{m}: the mutation makes no error"
         together = _mutated_errors(root, tuple(picked))
         assert together == frozenset().union(*alone)
+
+
+_JUNK = ["\t", ":", "- ", "{", "]", "&a ", "*a", "x", "~", "'", "#", "? ", "[]", "1.5", "north.", "  "]
+
+
+@st.composite
+def _mangled(draw: st.DrawFn) -> dict[str, str]:
+    """The example's files with 1-4 edits: a line deleted or repeated, junk put in,
+    or one of the defect substitutions above."""
+    lines = {name: text.split("\n") for name, text in _TEXTS.items()}
+    for _ in range(draw(st.integers(1, 4))):
+        name = draw(st.sampled_from(sorted(lines)))
+        ls = lines[name]
+        i = draw(st.integers(0, len(ls) - 1))
+        kind = draw(st.sampled_from(["delete", "repeat", "junk", "defect"]))
+        if kind == "delete":
+            del ls[i]
+        elif kind == "repeat":
+            ls.insert(i, ls[i])
+        elif kind == "junk":
+            at = draw(st.integers(0, len(ls[i])))
+            ls[i] = ls[i][:at] + draw(st.sampled_from(_JUNK)) + ls[i][at:]
+        else:
+            pat, repl = draw(st.sampled_from(_SUBSTITUTIONS))
+            ls[i] = pat.sub(repl, ls[i], count=1)
+    return {name: "\n".join(ls) for name, ls in lines.items()}
+
+
+@given(_mangled())
+def test_lint_over_what_was_built_never_fails_internally(files: dict[str, str]) -> None:
+    """Linted as `kaiser lint` does (the checks also over the items built in part):
+    no internal error, and every finding is positioned in a file."""
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, text in files.items():
+            (Path(tmp) / name).parent.mkdir(parents=True, exist_ok=True)
+            (Path(tmp) / name).write_text(text, encoding="utf-8")
+        f = lint(tmp, "Europe/Berlin")[1]
+    for d in f:
+        assert d.code not in ("K199", "K499"), d.text()
+        assert d.message and d.pos.line >= 1, d.text()
