@@ -201,30 +201,23 @@ def _time(m: YMap, ctx: Ctx) -> Condition | None:
     after = ctx.time_of_day(w.values["after"], "'after'") if "after" in w.values else None
     before = ctx.time_of_day(w.values["before"], "'before'") if "before" in w.values else None
     days: list[int] = []
-    ok = ("after" not in w.values or after is not None) and ("before" not in w.values or before is not None)
     if "weekdays" in w.values:
         q = ctx.seq(w.values["weekdays"], "'weekdays'")
-        if q is None:
-            ok = False
-        elif not q.items:
+        if q is not None and not q.items:
             ctx.error("K204", "'weekdays' is empty, so the window is never open", q.pos,
                       hint="list the days, or leave 'weekdays' out for every day")
-            ok = False
-        else:
-            for item in q.items:
-                try:
-                    d = parse_weekday(item.value if isinstance(item, YScalar) else None)
-                except ValueError:
-                    v = item.value if isinstance(item, YScalar) else None
-                    ctx.error("K204", f"'weekdays' must list days ({', '.join(WEEKDAYS)}), not "
-                              f"{type_name(item)}", item.pos,
-                              hint=did_you_mean(str(v).lower(), WEEKDAYS) if isinstance(v, str) else "")
-                    ok = False
-                    continue
-                if d not in days:
-                    days.append(d)
-    if not ok:
-        return None
+        for item in q.items if q is not None else ():
+            try:
+                d = parse_weekday(item.value if isinstance(item, YScalar) else None)
+            except ValueError:
+                v = item.value if isinstance(item, YScalar) else None
+                ctx.error("K204", f"'weekdays' must list days ({', '.join(WEEKDAYS)}), not "
+                          f"{type_name(item)}", item.pos,
+                          hint=did_you_mean(str(v).lower(), WEEKDAYS) if isinstance(v, str) else "")
+                continue
+            if d not in days:
+                days.append(d)
+    # best effort: a bad part is reported and left out (the rule is then checked in part)
     return TimeWindow(after, before, tuple(sorted(days)), m.pos)
 
 

@@ -780,11 +780,10 @@ class _Loader:
         if len(kinds) != 1:
             if not kinds:
                 ctx.error("K203", f"an expectation needs one of {', '.join(EXPECT_KINDS)}", m.pos)
-            else:
-                ctx.error("K205", f"an expectation has one of {', '.join(EXPECT_KINDS)}; this one has "
-                          f"{', '.join(kinds)}", m.keys[kinds[1]], hint="write one item per expectation")
-            return None
-        kind = kinds[0]
+                return None
+            ctx.error("K205", f"an expectation has one of {', '.join(EXPECT_KINDS)}; this one has "
+                      f"{', '.join(kinds)}", m.keys[kinds[1]], hint="write one item per expectation")
+        kind = kinds[0]  # with several, the first is still checked
         at = self.instant(m.values.get("at"), "'at'", start) if "at" in m.values else None
         fm = ctx.map(m.values[kind], repr(kind))
         if fm is None:

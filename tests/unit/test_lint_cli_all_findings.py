@@ -453,3 +453,21 @@ def test_lint_over_what_was_built_never_fails_internally(files: dict[str, str]) 
     for d in f:
         assert d.code not in ("K199", "K499"), d.text()
         assert d.message and d.pos.line >= 1, d.text()
+
+
+def test_a_bad_day_or_a_second_expectation_kind_hides_nothing(tmp_path: Path) -> None:
+    p = write(tmp_path, DEVICES + """\
+rules:
+  - name: r
+    when:
+      all:
+        - time: {after: "06:00", before: "06:00", weekdays: [mon, funday]}
+        - {sensor: north.air_tmp, above: 20}
+    then: [{actuator: north.fan, set: on}]
+tests:
+  - name: t
+    steps: [{at: 0s, readings: {north.air_temp: 21}}]
+    expect:
+      - {at: 0s, command: {actuator: north.fna}, notify: {}}
+""")
+    assert found(p) == [("K450", 16, 11), ("K204", 16, 67), ("K401", 17, 11), ("K402", 23, 9), ("K205", 23, 50)]
