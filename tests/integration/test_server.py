@@ -147,3 +147,35 @@ async def test_qos1_messages_sent_while_the_server_restarts_are_delivered_afterw
         assert _rows(s2, "SELECT value FROM readings WHERE sensor = 'north.air_temp'") == [(30.0,)]
     finally:
         await s2.stop()
+
+
+async def test_an_emergency_stop_survives_a_process_restart_and_a_reset_turns_nothing_on(
+        settings: Any, board: Board) -> None:
+    s = Server(settings, watch=False, websocket=False)
+    await s.start()
+    await board.heartbeat(SOUTH)
+    await s._control({"type": "emergency_stop", "reason": "smoke in the south house", "who": "test"})
+    _, p = await board.expect(lambda t, p: t == "kaiser/broadcast/emergency")
+    assert p["action"] == "stop_all"
+    await s.stop()
+
+    s2 = Server(settings, watch=False, websocket=False)  # a new server on the same store file
+    await s2.start()
+    try:
+        await board.heartbeat(SOUTH)
+        await board.reading(NORTH, 4, "ds18b20", ds18b20(30.0))  # the rule wants south.fan on
+        on = "SELECT outcome, code FROM commands WHERE actuator = 'south.fan' AND value > 0"
+        await _until(lambda: bool(_rows(s2, on)))
+        assert _rows(s2, on) == [("blocked", "EMERGENCY_STOP_ACTIVE")]
+        with pytest.raises(Exception, match="EMERGENCY_STOP_ACTIVE"):
+            await s2._control({"type": "command", "actuator": "south.fan", "set": "on", "who": "test"})
+
+        sent_before = s2.metrics.commands_sent
+        await s2._control({"type": "reset_emergency", "reason": "fire brigade checked", "who": "test"})
+        assert s2.metrics.commands_sent == sent_before  # a reset alone switches nothing on
+        resets = _rows(s2, "SELECT message FROM events WHERE kind = 'emergency' AND message LIKE '%reset%'")
+        assert resets and "fire brigade checked" in resets[-1][0]
+        out = await s2._control({"type": "command", "actuator": "south.fan", "set": "on", "who": "test"})
+        assert out["ok"] and out["sent"]
+    finally:
+        await s2.stop()
