@@ -282,9 +282,14 @@ class Kaiser:
 
     def restore(self, data: dict[str, object]) -> None:
         """Load a snapshot (device online flags are not restored: boards must be seen again)."""
+        # the guard first and on its own: emergency latches must survive even a
+        # snapshot whose rule part is unreadable
+        try:
+            self.guard.restore(dict(data.get("guard") or {}))  # type: ignore[call-overload]
+        except (TypeError, ValueError, AttributeError) as e:
+            raise EngineError(f"cannot restore the safety state: {e}") from e
         try:
             self.engine.restore(dict(data.get("engine") or {}))  # type: ignore[call-overload]
-            self.guard.restore(dict(data.get("guard") or {}))  # type: ignore[call-overload]
             self._last_seen = {k: float(v) for k, v in dict(data.get("last_seen") or {}).items()}  # type: ignore[call-overload]
             start = data.get("start")
             if isinstance(start, int | float):
