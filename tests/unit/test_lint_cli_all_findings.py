@@ -471,3 +471,24 @@ tests:
       - {at: 0s, command: {actuator: north.fna}, notify: {}}
 """)
     assert found(p) == [("K450", 16, 11), ("K204", 16, 67), ("K401", 17, 11), ("K402", 23, 9), ("K205", 23, 50)]
+
+
+def test_duplicate_limits_and_defaults_have_their_bodies_checked(tmp_path: Path) -> None:
+    write(tmp_path, DEVICES + """\
+safety:
+  defaults: {offline_after: 2m}
+  actuators:
+    north.fan: {max_runtime: 10m}
+rules:
+  - name: r
+    when: {sensor: north.air_temp, above: 30}
+    then: [{actuator: north.fan, set: on}, {actuator: north.vent, set: on}, {actuator: north.pump, set: on}]
+""", "a.yaml")
+    write(tmp_path, """\
+safety:
+  defaults: {offline_after: soon}
+  actuators:
+    north.fan: {max_runtime: 2 minutes}
+""", "b.yaml")
+    got = [(Path(d.pos.file).name, d.code, d.pos.line) for d in lint(tmp_path)[1]]
+    assert got == [("b.yaml", "K301", 2), ("b.yaml", "K204", 2), ("b.yaml", "K301", 4), ("b.yaml", "K204", 4)]
