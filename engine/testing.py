@@ -250,17 +250,10 @@ def _drive(dep: Deployment, test: RuleTest, happened: list[Happened]) -> None:
 
 
 def _load(path: str, tz: str) -> tuple[Deployment, list[Diagnostic]]:
-    from engine.config import load_deployment
+    """The same load and checks as `kaiser lint` (every finding in one run)."""
+    from engine.config.lint import lint
 
-    dep, diags = load_deployment(path, tz)
-    if not any(d.is_error for d in diags):
-        try:
-            from engine.config.checks import run_checks
-
-            diags = diags + run_checks(dep)
-        except ImportError:  # pragma: no cover - lint checks not installed
-            pass
-    return dep, diags
+    return lint(path, tz)
 
 
 def run_all(deployment: Deployment, select: str | None = None) -> list[TestResult]:
