@@ -12,6 +12,7 @@ RATE_LIMIT, or the guard's code), ``runs``/``notifications`` from the rules,
 
 from __future__ import annotations
 
+import heapq
 from collections.abc import Callable
 from typing import Any
 
@@ -49,6 +50,13 @@ class Kaiser:
         self._online: dict[str, bool] = {}
         self._started = False
         self._unheld: dict[str, Command] = {}  # actuator -> hold refused while its board was offline
+        # offline detection without a scan of every device per tick: one heap entry
+        # (last_seen + offline_after, device) per device not known to be offline; an
+        # entry whose device was seen since is re-keyed lazily when it reaches the top
+        self._offline_heap: list[tuple[float, str]] = []
+        self._in_heap: set[str] = set()
+        self._heap_dirty = True
+        self._order = {dev: i for i, dev in enumerate(deployment.devices)}
 
     @property
     def version(self) -> str:
@@ -67,6 +75,7 @@ class Kaiser:
         if self._started:
             return out
         self._started = True
+        self._heap_dirty = True
         if self._start is None:
             self._start = now
         out.events.extend(self._compile_events(now))
@@ -86,23 +95,36 @@ class Kaiser:
         """Run one engine step and pass its decisions through the guard. A failure of
         the rule network becomes a critical event, never an exception (the guard's
         own timers keep running)."""
+        out = Outputs()
+        self._decide_into(out, step, *args)
+        return out
+
+    def _decide_into(self, out: Outputs, step: Callable[..., Decisions], *args: Any) -> None:
+        """``_decide`` appending to ``out`` (the per-reading path builds one Outputs)."""
         now = float(args[-1])
         try:
             decisions = step(*args)
         except EngineError as e:
-            return Outputs(events=[Event(now, "engine", "critical", "", f"rule engine failed: {e}",
-                                         {"error": str(e)})])
-        return self._apply(decisions, now)
+            out.events.append(Event(now, "engine", "critical", "", f"rule engine failed: {e}", {"error": str(e)}))
+            return
+        if decisions:
+            self._apply_into(out, decisions, now)
 
     def _apply(self, d: Decisions, now: float) -> Outputs:
         """Decisions -> guard -> Outputs."""
-        out = Outputs(runs=list(d.runs), notifications=list(d.notifications), events=list(d.events))
+        out = Outputs()
+        self._apply_into(out, d, now)
+        return out
+
+    def _apply_into(self, out: Outputs, d: Decisions, now: float) -> None:
+        out.runs.extend(d.runs)
+        out.notifications.extend(d.notifications)
+        out.events.extend(d.events)
         out.blocked.extend(d.blocked)
         for e in d.emergencies:
             out.extend(self._from_guard(self.guard.emergency_stop(e.target, e.reason, f"rule {e.rule}", now)))
         for cmd in d.commands:
-            out.extend(self._guarded(cmd, now))
-        return out
+            self._guarded_into(out, cmd, now)
 
     def _from_guard(self, out: Outputs) -> Outputs:
         """Commands the guard issued itself (for:-end and max_runtime OFFs, renewals,
@@ -114,6 +136,10 @@ class Kaiser:
 
     def _guarded(self, cmd: Command, now: float) -> Outputs:
         out = Outputs()
+        self._guarded_into(out, cmd, now)
+        return out
+
+    def _guarded_into(self, out: Outputs, cmd: Command, now: float) -> None:
         verdict = self.guard.check(cmd, now)
         self._unheld.pop(cmd.actuator, None)
         if isinstance(verdict, Allowed):
@@ -125,7 +151,6 @@ class Kaiser:
             if cmd.hold and verdict.code == Code.DEVICE_OFFLINE:
                 # a `while` rule that is still true holds again when the board is back
                 self._unheld[cmd.actuator] = cmd
-        return out
 
     def _rehold(self, device: str, now: float) -> Outputs:
         """Re-send holds the guard refused while ``device`` was offline, for rules
@@ -150,29 +175,38 @@ class Kaiser:
 
     def _set_online(self, device: str, online: bool, now: float, reason: str) -> Outputs:
         out = Outputs()
+        self._set_online_into(out, device, online, now, reason)
+        return out
+
+    def _set_online_into(self, out: Outputs, device: str, online: bool, now: float, reason: str) -> None:
         if self._online.get(device) == online:
-            return out
+            return
         self._online[device] = online
+        if online and device not in self._in_heap and not self._heap_dirty and self._start is not None:
+            self._in_heap.add(device)
+            heapq.heappush(self._offline_heap,
+                           (self._last_seen.get(device, self._start) + self.deployment.safety.defaults.offline_after,
+                            device))
         self.guard.device_online(device, online, now)
         msg = f"device {device} is {'online' if online else 'offline'}" + (f": {reason}" if reason else "")
         out.events.append(Event(now, "device", "info" if online else "warning", device, msg,
                                 {"online": online}))
-        out.extend(self._decide(self.engine.device_state, device, online, now))
+        self._decide_into(out, self.engine.device_state, device, online, now)
         if online and self._unheld:
             out.extend(self._rehold(device, now))
-        return out
 
     # ------------------------------------------------------------------ inputs
     def receive(self, reading: Reading, now: float) -> Outputs:
         """One sensor reading (already routed to its ref)."""
-        out = self._begin(now)
+        out = Outputs() if self._started else self._begin(now)
         self.guard.reading(reading)
         dev = reading.sensor.split(".", 1)[0]
         # a retained reading is the broker's old copy: it says nothing about liveness
-        if dev in self.deployment.devices and not reading.retained:
+        if not reading.retained and dev in self.deployment.devices:
             self._last_seen[dev] = now
-            out.extend(self._set_online(dev, True, now, ""))
-        out.extend(self._decide(self.engine.receive, reading, now))
+            if self._online.get(dev) is not True:
+                self._set_online_into(out, dev, True, now, "")
+        self._decide_into(out, self.engine.receive, reading, now)
         return out
 
     def device_seen(self, device: str, now: float) -> Outputs:
@@ -182,7 +216,8 @@ class Kaiser:
         if dev is None:
             return out
         self._last_seen[dev] = now
-        out.extend(self._set_online(dev, True, now, ""))
+        if self._online.get(dev) is not True:
+            self._set_online_into(out, dev, True, now, "")
         return out
 
     def device_offline(self, device: str, now: float, reason: str = "") -> Outputs:
@@ -228,32 +263,66 @@ class Kaiser:
         out = self._begin(now)
         if not self._assume_online and self._start is not None:
             after = self.deployment.safety.defaults.offline_after
-            for dev in self.deployment.devices:
-                if self._online.get(dev) is False:
-                    continue
+            gone: list[str] = []
+            while self._offline_due() is not None:
+                heap = self._offline_heap  # (re)built by _offline_due
+                dev = heap[0][1]
                 last = self._last_seen.get(dev, self._start)
-                if now - last >= after:
-                    seen = "never seen" if dev not in self._last_seen else f"no heartbeat or data for {after:g}s"
-                    out.extend(self._set_online(dev, False, now, seen))
+                if now - last < after:
+                    break
+                heapq.heappop(heap)
+                self._in_heap.discard(dev)
+                gone.append(dev)
+            gone.sort(key=self._order.__getitem__)  # in the device map's order
+            for dev in gone:
+                seen = "never seen" if dev not in self._last_seen else f"no heartbeat or data for {after:g}s"
+                self._set_online_into(out, dev, False, now, seen)
         out.extend(self._from_guard(self.guard.tick(now)))
-        out.extend(self._decide(self.engine.tick, now))
+        self._decide_into(out, self.engine.tick, now)
         return out
 
+    def _offline_due(self) -> float | None:
+        """When the next device goes offline unless heard from (None: none can)."""
+        if self._assume_online or self._start is None:
+            return None
+        after = self.deployment.safety.defaults.offline_after
+        start, last_seen, online = self._start, self._last_seen, self._online
+        if self._heap_dirty:
+            self._heap_dirty = False
+            self._offline_heap = [(last_seen.get(dev, start) + after, dev)
+                                  for dev in self.deployment.devices if online.get(dev) is not False]
+            heapq.heapify(self._offline_heap)
+            self._in_heap = {dev for _, dev in self._offline_heap}
+        heap = self._offline_heap
+        while heap:
+            t, dev = heap[0]
+            if online.get(dev) is False:
+                heapq.heappop(heap)
+                self._in_heap.discard(dev)
+                continue
+            actual = last_seen.get(dev, start) + after
+            if actual != t:  # seen since: re-key
+                heapq.heapreplace(heap, (actual, dev))
+                continue
+            return t
+        return None
+
     def next_due(self) -> float | None:
-        """Earliest instant ``tick`` has something to do (None: nothing pending)."""
-        cands = [t for t in (self.engine.next_due(), self.guard.next_due()) if t is not None]
-        if not self._assume_online and self._start is not None:
-            after = self.deployment.safety.defaults.offline_after
-            for dev in self.deployment.devices:
-                if self._online.get(dev) is not False:
-                    cands.append(self._last_seen.get(dev, self._start) + after)
-        return min(cands) if cands else None
+        """Earliest instant ``tick`` has something to do (None: nothing pending).
+        Cheap (no scan of every device or actuator): the server asks after every message."""
+        best = self.engine.next_due()
+        for t in (self.guard.next_due(), self._offline_due()):
+            if t is not None and (best is None or t < best):
+                best = t
+        return best
 
     # ------------------------------------------------------------------ lifecycle
     def reload(self, deployment: Deployment, now: float) -> Outputs:
         """Switch to a checked deployment, carrying over every piece of state."""
         out = self._begin(now)
         self.deployment = deployment
+        self._order = {dev: i for i, dev in enumerate(deployment.devices)}
+        self._heap_dirty = True
         self.guard.reload(deployment)
         for dev in list(self._online):
             if dev not in deployment.devices:
@@ -291,6 +360,7 @@ class Kaiser:
         try:
             self.engine.restore(dict(data.get("engine") or {}))  # type: ignore[call-overload]
             self._last_seen = {k: float(v) for k, v in dict(data.get("last_seen") or {}).items()}  # type: ignore[call-overload]
+            self._heap_dirty = True
             start = data.get("start")
             if isinstance(start, int | float):
                 self._start = float(start)

@@ -34,6 +34,7 @@ lost to a higher-priority one), recorded before its command reaches the guard.
 from __future__ import annotations
 
 import difflib
+import heapq
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
@@ -619,6 +620,8 @@ class Guard:
         self._state = GuardState(assume_online=assume_online, start=start)
         #: actuator ref -> when tick has something to do for it (only those that have)
         self._due: dict[str, float] = {}
+        #: (due, ref) entries, lazily deleted: valid while ``_due[ref]`` equals due
+        self._due_heap: list[tuple[float, str]] = []
         self._pending: list[Event] = []
 
     # -- queries ---------------------------------------------------------
@@ -665,8 +668,23 @@ class Guard:
         t = None if entry is None or st is None else _actuator_due(self._state, self._limits.defaults, entry, st)
         if t is None:
             self._due.pop(ref, None)
-        else:
+        elif self._due.get(ref) != t:
             self._due[ref] = t
+            heap = self._due_heap
+            heapq.heappush(heap, (t, ref))
+            if len(heap) > 2 * len(self._due) + 64:  # mostly stale entries: rebuild
+                self._due_heap = [(d, r) for r, d in self._due.items()]
+                heapq.heapify(self._due_heap)
+
+    def _earliest(self) -> float | None:
+        """min(self._due.values()) without a scan."""
+        heap, due = self._due_heap, self._due
+        while heap:
+            t, ref = heap[0]
+            if due.get(ref) == t:
+                return t
+            heapq.heappop(heap)
+        return None
 
     def check(self, command: Command, now: float) -> Verdict:
         """Decide ``command`` at ``now``; on Allowed record the state change.
@@ -743,7 +761,9 @@ class Guard:
             out.events.extend(self._pending)
             self._pending.clear()
         limits, state = self._limits, self._state
-        for ref in sorted(r for r, t in self._due.items() if t <= now):
+        first = self._earliest()
+        due_now = sorted(r for r, t in self._due.items() if t <= now) if first is not None and first <= now else []
+        for ref in due_now:
             entry = limits.entries.get(ref)
             st = state.actuators.get(ref)
             if entry is None or st is None:
@@ -810,9 +830,9 @@ class Guard:
     def next_due(self) -> float | None:
         """The earliest Unix time at which :meth:`tick` has something to do (never
         earlier than the latest ``now`` given: a past due time means "now")."""
-        if not self._due:
+        due = self._earliest()
+        if due is None:
             return None
-        due = min(self._due.values())
         last = self._state.last_now
         return last if last is not None and due < last else due
 
@@ -930,6 +950,7 @@ class Guard:
         s = self._state
         s.actuators = {r: st for r, st in s.actuators.items() if r in self._limits.entries}
         self._due.clear()
+        self._due_heap = []
         for ref in s.actuators:
             self._schedule(ref)
 
