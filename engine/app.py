@@ -58,7 +58,7 @@ log = logging.getLogger("kaiser")
 
 STATE_KEY = "pipeline"
 MALFORMED_LOG_EVERY = 60.0  # seconds: one log line per board and topic
-TICK = 0.2  # seconds between pipeline ticks: timers (for:, leases, offline) fire at most this late
+MAX_IDLE = 1.0  # seconds: the pipeline is ticked at least this often, even with nothing due
 
 
 # --------------------------------------------------------------------------
@@ -221,6 +221,7 @@ class Server:
         self._malformed_logged: dict[tuple[str, str], float] = {}
         self._tasks: list[asyncio.Task[Any]] = []
         self._wake = asyncio.Event()
+        self._wake_at: float | None = None  # when the timer loop wakes next (None: it is running)
         self._started_at = self.clock.monotonic()
         self._stopping = False
         self._last_snapshot = 0.0
@@ -429,6 +430,18 @@ class Server:
             log.exception("handling %s failed", topic)
             self._event(Event(now, "error", "warning", getattr(msg, "esp_id", "") or "",
                               f"handling {topic} failed: {exc}"))
+        self._check_due()
+
+    def _check_due(self) -> None:
+        """Wake the timer loop when the pipeline's next due instant moved before the
+        planned wake-up (a ``for:`` just started, a lease was granted...)."""
+        wake_at = self._wake_at
+        if wake_at is None or self.kaiser is None:
+            return
+        due = self.kaiser.next_due()
+        if due is not None and due < wake_at:
+            self._wake_at = None
+            self._wake.set()
 
     def _on_sensor_data(self, msg: codec.SensorData, now: float) -> None:
         assert self.router is not None and self.store is not None
@@ -754,6 +767,7 @@ class Server:
             self._save_snapshot(immediate=True)
         for tap in self.output_taps:
             tap(out, now)
+        self._check_due()
 
     def _publish_emergency(self, target: str, reason: str, active: bool, now: float) -> None:
         if self.mqtt is None or self.deployment is None:
@@ -783,22 +797,44 @@ class Server:
         self._wake.set()
 
     async def _timer_loop(self) -> None:
-        """Tick the pipeline every TICK seconds (timers fire at most that late) and save
-        its state.
+        """Tick the pipeline when it is due (``next_due()``: timers fire on time) and
+        save its state.
 
-        Why a fixed tick and not sleeping until ``next_due()``: with a big deployment
-        asking for the next due time costs more than a tick with nothing due (1,000
-        devices: 5 ms against 0.2 ms), and either blocks the loop while readings wait.
-        Saving costs a snapshot plus its JSON (15 ms for 1,000 rules, all under the
-        GIL), so it happens every flush interval, or less often when it is expensive:
-        at most about 0.2 % of the time, and at least every 30 s. Emergency stops,
-        resets, reloads and shutdown save at once regardless."""
+        The loop sleeps until the pipeline's next due instant, the next save, or
+        MAX_IDLE, whichever comes first; a message that moves the due instant earlier
+        wakes it (``_check_due``, about a microsecond: ``next_due`` keeps heaps, it
+        scans nothing). Saving costs a snapshot plus its JSON (milliseconds for
+        1,000 rules), so it happens every flush interval, or less often when it is
+        expensive: at most about 0.2 % of the time, and at least every 30 s.
+        Emergency stops, resets, reloads and shutdown save at once regardless."""
         flush = max(0.05, self.settings.store.flush_interval)
         snapshot_every = flush
+        overdue = False
         while True:
             self._wake.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), TICK)
+            now = self.clock.now()
+            wake_at = min(now + MAX_IDLE, self._last_snapshot + snapshot_every)
+            try:
+                due = self.kaiser.next_due() if self.kaiser is not None else None
+            except Exception:  # the loop must keep ticking whatever happens
+                log.exception("next_due failed")
+                due = None
+            if due is not None and due < wake_at:
+                wake_at = due
+            self._wake_at = wake_at
+            delay = wake_at - now
+            if delay <= 0:
+                # due now; if it was due at the last tick too (a due instant a tick does
+                # not clear), back off a little instead of spinning
+                delay, overdue = (0.005 if overdue else 0.0), True
+            else:
+                overdue = False
+            if delay > 0:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), delay)
+            else:
+                await asyncio.sleep(0)  # let waiting messages in between back-to-back ticks
+            self._wake_at = None
             now = self.clock.now()
             try:
                 out = self.kaiser.tick(now)
