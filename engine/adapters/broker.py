@@ -5,6 +5,7 @@ Moves data, decides nothing. Binds 127.0.0.1 on a free port unless told otherwis
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import socket
 from typing import Any
@@ -17,6 +18,53 @@ def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind((host, 0))
         return int(s.getsockname()[1])
+
+
+def _local_auth_plugin() -> Any:
+    from amqtt.plugins.base import BaseAuthPlugin
+
+    class LocalAuthPlugin(BaseAuthPlugin):
+        """Lets every client in (the embedded broker binds loopback) as a named,
+        non-anonymous session, so persistent sessions queue QoS 1 messages."""
+
+        async def authenticate(self, *, session: Any) -> bool | None:
+            return True
+
+    return LocalAuthPlugin
+
+
+def _broker_class() -> Any:
+    from amqtt.broker import Broker
+
+    class QueueingBroker(Broker):
+        """amqtt delivers the QoS 1 messages it queued for a persistent session with
+        the RETAIN flag set, so they would look like broker snapshots (which fire no
+        edge rule). MQTT 3.1.1 (3.3.1.3) says queued messages go out with RETAIN 0,
+        as Mosquitto does: send them that way."""
+
+        async def _publish_session_retained_messages(self, session: Any) -> None:
+            handler = self._get_handler(session)
+            if handler is None:
+                return
+            tasks = []
+            while not session.retained_messages.empty():
+                queued = await session.retained_messages.get()
+                tasks.append(asyncio.ensure_future(
+                    handler.mqtt_publish(queued.topic, queued.data, queued.qos, retain=False)))
+            if tasks:
+                await asyncio.wait(tasks)
+
+    return QueueingBroker
+
+
+def __getattr__(name: str) -> Any:
+    # amqtt imports plugins by dotted path; build the class lazily so that importing
+    # this module does not import amqtt (only the embedded mode needs it)
+    if name == "LocalAuthPlugin":
+        cls = _local_auth_plugin()
+        globals()[name] = cls
+        return cls
+    raise AttributeError(name)
 
 
 class EmbeddedBroker:
@@ -40,18 +88,18 @@ class EmbeddedBroker:
         return self._broker is not None
 
     async def start(self) -> None:
-        # imported here: amqtt is heavy and only the embedded mode needs it
-        from amqtt.broker import Broker
-
+        # amqtt is imported lazily (in _broker_class): only the embedded mode needs it
         for name in ("amqtt", "transitions"):
             logging.getLogger(name).setLevel(logging.WARNING)
         config: dict[str, Any] = {
             "listeners": {"default": {"type": "tcp", "bind": f"{self.host}:{self.port}"}},
-            "plugins": {
-                "amqtt.plugins.authentication.AnonymousAuthPlugin": {"allow_anonymous": True},
-            },
+            # every client on this loopback-only broker is let in, but not as
+            # "anonymous": amqtt keeps no offline queue for anonymous sessions, and
+            # Kaiser's persistent session must get the QoS 1 messages sent while it
+            # restarts (as it does with Mosquitto)
+            "plugins": {"engine.adapters.broker.LocalAuthPlugin": {}},
         }
-        broker = Broker(config)
+        broker = _broker_class()(config)
         await broker.start()
         self._broker = broker
         log.info("embedded MQTT broker listening on %s", self.url)
