@@ -194,6 +194,17 @@ def _dumps(v: object) -> str:
     return json.dumps(v, default=str, separators=(",", ":"))
 
 
+def _dumps_in_pieces(v: object, depth: int = 3) -> str:
+    """``_dumps(v)``, the same text, for a big state snapshot: dicts with string keys
+    (down to ``depth`` levels) are encoded entry by entry, so no single C call holds
+    the GIL for long (one ``json.dumps`` of a 300 KB snapshot holds it ~10 ms, and
+    the event loop's readings would wait that long behind the writer thread)."""
+    if depth <= 0 or not isinstance(v, dict) or len(v) < 32 or not all(type(k) is str for k in v):
+        return _dumps(v)
+    parts = [json.dumps(k) + ":" + _dumps_in_pieces(x, depth - 1) for k, x in v.items()]
+    return "{" + ",".join(parts) + "}"
+
+
 class Store:
     """Batched DuckDB writer plus read helpers.
 
@@ -236,6 +247,7 @@ class Store:
         self.flushes = 0
         self.errors = 0
         self.last_error = ""
+        self.state_seconds = 0.0  # CPU time the last state serialisation took
 
     # ------------------------------------------------------------------ lifecycle
     def _create(self) -> None:
@@ -394,11 +406,17 @@ class Store:
         measure it); they are written at the next flush."""
         with self._lock:
             pending = list(self._state.items())
-        done = [(k, v, _dumps(v)) for k, v in pending if not isinstance(v, str)]
+        done = [(k, v, self._encode_state(v)) for k, v in pending if not isinstance(v, str)]
         with self._lock:
             for k, v, text in done:
                 if self._state.get(k) is v:  # not replaced meanwhile
                     self._state[k] = text
+
+    def _encode_state(self, value: object) -> str:
+        t = time.thread_time()
+        text = _dumps_in_pieces(value)
+        self.state_seconds = time.thread_time() - t
+        return text
 
     # ------------------------------------------------------------------ writer
     def flush(self) -> None:
@@ -435,7 +453,7 @@ class Store:
                     cur.execute(sql, params)
                 now = self._now()
                 for key, value in state.items():
-                    text = value if isinstance(value, str) else _dumps(value)
+                    text = value if isinstance(value, str) else self._encode_state(value)
                     cur.execute(
                         "INSERT OR REPLACE INTO state VALUES (?, ?, to_timestamp(?))", (key, text, now)
                     )
