@@ -40,6 +40,57 @@ class Publish:
 OnMessage = Callable[[str, bytes, bool], None]
 
 
+class _ReadBuffer:
+    """paho reads every packet with three or more ``recv`` calls (1 byte of type, the
+    length byte by byte, then the body) and handles only about one packet per
+    readable event: ~4 system calls and a loop iteration per message. This reads up
+    to 64 KB at once and serves paho's small reads from it, and ``loop_read`` goes
+    on while whole packets are buffered (one readable event, many messages)."""
+
+    __slots__ = ("data", "orig_loop_read", "orig_recv", "paho", "pos", "size", "sock")
+
+    def __init__(self, paho: Any, size: int = 65536) -> None:
+        self.paho = paho
+        self.size = size
+        self.sock: Any = None
+        self.data = b""
+        self.pos = 0
+        self.orig_recv = paho._sock_recv
+        self.orig_loop_read = paho.loop_read
+        paho._sock_recv = self.recv
+        paho.loop_read = self.loop_read
+
+    def recv(self, bufsize: int) -> bytes:
+        sock = self.paho._sock
+        if sock is not self.sock:  # a new connection: nothing buffered belongs to it
+            self.sock, self.data, self.pos = sock, b"", 0
+        data, pos = self.data, self.pos
+        if pos >= len(data):
+            data = self.orig_recv(self.size)  # BlockingIOError, OSError as paho expects
+            pos = 0
+            if not data:
+                self.data, self.pos = b"", 0
+                return data  # EOF: paho reports the connection lost
+        out = data[pos:pos + bufsize]
+        self.data, self.pos = data, pos + len(out)
+        return out
+
+    def loop_read(self, max_packets: int = 1) -> Any:
+        rc = self.orig_loop_read(max_packets)
+        while rc == 0 and self.pos < len(self.data) and self.paho._sock is not None \
+                and self.paho._sock is self.sock:
+            before = (self.data, self.pos)
+            rc = self.orig_loop_read(1)
+            if (self.data, self.pos) == before:
+                break
+        return rc
+
+
+def buffer_reads(paho: Any) -> None:
+    """Install :class:`_ReadBuffer` on a paho client."""
+    _ReadBuffer(paho)
+
+
 def parse_url(url: str) -> tuple[str, int]:
     """``mqtt://host:port`` (or ``host:port``, ``host``) -> (host, port); port 1883 by default."""
     u = urlparse(url if "://" in url else f"mqtt://{url}")
@@ -148,7 +199,7 @@ class MqttLink:
         will = None
         if self.will is not None:
             will = aiomqtt.Will(self.will.topic, self.will.payload, self.will.qos, self.will.retain)
-        return aiomqtt.Client(
+        client = aiomqtt.Client(
             self.host,
             self.port,
             identifier=self.client_id,
@@ -163,6 +214,8 @@ class MqttLink:
             socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)],
             max_queued_incoming_messages=0,
         )
+        buffer_reads(client._client)
+        return client
 
     def _set_state(self, up: bool) -> None:
         if up == self.connected:
