@@ -148,6 +148,7 @@ class BaseEngine:
         self._index = {r.name: (r.index, i) for i, r in enumerate(dep.rules)}
         self._keep_history: dict[str, float] = {}
         self._trigger_refs: dict[str, list[str]] = {}
+        self._summaries: dict[str, tuple[Rule, tuple[str, ...]]] = {}  # rule -> its actions described
         for r in self._rules.values():
             refs = C.sensors_of(r.condition)
             for leaf in C.leaves(r.condition):
@@ -358,9 +359,10 @@ class BaseEngine:
             for ref in self._holds[rule.name]:
                 self._held_by.setdefault(ref, set()).add(rule.name)
         self._run_actions(rule, "hold" if rule.kind == "level" else "then", 0, batch)
-        batch.out.runs.append(
-            RuleRun(rule.name, now, trigger, tuple(C.describe_action(a) for a in rule.actions), "ran", self.version)
-        )
+        summary = self._summaries.get(rule.name)
+        if summary is None or summary[0] is not rule:
+            summary = self._summaries[rule.name] = (rule, tuple(C.describe_action(a) for a in rule.actions))
+        batch.out.runs.append(RuleRun(rule.name, now, trigger, summary[1], "ran", self.version))
 
     def _release(self, rule: Rule, batch: _Batch) -> None:
         held = self._holds.pop(rule.name, [])
