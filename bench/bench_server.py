@@ -172,6 +172,26 @@ class KaiserProc:
         except OSError:
             return float("nan")
 
+    def cpu_by_thread(self) -> dict[str, float]:
+        """CPU seconds of the main thread (the event loop: MQTT, rules, guard) and of
+        all other threads together (the store's writer, DuckDB's workers)."""
+        out: dict[str, float] = {}
+        tck = os.sysconf("SC_CLK_TCK")
+        try:
+            tasks = os.listdir(f"/proc/{self.p.pid}/task")
+        except OSError:
+            return out
+        for t in tasks:
+            try:
+                with open(f"/proc/{self.p.pid}/task/{t}/stat") as f:
+                    text = f.read()
+            except OSError:
+                continue
+            name = "main" if t == str(self.p.pid) else "other"  # Python threads are all called python
+            parts = text.rsplit(")", 1)[1].split()
+            out[name] = out.get(name, 0.0) + (int(parts[11]) + int(parts[12])) / tck
+        return out
+
     def stop(self) -> None:
         self.p.send_signal(signal.SIGTERM)
         try:
@@ -238,13 +258,15 @@ def phase(tools: Path, a: argparse.Namespace, who: str, rate: float, work: Path,
             espfleet(tools, a, min(rate, 1000.0), a.warmup, f"{who}-warmup")
             time.sleep(1.0)
         if k is not None:
-            s0, c0 = k.query("SELECT count(*) FROM readings")[0][0], k.cpu_s()
+            s0, c0, t0 = k.query("SELECT count(*) FROM readings")[0][0], k.cpu_s(), k.cpu_by_thread()
         r = espfleet(tools, a, rate, a.duration, f"{who}-{rate:g}")
         if k is not None:
             time.sleep(1.5)  # one flush interval
-            s1, c1 = k.query("SELECT count(*) FROM readings")[0][0], k.cpu_s()
+            s1, c1, t1 = k.query("SELECT count(*) FROM readings")[0][0], k.cpu_s(), k.cpu_by_thread()
             r["stored"] = s1 - s0
             r["cpu_us_per_reading"] = 1e6 * (c1 - c0) / max(1, r["sent"])
+            r["cpu_us_by_thread"] = {n: round(1e6 * (t1[n] - t0.get(n, 0.0)) / max(1, r["sent"]))
+                                     for n in t1 if t1[n] - t0.get(n, 0.0) > 0}
         r["sustained"] = sustained(r, stored_ok=r.get("stored", r["sent"]) == r["sent"])
         return r
     finally:
@@ -320,8 +342,8 @@ def run(a: argparse.Namespace, tools: Path) -> int:
             r = phase(tools, a, who, rate, work, toml, ws_port)
             r["who"] = who
             results["phases"].append(r)
-            extra = f"  stored {r['stored']}/{r['sent']}, {r['cpu_us_per_reading']:.0f} us CPU/reading" \
-                if who == "kaiser" else ""
+            extra = f"  stored {r['stored']}/{r['sent']}, {r['cpu_us_per_reading']:.0f} us CPU/reading " \
+                f"{r['cpu_us_by_thread']}" if who == "kaiser" else ""
             print(row(f"{who} {'latency' if i == 0 else 'throughput'}", r,
                       extra + ("  sustained" if r["sustained"] else "  NOT sustained")), flush=True)
             if i == 0:
