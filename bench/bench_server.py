@@ -110,10 +110,11 @@ listen = "127.0.0.1:{ws_port}"
     return toml
 
 
-def espfleet(tools: Path, a: argparse.Namespace, rate: float, duration: float, tag: str) -> dict[str, Any]:
+def espfleet(tools: Path, a: argparse.Namespace, rate: float, duration: float, tag: str,
+             pattern: str = "cross") -> dict[str, Any]:
     cmd = [sys.executable, str(tools / "espfleet.py"), "--host", a.host, "--port", str(a.port),
            "-n", str(a.boards), "--gpios", "34", "-r", str(rate), "-d", str(duration),
-           "--pattern", "cross", "--threshold", "25", "--match", "fifo", "--json",
+           "--pattern", pattern, "--threshold", "25", "--match", "fifo", "--json",
            "--drain-max", "15", "--drain-idle", "2", "--tag", tag]
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=duration + 120, check=False)
     line = [x for x in r.stdout.splitlines() if x.startswith("{")]
@@ -256,6 +257,11 @@ def phase(tools: Path, a: argparse.Namespace, who: str, rate: float, work: Path,
     try:
         if a.warmup > 0:  # first readings of every sensor, connection set-up: not measured
             espfleet(tools, a, min(rate, 1000.0), a.warmup, f"{who}-warmup")
+            # every sensor ends below the threshold: espfleet restarts its pattern with
+            # a reading above it for every sensor, and after a warm-up that stopped
+            # on an odd reading of some sensor, that first reading is no edge for
+            # Kaiser (correctly: no command), which espfleet counts as lost
+            espfleet(tools, a, 1000.0, max(1.0, 2.0 * a.boards / 1000.0), f"{who}-settle", pattern="below")
             time.sleep(1.0)
         if k is not None:
             s0, c0, t0 = k.query("SELECT count(*) FROM readings")[0][0], k.cpu_s(), k.cpu_by_thread()
