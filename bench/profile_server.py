@@ -160,13 +160,17 @@ def main(argv: list[str] | None = None) -> int:
 
             gc.callbacks.append(on_gc)
             n = int(a.paced * a.seconds)
+            c0 = time.thread_time()
             lags = asyncio.run(paced(server, payloads(a.boards, n, now + 10), a.paced))
+            cpu = (time.thread_time() - c0) / n
             gc.callbacks.remove(on_gc)
             ms = [x * 1e3 for x in lags]
+            sent = server.mqtt.published - pub0  # type: ignore[union-attr]
             print(f"paced {a.paced:g}/s for {a.seconds:g}s: handling delay p50 {pct(ms, 0.5):.3f} "
                   f"p90 {pct(ms, 0.9):.3f} p99 {pct(ms, 0.99):.3f} p99.9 {pct(ms, 0.999):.3f} "
                   f"max {max(ms):.1f} ms; {len(pauses)} gc pauses, max "
-                  f"{max(pauses, default=0) * 1e3:.1f} ms; {server.mqtt.published - pub0} commands")  # type: ignore[union-attr]
+                  f"{max(pauses, default=0) * 1e3:.1f} ms; {sent} commands; "
+                  f"event loop thread CPU {cpu * 1e6:.0f} us/reading")
             assert server.store is not None
             server.store.close()
             return 0

@@ -190,8 +190,11 @@ def _plain(v: object) -> object:
     return v
 
 
+_ENCODER = json.JSONEncoder(default=str, separators=(",", ":"))  # json.dumps with options builds one per call
+
+
 def _dumps(v: object) -> str:
-    return json.dumps(v, default=str, separators=(",", ":"))
+    return _ENCODER.encode(v)
 
 
 def _dumps_in_pieces(v: object, depth: int = 3) -> str:
@@ -199,9 +202,11 @@ def _dumps_in_pieces(v: object, depth: int = 3) -> str:
     (down to ``depth`` levels) are encoded entry by entry, so no single C call holds
     the GIL for long (one ``json.dumps`` of a 300 KB snapshot holds it ~10 ms, and
     the event loop's readings would wait that long behind the writer thread)."""
-    if depth <= 0 or not isinstance(v, dict) or len(v) < 32 or not all(type(k) is str for k in v):
+    if depth <= 0 or not isinstance(v, dict) or (depth < 2 and len(v) < 32) \
+            or not all(type(k) is str for k in v):
         return _dumps(v)
-    parts = [json.dumps(k) + ":" + _dumps_in_pieces(x, depth - 1) for k, x in v.items()]
+    enc = _ENCODER.encode
+    parts = [enc(k) + ":" + _dumps_in_pieces(x, depth - 1) for k, x in v.items()]
     return "{" + ",".join(parts) + "}"
 
 
