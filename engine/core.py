@@ -310,7 +310,7 @@ class BaseEngine:
         if fire:
             affected |= apply()
         pulsed = self._pulse(now, True)
-        self._evaluate(affected | pulsed, batch, fire=True)
+        self._evaluate(affected | pulsed if pulsed else affected, batch, fire=True)
         if pulsed:
             self._evaluate(self._pulse(now, False), batch, fire=True)
         if not fire:
@@ -406,7 +406,7 @@ class BaseEngine:
                 batch.out.emergencies.append(EmergencyRequest(a.target, a.reason, rule.name))
 
     def _run_waits(self, now: float, batch: _Batch) -> None:
-        while True:
+        while self._waits:
             due = [w for w in self._waits if w[0] <= now]
             if not due:
                 return
@@ -433,6 +433,8 @@ class BaseEngine:
         return (rule.priority, -self._index[rule.name][0])
 
     def _arbitrate(self, batch: _Batch) -> None:
+        if not batch.proposals:
+            return
         now = batch.now
         out = batch.out
         by_act: dict[str, list[_Proposal]] = {}
