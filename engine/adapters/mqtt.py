@@ -87,7 +87,12 @@ class _ReadBuffer:
 
 
 def buffer_reads(paho: Any) -> None:
-    """Install :class:`_ReadBuffer` on a paho client."""
+    """Install :class:`_ReadBuffer` on a paho client (paho 2.x internals; a paho
+    without them keeps its own reads, slower but correct)."""
+    if not (callable(getattr(paho, "_sock_recv", None)) and callable(getattr(paho, "loop_read", None))
+            and hasattr(paho, "_sock")):
+        log.warning("paho without _sock_recv/loop_read: socket reads are not buffered")
+        return
     _ReadBuffer(paho)
 
 
