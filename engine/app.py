@@ -1126,7 +1126,7 @@ def _control_cli(args: argparse.Namespace, msg: dict[str, Any]) -> int:
     token = settings.websocket.token
     if token:
         msg["token"] = token
-    msg["who"] = f"cli ({os.environ.get('USER', 'unknown')})"
+    msg["who"] = f"cli ({_operator()})"
     url = _ws_url(settings)
     try:
         reply = asyncio.run(_send_control(url, msg))
@@ -1420,3 +1420,13 @@ __all__ = [
     "run_query",
     "version_of",
 ]
+
+
+def _operator() -> str:
+    """Who runs the CLI, for the record of emergency stops and resets."""
+    import getpass
+
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):  # no USER/LOGNAME and no passwd entry (containers)
+        return f"uid {os.getuid()}"
