@@ -269,16 +269,20 @@ def leaves(c: Condition) -> Iterator[Condition]:
         yield c
 
 
+def leaf_sensors(leaf: Condition) -> tuple[str, ...]:
+    """Sensor refs one leaf condition reads (none for time, device and actuator leaves)."""
+    if isinstance(leaf, Comparison | Change | NoData):
+        return (leaf.sensor,)
+    if isinstance(leaf, Difference):
+        return (leaf.a, leaf.b)
+    return ()
+
+
 def sensors_of(c: Condition) -> list[str]:
     """Sensor refs a condition reads (in order, unique)."""
     out: list[str] = []
     for leaf in leaves(c):
-        refs: tuple[str, ...] = ()
-        if isinstance(leaf, Comparison | Change | NoData):
-            refs = (leaf.sensor,)
-        elif isinstance(leaf, Difference):
-            refs = (leaf.a, leaf.b)
-        for r in refs:
+        for r in leaf_sensors(leaf):
             if r not in out:
                 out.append(r)
     return out

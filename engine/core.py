@@ -658,12 +658,7 @@ class Engine(BaseEngine):
             atom = keep.get(key) or _Atom(leaf)
             atom.leaf = leaf
             self._atoms[key] = atom
-            refs: tuple[str, ...] = ()
-            if isinstance(leaf, Comparison | Change | NoData):
-                refs = (leaf.sensor,)
-            elif isinstance(leaf, Difference):
-                refs = (leaf.a, leaf.b)
-            for r in refs:
+            for r in C.leaf_sensors(leaf):
                 self._atoms_by_sensor.setdefault(r, []).append(key)
             if isinstance(leaf, At | Every):
                 self._pulses.append(key)
