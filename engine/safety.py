@@ -502,23 +502,21 @@ def _decide(
     # 10. max_starts
     if not running and lim.max_starts is not None:
         count, per = lim.max_starts
-        recent = [t for t in st.starts if now - t < per]
-        if len(recent) >= count:
-            wait = recent[0] + per - now if recent else per
+        n, wait = _window(st.starts, per, now)
+        if n >= count:
             return Blocked(
                 cmd, Code.MAX_STARTS,
-                f"{ref} started {len(recent)} times in the last {format_duration(per)}; max_starts is "
+                f"{ref} started {n} times in the last {format_duration(per)}; max_starts is "
                 f"{_rate(count, per)} (next start in {_span(wait, up=True)})",
             ), None
     # 11. rate limit
     if lim.rate_limit is not None and cmd.source not in SERVER_SOURCES:
         count, per = lim.rate_limit
-        recent = [t for t in st.recent if now - t < per]
-        if len(recent) >= count:
-            wait = recent[0] + per - now if recent else per
+        n, wait = _window(st.recent, per, now)
+        if n >= count:
             return Blocked(
                 cmd, Code.RATE_LIMIT,
-                f"{ref} got {len(recent)} commands in the last {format_duration(per)}; rate_limit is "
+                f"{ref} got {n} commands in the last {format_duration(per)}; rate_limit is "
                 f"{_rate(count, per)} (next in {_span(wait, up=True)})",
             ), None
     # allowed: fix the firmware duration (hold lease, max_runtime as a backstop)
@@ -566,6 +564,13 @@ def _after(cmd: Command, st: ActuatorState, entry: Entry, defaults: SafetyDefaul
     return ActuatorState(cmd.value, now, st.reported, st.reported_at, None,
                          now if was_on else st.off_since, st.starts, st.recent, None, None, None)
 
+
+
+def _window(times: Iterable[float], per: float, now: float) -> tuple[int, float]:
+    """Events in the sliding window of ``per`` seconds before ``now`` (times oldest
+    first), and seconds until the oldest of them leaves it."""
+    recent = [t for t in times if now - t < per]
+    return len(recent), (recent[0] + per - now if recent else per)
 
 def guard(command: Command, state: GuardState, limits: Limits, now: float) -> tuple[Verdict, GuardState]:
     """Decide one command: ``(Allowed | Blocked(code, reason), new_state)``.
