@@ -14,18 +14,18 @@ from collections.abc import Callable, Sequence
 # subcommand -> "module:function"; the function takes the argparse Namespace and
 # returns the exit code.
 COMMANDS: dict[str, str] = {
-    "run": "engine.app:cmd_run",
+    "run": "engine.commands:cmd_run",
     "demo": "engine.demo:cmd_demo",
     "simulate": "engine.demo:cmd_simulate",
     "lint": "engine.config.lint:cmd_lint",
     "schema": "engine.config.schema:cmd_schema",
     "test": "engine.testing:cmd_test",
-    "plan": "engine.app:cmd_plan",
-    "estop": "engine.app:cmd_estop",
-    "reset": "engine.app:cmd_reset",
-    "why": "engine.app:cmd_why",
-    "history": "engine.app:cmd_history",
-    "query": "engine.app:cmd_query",
+    "plan": "engine.commands:cmd_plan",
+    "estop": "engine.commands:cmd_estop",
+    "reset": "engine.commands:cmd_reset",
+    "why": "engine.commands:cmd_why",
+    "history": "engine.commands:cmd_history",
+    "query": "engine.commands:cmd_query",
     "calibrate": "sensors.calibration:cmd_calibrate",
 }
 

@@ -13,7 +13,8 @@ import pytest
 from websockets.asyncio.client import connect
 
 from engine.adapters.broker import EmbeddedBroker
-from engine.app import Server, run_query
+from engine.app import Server
+from engine.commands import run_query
 
 from .conftest import RULES, Board, make_settings
 
@@ -177,7 +178,7 @@ async def test_plan_why_and_history_read_the_store_after_the_server_stopped(
         settings: Any, board: Board, rules_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     import argparse
 
-    from engine.app import cmd_history, cmd_plan, cmd_why
+    from engine.commands import cmd_history, cmd_plan, cmd_why
 
     server = Server(settings, websocket=False, watch=False)
     await server.start()
@@ -215,7 +216,7 @@ async def test_estop_and_reset_from_the_cli_go_through_the_running_server(
         server: Server, board: Board, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import argparse
 
-    from engine.app import cmd_estop, cmd_query, cmd_reset
+    from engine.commands import cmd_estop, cmd_query, cmd_reset
 
     assert server.hub is not None
     monkeypatch.setenv("KAISER_WS_TOKEN", "tok")
