@@ -32,6 +32,7 @@ from engine.adapters.store import Store
 from engine.adapters.ws import ControlRefused, Hub
 from engine.clock import Clock, SystemClock
 from engine.config.settings import Settings
+from engine.devices import DeviceTracker, Reply, tokens_from_env
 from engine.diagnostics import Diagnostic, render
 from engine.errors import ConfigError, KaiserError, StoreError
 from engine.model import (
@@ -50,6 +51,7 @@ from engine.units import parse_duration
 log = logging.getLogger("kaiser")
 
 STATE_KEY = "pipeline"
+DEVICES_KEY = "devices"  # what each board was sent (removals survive a restart)
 MALFORMED_LOG_EVERY = 60.0  # seconds: one log line per board and topic
 MAX_IDLE = 1.0  # seconds: the pipeline is ticked at least this often, even with nothing due
 
@@ -113,19 +115,6 @@ def _errors(diagnostics: Iterable[Diagnostic]) -> list[Diagnostic]:
 
 # --------------------------------------------------------------------------
 # the server
-
-
-@dataclass(slots=True)
-class DeviceLink:
-    """What the server knows about one board (known or discovered)."""
-
-    esp_id: str
-    device: str | None  # device map name; None = not in the map
-    online: bool = False
-    last_seen: float = 0.0
-    uptime: float | None = None
-    config_sent: bool = False
-    discovered_logged: bool = False
 
 
 @dataclass(slots=True)
@@ -208,7 +197,8 @@ class Server:
         self.watch_enabled = watch
         self.client_id = client_id or settings.mqtt.client_id
         self.metrics = Metrics()
-        self.devices: dict[str, DeviceLink] = {}
+        self.tracker: DeviceTracker | None = None  # acks, config, stops: engine/devices.py
+        self.online: dict[str, bool] = {}  # esp id -> online, as the pipeline decides
         self.last_sent: dict[str, Sent] = {}
         self.reported: dict[str, float] = {}  # actuator ref -> last state the board reported
         self._malformed_logged: dict[tuple[str, str], float] = {}
@@ -248,8 +238,8 @@ class Server:
         s = self.settings.store
         self.store = Store(s.path, s.flush_interval, s.retention, now=self.clock.now)
         self.store.start()
-        self._install(deployment, version)
         self.kaiser = Kaiser(deployment)
+        self._install(deployment, version)
         self._restore()
         now = self.clock.now()
         self._record_version(version, ok=True, now=now)
@@ -341,12 +331,26 @@ class Server:
         self.version = version
         self._esp_to_device = {d.esp_id: d for d in deployment.devices.values()}
         self._encoded = {}  # (actuator, value, duration, toggle) -> (esp, gpio, message)
-        for link in self.devices.values():
-            dev = self._esp_to_device.get(link.esp_id)
-            link.device = dev.name if dev else None
+        tokens, problems = tokens_from_env(deployment)
+        for p in problems:
+            log.warning("%s", p)
+        now = self.clock.now()
+        if self.tracker is None:
+            self.tracker = DeviceTracker(self.kaiser_id, deployment, latched=self._emergency_active, tokens=tokens,
+                                         max_unknown=self.settings.kaiser.max_unknown_devices)
+        else:
+            self.tracker.tokens = tokens
+            self._send(self.tracker.install(deployment, now))
+            self._send(self.tracker.tick(now))
 
     def _restore(self) -> None:
-        assert self.store is not None
+        assert self.store is not None and self.tracker is not None
+        try:
+            boards = self.store.get_state(DEVICES_KEY)
+            if isinstance(boards, dict):
+                self.tracker.restore(boards)
+        except StoreError as exc:
+            log.warning("cannot read what the boards were sent: %s", exc)
         try:
             snap = self.store.get_state(STATE_KEY)
         except StoreError as exc:
@@ -378,6 +382,8 @@ class Server:
             log.exception("pipeline snapshot failed")
             return
         self.store.put_state(STATE_KEY, snap, immediate=immediate)
+        if self.tracker is not None:
+            self.store.put_state(DEVICES_KEY, self.tracker.snapshot(), immediate=immediate)
 
     def _record_version(self, version: Version, ok: bool, now: float, errors: Iterable[str] = ()) -> None:
         assert self.store is not None
@@ -415,6 +421,10 @@ class Server:
                 self._on_config_response(msg, now)
             elif isinstance(msg, codec.Diagnostics):
                 self._seen(msg.esp_id, now, retained)
+            elif isinstance(msg, codec.SessionAnnounce):
+                self._seen(msg.esp_id, now, msg.retained)
+                if self.tracker is not None:
+                    self.tracker.announce(msg, now)
             elif isinstance(msg, codec.ZoneAck):
                 self._seen(msg.esp_id, now, retained)
                 self._event(Event(now, "zone", "info", msg.esp_id, f"zone ack from {msg.esp_id}: {msg.status}"))
@@ -491,39 +501,39 @@ class Server:
             if len(self._malformed_logged) > 10_000:
                 self._malformed_logged.clear()
 
-    def _link(self, esp: str) -> DeviceLink:
-        link = self.devices.get(esp)
-        if link is None:
-            dev = self._esp_to_device.get(esp)
-            link = DeviceLink(esp, dev.name if dev else None)
-            self.devices[esp] = link
-        return link
+    def _device_name(self, esp: str) -> str | None:
+        dev = self._esp_to_device.get(esp)
+        return dev.name if dev is not None else None
 
-    def _seen(self, esp: str, now: float, retained: bool = False, tell_pipeline: bool = True) -> DeviceLink:
-        """A board spoke: it is alive (retained snapshots prove nothing); config on first sight.
+    def _send(self, reply: Reply) -> None:
+        """Publish what the device tracker says, in order, and record its events."""
+        if self.mqtt is not None:
+            for m in reply.messages:
+                self.mqtt.publish(m)
+        for ev in reply.events:
+            self._event(ev)
+
+    def _seen(self, esp: str, now: float, retained: bool = False, tell_pipeline: bool = True) -> None:
+        """A board spoke: it is alive (retained snapshots prove nothing).
 
         Online/offline is the pipeline's business (it emits the ``device`` events);
         ``tell_pipeline`` False when the message already went to it (readings)."""
-        link = self._link(esp)
-        if retained:
-            return link
-        link.last_seen = now
-        if link.device is None:
-            if not link.discovered_logged:
-                link.discovered_logged = True
+        if retained or self.tracker is None:
+            return
+        board, first = self.tracker.seen(esp, now)
+        if board.device is None:
+            if first:
                 assert self.store is not None
                 self.store.device_status(now, "", esp, "discovered", "not in the device map")
+                log.warning("discovered %s: not in the device map (answered pending_approval)", esp)
                 self._event(Event(now, "device", "warning", esp,
                                   f"discovered {esp}: not in the device map (answered pending_approval)",
                                   {"esp_id": esp, "status": "discovered"}))
-            return link
+            return
         if tell_pipeline:
-            out = self.kaiser.device_seen(link.device, now)
+            out = self.kaiser.device_seen(board.device, now)
             if out:
                 self._apply(out, now)
-        if not link.config_sent:
-            self._push_config(link, now, "first seen")
-        return link
 
     def _device_changed(self, ev: Event) -> None:
         """The pipeline says a device went online or offline: remember and record it."""
@@ -533,27 +543,8 @@ class Server:
         if dev is None:
             return
         online = bool(ev.data.get("online"))
-        link = self._link(dev.esp_id)
-        link.online = online
+        self.online[dev.esp_id] = online
         self.store.device_status(ev.ts, dev.name, dev.esp_id, "online" if online else "offline", ev.message)
-
-    def _push_config(self, link: DeviceLink, now: float, why: str) -> None:
-        dev = self._esp_to_device.get(link.esp_id)
-        if dev is None or self.mqtt is None:
-            return
-        if why != "reboot" and self._emergency_active(dev.name):
-            # a config push clears the board's emergency latch: wait for the reset
-            # (a rebooted board has lost its latch anyway). Retried on its next message.
-            link.config_sent = False
-            return
-        try:
-            self.mqtt.publish(codec.encode_config(self.kaiser_id, dev))
-        except KaiserError as exc:
-            log.warning("cannot send config to %s: %s", dev.name, exc)
-            return
-        link.config_sent = True
-        self._event(Event(now, "config", "info", dev.name, f"sent device config to {dev.name} ({why})",
-                          {"esp_id": dev.esp_id}))
 
     def _emergency_active(self, device: str) -> bool:
         guard = getattr(self.kaiser, "guard", None)
@@ -563,39 +554,24 @@ class Server:
             return True  # unsure: do not clear a latch
 
     def _on_heartbeat(self, hb: codec.Heartbeat, now: float) -> None:
-        assert self.store is not None
+        assert self.store is not None and self.tracker is not None
         self.metrics.heartbeats += 1
         if hb.retained:
             return  # a replayed heartbeat is no sign of life and needs no answer
-        link = self._link(hb.esp_id)
-        rebooted = (
-            hb.uptime is not None and link.uptime is not None and hb.uptime + 1 < link.uptime
-        )
-        link.uptime = hb.uptime
-        known = link.device is not None
-        if self.mqtt is not None:
-            # an unprovisioned board (kaiser//esp/...) listens under the empty kaiser id
-            self.mqtt.publish(codec.encode_heartbeat_ack(
-                hb.kaiser_id if hb.kaiser_id == "" else self.kaiser_id, hb.esp_id, server_time=now, status="online" if known else "pending_approval",
-                config_available=known,
-            ))
         self._seen(hb.esp_id, now)
+        self._send(self.tracker.heartbeat(hb, now))
+        name = self._device_name(hb.esp_id)
         # one row per heartbeat carries the board's health (one a minute per board)
-        self.store.device_status(now, link.device or "", hb.esp_id, "heartbeat" if known else "pending_approval",
+        self.store.device_status(now, name or "", hb.esp_id, "heartbeat" if name else "pending_approval",
                                  "", _int(hb.uptime), hb.heap_free, hb.wifi_rssi)
-        if known and rebooted:
-            self._event(Event(now, "device", "warning", link.device or hb.esp_id,
-                              f"{link.device} ({hb.esp_id}) rebooted (uptime went back to {hb.uptime:.0f} s)",
-                              {"esp_id": hb.esp_id}))
-            self._push_config(link, now, "reboot")
 
     def _on_will(self, w: codec.Will, now: float) -> None:
         if w.retained:
             return
-        link = self._link(w.esp_id)
-        if link.device is None:
+        name = self._device_name(w.esp_id)
+        if name is None:
             return
-        out = self.kaiser.device_offline(link.device, now, f"last will: {w.reason}")
+        out = self.kaiser.device_offline(name, now, f"last will: {w.reason}")
         if out:
             self._apply(out, now)
 
@@ -653,8 +629,7 @@ class Server:
         assert self.router is not None
         self._seen(a.esp_id, now, a.retained)
         ref = None if a.whole_board else self.router.actuator_ref(a.esp_id, a.gpio)
-        link = self._link(a.esp_id)
-        subject = ref or link.device or a.esp_id
+        subject = ref or self._device_name(a.esp_id) or a.esp_id
         sev = "critical" if a.alert_type in ("emergency_stop", "runtime_protection") else "warning"
         self._event(Event(now, "alert", sev, subject, f"{subject}: {a.alert_type}: {a.message}",
                           {"esp_id": a.esp_id, "gpio": a.gpio, "type": a.alert_type}))
@@ -668,12 +643,9 @@ class Server:
 
     def _on_config_response(self, c: codec.ConfigResponse, now: float) -> None:
         self._seen(c.esp_id, now, c.retained)
-        link = self._link(c.esp_id)
-        subject = link.device or c.esp_id
-        text = f"{subject} config {c.config_type or ''} {c.status}: {c.message}".replace("  ", " ")
-        self._event(Event(now, "config_response", "info" if c.ok else "warning", subject, text,
-                          {"esp_id": c.esp_id, "status": c.status, "type": c.config_type, "count": c.count,
-                           "error_code": c.error_code, "failed_item": dict(c.failed_item or {})}))
+        if c.retained or self.tracker is None:
+            return
+        self._event(self.tracker.config_response(c, now))
 
     # ------------------------------------------------------------------ outputs
     def _event(self, ev: Event) -> None:
@@ -763,26 +735,11 @@ class Server:
         self._check_due()
 
     def _publish_emergency(self, target: str, reason: str, active: bool, now: float) -> None:
-        if self.mqtt is None or self.deployment is None:
+        """A stop goes to the boards as both generations act on it; a reset sends
+        ``clear_emergency`` to each board the guard no longer holds (engine/devices.py)."""
+        if self.tracker is None:
             return
-        if not active:
-            # a reset turns nothing on, but the boards keep their own latch (every
-            # command answered success: false) until they get their config again
-            for link in list(self.devices.values()):
-                dev = self._esp_to_device.get(link.esp_id)
-                if dev is not None and (target == "all" or target == dev.name) \
-                        and not self._emergency_active(dev.name):
-                    self._push_config(link, now, "emergency reset")
-            return
-        if target == "all":
-            self.mqtt.publish(codec.encode_emergency(reason, timestamp=now))
-            return
-        dev = self.deployment.devices.get(target)
-        if dev is None:
-            log.error("emergency stop for unknown device %s", target)
-            return
-        for m in codec.emergency_for_device(self.kaiser_id, dev, reason, timestamp=now):
-            self.mqtt.publish(m)
+        self._send(self.tracker.emergency(target, reason, now) if active else self.tracker.reset(target, now))
 
     # ------------------------------------------------------------------ timers
     def poke(self) -> None:
@@ -834,6 +791,8 @@ class Server:
                 out = self.kaiser.tick(now)
                 if out:
                     self._apply(out, now)
+                if self.tracker is not None:
+                    self._send(self.tracker.tick(now))
             except Exception:
                 self.metrics.handler_errors += 1
                 log.exception("timer tick failed")
@@ -875,7 +834,6 @@ class Server:
                                   {"errors": [d.text() for d in errors], "version": version.id}))
                 return False
             try:
-                old = self.deployment
                 out = self.kaiser.reload(deployment, now)
             except Exception as exc:
                 self.metrics.reload_failures += 1
@@ -890,14 +848,6 @@ class Server:
                               {"version": version.id, "warnings": [d.text() for d in diagnostics]}))
             if out:
                 self._apply(out, now)
-            for link in self.devices.values():
-                dev = self._esp_to_device.get(link.esp_id)
-                before = old.devices.get(dev.name) if (old is not None and dev is not None) else None
-                if dev is not None and before != dev:
-                    if link.online:
-                        self._push_config(link, now, "device map changed")
-                    else:
-                        link.config_sent = False  # pushed when the board is next heard
             self._save_snapshot(immediate=True)
             self.poke()
             return True
@@ -960,8 +910,9 @@ class Server:
                       "last_error": store.last_error if store else ""},
             "rules_version": self.version.id if self.version else None,
             "git_commit": self.version.git_commit if self.version else None,
-            "devices": {link.device or esp: ("online" if link.online else "offline")
-                        for esp, link in self.devices.items()},
+            "devices": {b.device or esp: ("online" if self.online.get(esp) else "offline")
+                        for esp, b in (self.tracker.boards.items() if self.tracker else ())},
+            "boards": self.tracker.summary() if self.tracker else {},
             "uptime_s": round(self.clock.monotonic() - self._started_at, 1),
         }
 
@@ -987,7 +938,11 @@ class Server:
         metric("reload_failures_total", m.reload_failures, "refused reloads")
         metric("handler_errors_total", m.handler_errors, "internal errors while handling input")
         metric("mqtt_connected", int(bool(self.mqtt and self.mqtt.connected)), "1 when connected", "gauge")
-        metric("devices_online", sum(1 for d in self.devices.values() if d.online), "boards online", "gauge")
+        metric("devices_online", sum(1 for v in self.online.values() if v), "boards online", "gauge")
+        if self.tracker is not None:
+            metric("unknown_devices", len(self.tracker.unknown), "boards heard that the device map lacks", "gauge")
+            metric("unknown_devices_evicted_total", self.tracker.unknown_evicted,
+                   "unknown boards forgotten to keep the list bounded")
         if self.store is not None:
             metric("store_rows_written_total", self.store.rows_written, "rows written to DuckDB")
             metric("store_pending_rows", self.store.pending(), "rows waiting for the next flush", "gauge")

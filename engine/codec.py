@@ -34,12 +34,13 @@ import functools
 import json
 import math
 import re
+import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, NamedTuple, TypeAlias
 
 from engine.errors import CodecError
-from engine.model import Device
+from engine.model import Actuator, Sensor
 
 #: payloads larger than this are rejected before parsing (bytes)
 MAX_PAYLOAD = 64 * 1024
@@ -132,7 +133,34 @@ class Heartbeat(_Header):
     zone_id: str | None = None
     master_zone_id: str | None = None
     zone_assigned: bool | None = None
+    #: current firmware's own handover counter (``active_handover_epoch``); None from
+    #: legacy boards, which do not send it
+    handover_epoch: int | None = None
+    boot_sequence_id: str | None = None
     fields: Mapping[str, Any] | None = None  # the whole payload, for the store
+
+    @property
+    def generation(self) -> str | None:
+        """``current`` when the heartbeat carries fields only current firmware sends,
+        else None (legacy, or a board that says too little to tell)."""
+        f = self.fields
+        if f is not None and any(k in f for k in CURRENT_HEARTBEAT_FIELDS):
+            return "current"
+        return None
+
+
+#: heartbeat keys only current firmware (2026) sends (mqtt_client.cpp publishHeartbeat)
+CURRENT_HEARTBEAT_FIELDS = ("active_handover_epoch", "handover_completed_epoch", "boot_sequence_id",
+                            "handover_contract_last_reject", "config_status", "time_valid")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SessionAnnounce(_Header):
+    """``session/announce`` (current firmware, on every MQTT connect): the board's
+    handover epoch for this session. Always under ``kaiser/god/`` in the firmware."""
+
+    handover_epoch: int
+    reason: str
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -213,6 +241,7 @@ class ConfigResponse(_Header):
     failed_item: Mapping[str, Any] | None = None
     ts: float
     ts_kind: str
+    correlation_id: str | None = None  # current firmware echoes the push's id; legacy sends none
 
     @property
     def ok(self) -> bool:
@@ -252,7 +281,7 @@ class Rejection:
 
 Message: TypeAlias = (
     SensorData | Heartbeat | Diagnostics | Will | ActuatorStatus | ActuatorResponse
-    | ActuatorAlert | ConfigResponse | ZoneAck
+    | ActuatorAlert | ConfigResponse | ZoneAck | SessionAnnounce
 )
 
 
@@ -271,6 +300,7 @@ _TAILS: dict[tuple[str, ...], str] = {
     ("actuator", "+", "alert"): "actuator_alert",
     ("config_response",): "config_response",
     ("zone", "ack"): "zone_ack",
+    ("session", "announce"): "session_announce",
 }
 
 
@@ -283,6 +313,8 @@ def subscriptions(kaiser_id: str) -> list[str]:
         for tail in _TAILS:
             out.append(f"kaiser/{k}/esp/+/" + "/".join(tail))
         out.append(f"kaiser/{k}/zone/+/esp/+/subzone/+/sensor/+/data")
+    if kaiser_id != "god":  # current firmware announces under a fixed kaiser/god/
+        out.append("kaiser/god/esp/+/session/announce")
     return out
 
 
@@ -555,6 +587,14 @@ def _sensor_value(d: Any, gpio_topic: int | None, top: Mapping[str, Any] | None,
     raw = get("raw")
     if raw is None:
         raw = get("raw_value")
+    value = get("value")
+    if value is None:
+        value = get("processed_value")
+    if raw.__class__ is _Printed or value.__class__ is _Printed:
+        return _printed_value(d, gpio, st, raw, value, top, zone, sub, received_at)
+    raw = get("raw")
+    if raw is None:
+        raw = get("raw_value")
         if raw is not None and raw.__class__ is not float:
             raw = _number(raw, "raw_value")
     elif raw.__class__ is not float:
@@ -611,6 +651,20 @@ def _sensor_value(d: Any, gpio_topic: int | None, top: Mapping[str, Any] | None,
     )
 
 
+def _printed_value(d: Mapping[str, Any], gpio: int, st: str, raw: Any, value: Any,
+                   top: Mapping[str, Any] | None, zone: str | None, sub: str | None,
+                   received_at: float) -> SensorValue:
+    """A reading with legacy's bare nan/inf: that value, quality bad, processed as
+    sent (a non-finite raw cannot be converted)."""
+    ts, kind, dts = _time(d if top is None or "ts" in d or "timestamp" in d else top, received_at)
+    v = float(value) if value is not None and value.__class__ in (float, int, _Printed) else float("nan")
+    if raw.__class__ is _Printed:
+        v = float(raw) if value is None or value.__class__ is not _Printed else float(value)
+    unit = d.get("unit")
+    return SensorValue(gpio, st, None, v, False, unit if unit.__class__ is str else "", "bad",
+                       ts, kind, dts, _soft_int(d, "seq"), zone, sub)
+
+
 def _check_esp(d: Mapping[str, Any], esp: str) -> None:
     v = d.get("esp_id")
     if v is not None and v != esp and v != "":
@@ -658,8 +712,18 @@ def _dec_heartbeat(t: _Topic, d: dict[str, Any], h: dict[str, Any], received_at:
         zone_id=_soft_str(d, "zone_id"),
         master_zone_id=_soft_str(d, "master_zone_id"),
         zone_assigned=za if za.__class__ is bool else None,
+        handover_epoch=_soft_int(d, "active_handover_epoch"),
+        boot_sequence_id=_soft_str(d, "boot_sequence_id"),
         fields=d, **h,
     )
+
+
+def _dec_session_announce(t: _Topic, d: dict[str, Any], h: dict[str, Any], received_at: float) -> Message:
+    _check_esp(d, t.esp_id)
+    epoch = _soft_int(d, "handover_epoch", "session_epoch")
+    if epoch is None or epoch < 0:
+        raise _Bad("session/announce needs a handover_epoch >= 0")
+    return SessionAnnounce(handover_epoch=epoch, reason=_soft_str(d, "reason") or "", **h)
 
 
 def _dec_diagnostics(t: _Topic, d: dict[str, Any], h: dict[str, Any], received_at: float) -> Message:
@@ -738,7 +802,7 @@ def _dec_config_response(t: _Topic, d: dict[str, Any], h: dict[str, Any], receiv
         status=status, config_type=(_soft_str(d, "type", "config_type") or "").lower(),
         count=_soft_int(d, "count"), message=_soft_str(d, "message") or "",
         error_code=_soft_str(d, "error_code"), failed_item=fi if fi.__class__ is dict else None,
-        ts=ts, ts_kind=kind, **h,
+        ts=ts, ts_kind=kind, correlation_id=_soft_str(d, "correlation_id") or None, **h,
     )
 
 
@@ -763,6 +827,7 @@ _DECODERS: dict[str, Callable[[_Topic, dict[str, Any], dict[str, Any], float], M
     "actuator_alert": _dec_actuator_alert,
     "config_response": _dec_config_response,
     "zone_ack": _dec_zone_ack,
+    "session_announce": _dec_session_announce,
 }
 
 
@@ -771,6 +836,37 @@ def _no_constants(name: str) -> None:
 
 
 _JSON = json.JSONDecoder(parse_constant=_no_constants)
+
+
+class _Printed(float):
+    """A non-finite number as legacy firmware prints it: it builds payloads with
+    Arduino's ``String(float)``, which writes ``nan``, ``inf``, ``-inf`` or ``ovf``
+    (bare, not JSON). Kept as that value; the reading gets quality ``bad``."""
+
+    __slots__ = ()
+
+
+_PRINTED = {"NaN": _Printed("nan"), "Infinity": _Printed("inf"), "-Infinity": _Printed("-inf")}
+_PRINTED_JSON = json.JSONDecoder(parse_constant=_PRINTED.__getitem__)
+# a JSON string (left alone) or a bare nan/inf/ovf where a value may stand
+_BARE = re.compile(r'("(?:[^"\\]|\\.)*")|(?<=[:\[,])(\s*)(-?)(nan|inf|ovf)(?=\s*[,}\]])', re.IGNORECASE)
+
+
+def _bare_constant(m: re.Match[str]) -> str:
+    if m.group(1) is not None:
+        return m.group(1)
+    neg = m.group(3) == "-"
+    word = m.group(4).lower()
+    return m.group(2) + ("NaN" if word == "nan" else "-Infinity" if neg else "Infinity")
+
+
+def _legacy_json(text: str) -> Any:
+    """Second chance for a payload that is not JSON: legacy firmware's bare
+    ``nan``/``inf``/``ovf``. Raises ValueError when that is not the reason."""
+    fixed = _BARE.sub(_bare_constant, text)
+    if fixed == text:
+        raise ValueError("no bare nan/inf")
+    return _PRINTED_JSON.decode(fixed)
 
 
 def decode(topic: str, payload: bytes, *, retained: bool = False, received_at: float) -> Message | Rejection:
@@ -809,7 +905,10 @@ def _decode(topic: str, payload: bytes, retained: bool, received_at: float) -> M
     except RecursionError:
         raise _Bad("payload JSON is nested too deeply", "json") from None
     except ValueError as exc:
-        raise _Bad(f"payload is not valid JSON: {exc}", "json") from None
+        try:
+            d = _legacy_json(text)
+        except (ValueError, RecursionError):
+            raise _Bad(f"payload is not valid JSON: {exc}", "json") from None
     if d.__class__ is not dict:
         raise _Bad(f"payload must be a JSON object, got {_json_kind(d)}", "json")
     h = {"topic": topic, "kaiser_id": t.kaiser_id, "esp_id": t.esp_id,
@@ -921,99 +1020,165 @@ def encode_command(kaiser_id: str, esp_id: str, gpio: int, actuator_type: str, v
     return Outgoing(topic, _dumps({"command": cmd, "value": v, "duration": dur}), 1, False)
 
 
-def _reason(reason: str) -> str:
-    return str(reason)[:200]
+#: the firmware parses emergencies into small fixed documents (DynamicJsonDocument
+#: 256 in legacy's handlers and current's per-board one): a long reason would make
+#: the parse fail and the stop be dropped. Bytes of UTF-8.
+MAX_EMERGENCY_REASON = 60
 
 
-def encode_emergency(reason: str, *, timestamp: float | None = None) -> Outgoing:
-    """``kaiser/broadcast/emergency``: every board stops every actuator and latches."""
-    body: dict[str, Any] = {"action": "stop_all", "reason": _reason(reason)}
-    if timestamp is not None:
-        body["timestamp"] = int(timestamp)
+def _reason(reason: str, limit: int = MAX_EMERGENCY_REASON) -> str:
+    b = str(reason).encode("utf-8")[:limit]
+    return b.decode("utf-8", "ignore")
+
+
+def _iso(ts: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(int(ts)))
+
+
+def encode_emergency(reason: str, *, timestamp: float) -> Outgoing:
+    """``kaiser/broadcast/emergency``: every board of both generations stops every
+    actuator and latches. Current firmware ignores the stop when any of command,
+    action, reason, issued_by, timestamp is not a string, so all are strings
+    (``timestamp`` ISO 8601 UTC); legacy stops on any JSON that parses."""
+    body = {"command": "stop_all", "reason": _reason(reason), "issued_by": "kaiser",
+            "timestamp": _iso(timestamp)}
     return Outgoing("kaiser/broadcast/emergency", _dumps(body), 1, False)
 
 
-def encode_device_emergency(kaiser_id: str, esp_id: str, reason: str, *,
-                            timestamp: float | None = None) -> Outgoing:
-    """``actuator/emergency`` for one board (current firmware only: see emergency_for_device)."""
-    body: dict[str, Any] = {"action": "stop_all", "reason": _reason(reason)}
-    if timestamp is not None:
-        body["timestamp"] = int(timestamp)
+def encode_device_emergency(kaiser_id: str, esp_id: str, token: str, reason: str = "", *,
+                            clear: bool = False) -> Outgoing:
+    """``actuator/emergency`` for one board: ``emergency_stop`` (or ``clear_emergency``
+    with ``clear``). Both generations read only ``command`` and ``auth_token``:
+    legacy requires the board's stored token (the esp id unless one was set),
+    current checks it only when one is set. ``token`` must be ASCII."""
+    if not isinstance(token, str) or not token or not token.isascii() or len(token) > 64:
+        raise CodecError("an emergency token must be 1-64 ASCII characters")
+    body: dict[str, Any] = {"command": "clear_emergency" if clear else "emergency_stop", "auth_token": token}
+    if not clear and reason:
+        body["reason"] = _reason(reason)
     return Outgoing(f"kaiser/{kaiser_id}/esp/{_esp(esp_id)}/actuator/emergency", _dumps(body), 1, False)
 
 
-def emergency_for_device(kaiser_id: str, device: Device, reason: str, *,
-                         timestamp: float | None = None) -> list[Outgoing]:
-    """The per-board stop plus an OFF to each of its actuators (legacy firmware drops
-    the per-board topic)."""
-    out = [encode_device_emergency(kaiser_id, device.esp_id, reason, timestamp=timestamp)]
-    for a in device.actuators:
-        out.append(encode_command(kaiser_id, device.esp_id, a.gpio, a.type, 0.0))
+def sensor_item(s: Sensor) -> dict[str, Any]:
+    """One sensor as the firmware's config item: gpio, sensor_type, sensor_name,
+    subzone_id (when set), active, raw_mode (always true: the server computes
+    values), i2c_address / onewire_address when declared."""
+    item: dict[str, Any] = {"gpio": _gpio(s.gpio), "sensor_type": s.type.lower(), "sensor_name": s.name}
+    if s.subzone:
+        item["subzone_id"] = s.subzone
+    item["active"] = True
+    item["raw_mode"] = True
+    if s.i2c_address is not None:
+        item["i2c_address"] = s.i2c_address
+    if s.onewire_address:
+        item["onewire_address"] = s.onewire_address
+    return item
+
+
+def actuator_item(a: Actuator) -> dict[str, Any]:
+    """One actuator as the firmware's config item: gpio, actuator_type,
+    actuator_name, aux_gpio / subzone_id (when set), active, critical,
+    inverted_logic, default_state, default_pwm (0-255)."""
+    item: dict[str, Any] = {"gpio": _gpio(a.gpio), "actuator_type": a.type, "actuator_name": a.name}
+    if a.aux_gpio is not None:
+        item["aux_gpio"] = _gpio(a.aux_gpio)
+    if a.subzone:
+        item["subzone_id"] = a.subzone
+    item.update(active=True, critical=bool(a.critical), inverted_logic=bool(a.inverted_logic),
+                default_state=bool(a.default_state), default_pwm=255 if a.default_state else 0)
+    return item
+
+
+#: required fields of a config item (the firmware refuses an item without them, a
+#: removal included)
+SENSOR_REQUIRED = ("gpio", "sensor_type", "sensor_name")
+ACTUATOR_REQUIRED = ("gpio", "actuator_type", "actuator_name")
+
+
+def removal(item: Mapping[str, Any], kind: str) -> dict[str, Any]:
+    """The item that removes ``item`` from a board: its required fields and
+    ``active: false`` (boards never drop an item a push leaves out)."""
+    keys = SENSOR_REQUIRED if kind == "sensor" else ACTUATOR_REQUIRED
+    out = {k: item[k] for k in keys if k in item}
+    if item.get("onewire_address"):
+        out["onewire_address"] = item["onewire_address"]  # current addresses ds18b20s by ROM code
+    if item.get("i2c_address") is not None:
+        out["i2c_address"] = item["i2c_address"]
+    out["active"] = False
     return out
 
 
-def config_payload(device: Device, *, removed_sensors: Iterable[int] = (),
-                   removed_actuators: Iterable[int] = ()) -> dict[str, Any]:
-    """The firmware's device configuration for a device of the device map.
-
-    Sensor items: gpio, sensor_type, sensor_name, subzone_id (when set), active,
-    raw_mode (always true: the server computes values), i2c_address /
-    onewire_address when declared. Actuator items: gpio, actuator_type,
-    actuator_name, aux_gpio (when set), subzone_id (when set), active, critical,
-    inverted_logic, default_state, default_pwm (0-255). ``removed_*`` gpios get
-    ``active: false`` (the firmware drops them).
-    """
-    sensors: list[dict[str, Any]] = []
-    for s in device.sensors:
-        item: dict[str, Any] = {"gpio": _gpio(s.gpio), "sensor_type": s.type.lower(),
-                                "sensor_name": s.name}
-        if s.subzone:
-            item["subzone_id"] = s.subzone
-        item["active"] = True
-        item["raw_mode"] = True
-        if s.i2c_address is not None:
-            item["i2c_address"] = s.i2c_address
-        if s.onewire_address:
-            item["onewire_address"] = s.onewire_address
-        sensors.append(item)
-    for g in removed_sensors:
-        sensors.append({"gpio": _gpio(g), "active": False})
-    actuators: list[dict[str, Any]] = []
-    for a in device.actuators:
-        item = {"gpio": _gpio(a.gpio), "actuator_type": a.type, "actuator_name": a.name}
-        if a.aux_gpio is not None:
-            item["aux_gpio"] = _gpio(a.aux_gpio)
-        if a.subzone:
-            item["subzone_id"] = a.subzone
-        item.update(active=True, critical=bool(a.critical), inverted_logic=bool(a.inverted_logic),
-                    default_state=bool(a.default_state), default_pwm=255 if a.default_state else 0)
-        actuators.append(item)
-    for g in removed_actuators:
-        actuators.append({"gpio": _gpio(g), "active": False})
-    return {"sensors": sensors, "actuators": actuators}
+#: the largest config a board takes, per generation and board kind (PROTOCOL.md
+#: "Config": legacy counts the whole MQTT packet, current the payload)
+LEGACY_PACKET_LIMIT = {"esp32dev": 2048, "xiao_esp32c3": 1024}
+CURRENT_PAYLOAD_LIMIT = 4351
+LEGACY_HALF_LIMIT = 1800  # bytes of one half's JSON text; legacy parses each in a 4096 B document
 
 
-def encode_config(kaiser_id: str, device: Device, *, removed_sensors: Iterable[int] = (),
-                  removed_actuators: Iterable[int] = ()) -> Outgoing:
-    """``config``: the device's sensors and actuators (see config_payload)."""
-    body = config_payload(device, removed_sensors=removed_sensors, removed_actuators=removed_actuators)
-    return Outgoing(f"kaiser/{kaiser_id}/esp/{_esp(device.esp_id)}/config", _dumps(body), 1, False)
+def config_limit(generation: str, board: str | None, topic: str) -> int:
+    """Payload bytes a config push may have for this board (``generation`` legacy,
+    current or auto; ``auto`` takes the smaller of both)."""
+    legacy = LEGACY_PACKET_LIMIT.get(board or "esp32dev", 1024) - (len(topic.encode()) + 2 + 5)
+    if generation == "current":
+        return CURRENT_PAYLOAD_LIMIT
+    return min(legacy, CURRENT_PAYLOAD_LIMIT)
+
+
+def encode_configs(kaiser_id: str, esp_id: str, sensors: list[dict[str, Any]],
+                   actuators: list[dict[str, Any]], correlation_ids: Iterable[str], *,
+                   generation: str = "auto", board: str | None = None) -> list[Outgoing]:
+    """``config`` pushes carrying these items, split so that each fits the board
+    (see config_limit), each with the next id from ``correlation_ids``. Push i
+    carries the i-th share of both kinds, so a legacy board sees an empty half
+    only when the device has fewer items of that kind than pushes. Never
+    retained. Raises CodecError when one item alone does not fit."""
+    topic = f"kaiser/{kaiser_id}/esp/{_esp(esp_id)}/config"
+    limit = config_limit(generation, board, topic)
+    ids = iter(correlation_ids)
+    for n in range(1, len(sensors) + len(actuators) + 2):
+        s_parts = _split(sensors, n)
+        a_parts = _split(actuators, n)
+        bodies = [(s_parts[i], a_parts[i]) for i in range(n)]
+        sized = [_dumps({"correlation_id": "x" * 48, "sensors": s, "actuators": a}) for s, a in bodies]
+        if all(len(b) <= limit for b in sized) and (generation == "current" or all(
+                len(_dumps({"s": s})) <= LEGACY_HALF_LIMIT and len(_dumps({"a": a})) <= LEGACY_HALF_LIMIT
+                for s, a in bodies)):
+            return [Outgoing(topic, _dumps({"correlation_id": next(ids), "sensors": s, "actuators": a}), 1, False)
+                    for s, a in bodies]
+        if n > len(sensors) and n > len(actuators):
+            break
+    raise CodecError(f"a config item for {esp_id} does not fit the board's {limit}-byte limit")
+
+
+def _split(items: list[dict[str, Any]], n: int) -> list[list[dict[str, Any]]]:
+    """``items`` in ``n`` consecutive shares of nearly equal count."""
+    q, r = divmod(len(items), n)
+    out, i = [], 0
+    for k in range(n):
+        j = i + q + (1 if k < r else 0)
+        out.append(items[i:j])
+        i = j
+    return out
 
 
 ACK_STATUSES = ("online", "pending_approval", "rejected", "error")
 
 
 def encode_heartbeat_ack(kaiser_id: str, esp_id: str, *, server_time: float, status: str = "online",
-                         config_available: bool = False, handover_epoch: int = 0) -> Outgoing:
-    """``system/heartbeat/ack`` with every field current firmware requires before it
-    opens its command path. ``server_time``: Unix seconds."""
+                         config_available: bool = False, handover_epoch: int | None = None) -> Outgoing:
+    """``system/heartbeat/ack``. Current firmware requires ``status`` and a
+    ``handover_epoch`` that is a JSON integer >= 1 and, after the board was
+    offline, equal to its own counter: pass the board's ``active_handover_epoch``;
+    None or 0 (a legacy board, a board that never counted) sends 1.
+    ``server_time``: Unix seconds, sent as an integer."""
     if status not in ACK_STATUSES:
         raise CodecError(f"heartbeat ack status must be one of {', '.join(ACK_STATUSES)}, got {status!r}")
     if not math.isfinite(server_time):
         raise CodecError(f"server_time must be finite, got {server_time!r}")
+    epoch = handover_epoch if isinstance(handover_epoch, int) and not isinstance(handover_epoch, bool) \
+        and 1 <= handover_epoch <= 0xFFFFFFFF else 1
     body = {"status": status, "config_available": bool(config_available),
-            "server_time": int(server_time), "handover_epoch": int(handover_epoch),
-            "ack_type": "heartbeat", "contract_version": CONTRACT_VERSION}
+            "server_time": int(server_time), "handover_epoch": epoch}
     return Outgoing(f"kaiser/{kaiser_id}/esp/{_esp(esp_id)}/system/heartbeat/ack", _dumps(body), 1, False)
 
 
@@ -1098,117 +1263,3 @@ def encode_heartbeat(kaiser_id: str, esp_id: str, *, ts: float, uptime: float, h
     if generation == "current":
         body["time_valid"] = True
     return encode_device(kaiser_id, esp_id, "heartbeat", body)
-
-
-@dataclass(frozen=True, slots=True)
-class DeviceCommand:
-    """``actuator/{gpio}/command`` as a board receives it."""
-
-    kaiser_id: str
-    esp_id: str
-    gpio: int
-    command: str
-    value: float
-    duration: int
-
-
-@dataclass(frozen=True, slots=True)
-class EmergencyRequest:
-    """``kaiser/broadcast/emergency`` (esp_id None) or ``actuator/emergency``."""
-
-    kaiser_id: str | None
-    esp_id: str | None
-    action: str
-    reason: str
-
-
-@dataclass(frozen=True, slots=True)
-class DeviceConfig:
-    kaiser_id: str
-    esp_id: str
-    sensors: tuple[Mapping[str, Any], ...]
-    actuators: tuple[Mapping[str, Any], ...]
-
-
-@dataclass(frozen=True, slots=True)
-class HeartbeatAck:
-    kaiser_id: str
-    esp_id: str
-    status: str
-    config_available: bool
-    server_time: int
-    handover_epoch: int
-    ack_type: str
-    contract_version: int
-
-    @property
-    def opens_command_path(self) -> bool:
-        """Current firmware accepts commands only after an ack like this one."""
-        return self.ack_type == "heartbeat" and self.contract_version == CONTRACT_VERSION \
-            and self.status == "online"
-
-
-@dataclass(frozen=True, slots=True)
-class ServerStatus:
-    kaiser_id: str
-    online: bool
-    reason: str | None
-    timestamp: int
-
-
-ServerMessage: TypeAlias = DeviceCommand | EmergencyRequest | DeviceConfig | HeartbeatAck | ServerStatus
-
-_ACK_FIELDS = ("status", "config_available", "server_time", "handover_epoch", "ack_type", "contract_version")
-
-
-def decode_server(topic: str, payload: bytes) -> ServerMessage | Rejection:
-    """Decode a server-to-ESP32 message the way a board reads it. Never raises."""
-    try:
-        return _decode_server(topic, payload)
-    except _Bad as exc:
-        return Rejection(str(topic), exc.reason, _esp_guess(topic), "server", exc.error)
-    except Exception as exc:
-        return Rejection(str(topic), f"cannot decode: {type(exc).__name__}: {_short(str(exc))}",
-                         _esp_guess(topic), "server", "field")
-
-
-def _decode_server(topic: str, payload: bytes) -> ServerMessage:
-    if len(payload) > MAX_PAYLOAD:
-        raise _Bad(f"payload of {len(payload)} bytes exceeds the {MAX_PAYLOAD}-byte limit", "size")
-    try:
-        d = _JSON.decode(bytes(payload).decode("utf-8"))
-    except (ValueError, RecursionError) as exc:
-        raise _Bad(f"payload is not valid JSON: {exc}", "json") from None
-    if d.__class__ is not dict:
-        raise _Bad(f"payload must be a JSON object, got {_json_kind(d)}", "json")
-    if topic == "kaiser/broadcast/emergency":
-        return EmergencyRequest(None, None, _req_str(d, "action"), _soft_str(d, "reason") or "")
-    p = topic.split("/")
-    if len(p) >= 3 and p[0] == "kaiser" and p[2:] == ["server", "status"]:
-        status = _req_str(d, "status")
-        return ServerStatus(p[1], status == "online", _soft_str(d, "reason"), _soft_int(d, "timestamp") or 0)
-    if len(p) < 5 or p[0] != "kaiser" or p[2] != "esp" or not valid_esp_id(p[3]):
-        raise _Bad("not a server-to-ESP32 topic", "topic")
-    k, esp, tail = p[1], p[3], p[4:]
-    if len(tail) == 3 and tail[0] == "actuator" and tail[2] == "command":
-        gpio = _gpio_text(tail[1])
-        cmd = _req_str(d, "command").upper()
-        value = _opt_number(d, "value")
-        dur = _opt_int(d, "duration")
-        return DeviceCommand(k, esp, gpio, cmd, 0.0 if value is None else value, dur or 0)
-    if tail == ["actuator", "emergency"]:
-        return EmergencyRequest(k, esp, _req_str(d, "action"), _soft_str(d, "reason") or "")
-    if tail == ["config"]:
-        s, a = d.get("sensors", []), d.get("actuators", [])
-        if s.__class__ is not list or a.__class__ is not list:
-            raise _Bad("sensors and actuators must be lists")
-        return DeviceConfig(k, esp, tuple(s), tuple(a))
-    if tail == ["system", "heartbeat", "ack"]:
-        missing = [f for f in _ACK_FIELDS if f not in d]
-        if missing:
-            raise _Bad(f"heartbeat ack lacks {', '.join(missing)}")
-        ca = _opt_bool(d, "config_available")
-        return HeartbeatAck(k, esp, _req_str(d, "status"), bool(ca), _opt_int(d, "server_time") or 0,
-                            _opt_int(d, "handover_epoch") or 0, _req_str(d, "ack_type"),
-                            _opt_int(d, "contract_version") or 0)
-    raise _Bad(f"unknown server-to-ESP32 topic tail {'/'.join(tail)!r}", "topic")

@@ -38,6 +38,7 @@ class KaiserSettings:
     id: str = "god"  # kaiser_id in topics: kaiser/{id}/esp/...
     rules: Path = Path("rules")  # absolute, or relative to the working directory when no file
     tz: str = "UTC"
+    max_unknown_devices: int = 1000  # boards outside the device map tracked at once (LRU)
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,7 +106,7 @@ class Settings:
 
 # key -> kind: "str", "duration", "int"
 _SCHEMA: dict[str, dict[str, str]] = {
-    "kaiser": {"id": "str", "rules": "str", "tz": "str"},
+    "kaiser": {"id": "str", "rules": "str", "tz": "str", "max_unknown_devices": "int"},
     "mqtt": {"url": "str", "client_id": "str", "username": "str"},
     "store": {"path": "str", "flush_interval": "duration", "retention": "duration"},
     "websocket": {"listen": "str", "token_env": "str", "max_clients": "int"},
@@ -113,7 +114,9 @@ _SCHEMA: dict[str, dict[str, str]] = {
 _DOCS: dict[str, dict[str, str]] = {
     "kaiser": {"id": "kaiser_id in MQTT topics: kaiser/{id}/esp/...",
                "rules": "rules directory, relative to kaiser.toml",
-               "tz": "IANA time zone for time windows and `at` triggers"},
+               "tz": "IANA time zone for time windows and `at` triggers",
+               "max_unknown_devices": "boards outside the device map tracked at once (least recently "
+                                      "heard forgotten first)"},
     "mqtt": {"url": "mqtt://host:port, mqtts://host:port, or \"embedded\" (in-process broker)",
              "client_id": "MQTT client id (persistent session)",
              "username": "MQTT user name; the password comes only from env KAISER_MQTT_PASSWORD"},
@@ -316,7 +319,8 @@ def _build(values: dict[str, dict[str, Any]], file: str, base: Path | None, line
     if store_path != ":memory:":
         store_path = os.fspath(rel(store_path))
     return Settings(
-        kaiser=KaiserSettings(id=str(k["id"]), rules=rel(str(k["rules"])), tz=str(k["tz"])),
+        kaiser=KaiserSettings(id=str(k["id"]), rules=rel(str(k["rules"])), tz=str(k["tz"]),
+                              max_unknown_devices=int(k["max_unknown_devices"])),
         mqtt=MqttSettings(url=url, client_id=str(m["client_id"]), username=str(m["username"]),
                           password=os.environ.get(PASSWORD_ENV, "")),
         store=StoreSettings(path=store_path, flush_interval=float(s["flush_interval"]),
