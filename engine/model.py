@@ -98,6 +98,10 @@ class Device:
     sensors: tuple[Sensor, ...] = ()
     actuators: tuple[Actuator, ...] = ()
     pos: Position = NOWHERE
+    #: El Trabajante generation: "legacy" | "current" | "auto" (told apart at run time)
+    firmware: str = "auto"
+    #: name of the environment variable holding this board's emergency token (never the token)
+    emergency_token_env: str | None = None
 
 
 # --------------------------------------------------------------------------
