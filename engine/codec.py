@@ -1013,10 +1013,13 @@ def command_for(actuator_type: str, value: float, *, toggle: bool = False) -> tu
 def encode_command(kaiser_id: str, esp_id: str, gpio: int, actuator_type: str, value: float,
                    duration: float | None = None, *, toggle: bool = False) -> Outgoing:
     """``actuator/{gpio}/command``: value is a duty 0.0-1.0, duration seconds (rounded
-    up to whole seconds; None or 0 = none)."""
+    up to whole seconds; None or 0 = none). Compact JSON: the firmware scans for the
+    literal ``"key":``. The duration travels only with ``ON``, the one verb current
+    firmware arms its auto-off for (legacy ignores it everywhere): the end of a PWM
+    or TOGGLE ``for:`` is the server's own OFF."""
     cmd, v = command_for(actuator_type, value, toggle=toggle)
     topic = f"kaiser/{kaiser_id}/esp/{_esp(esp_id)}/actuator/{_gpio(gpio)}/command"
-    dur = 0 if cmd == "OFF" else wire_duration(duration)
+    dur = wire_duration(duration) if cmd == "ON" else 0
     return Outgoing(topic, _dumps({"command": cmd, "value": v, "duration": dur}), 1, False)
 
 
