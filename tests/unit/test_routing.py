@@ -152,7 +152,10 @@ def test_actuator_refs_and_pins():
         ROUTER.actuator_target("north.nope")
     out = ROUTER.encode("god", Command("north.vent", 0.4, duration=12.5))
     assert out.topic == f"kaiser/god/esp/{ESP}/actuator/25/command"
-    assert json.loads(out.payload) == {"command": "PWM", "value": 0.4, "duration": 13}
+    # current firmware arms its auto-off only for ON: a PWM's end is the server's OFF
+    assert json.loads(out.payload) == {"command": "PWM", "value": 0.4, "duration": 0}
+    out = ROUTER.encode("god", Command("north.pump", 1.0, duration=12.5))
+    assert json.loads(out.payload) == {"command": "ON", "value": 1.0, "duration": 13}
 
 
 def test_quantity_lookup_for_refs():
