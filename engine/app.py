@@ -612,8 +612,12 @@ class Server:
                              {"esp_id": r.esp_id, "actuator": ref, "gpio": r.gpio, "command": r.command,
                               "value": r.value, "success": r.success, "message": r.message}, now)
         if not r.success:
-            self._event(Event(now, "command_failed", "warning", ref or r.esp_id,
-                              f"{ref or r.esp_id} refused {r.command}: {r.message}",
+            name = self._device_name(r.esp_id)
+            latched = name is not None and self._emergency_active(name)
+            # a latched board refuses everything, OFF included: expected during a stop
+            self._event(Event(now, "command_failed", "info" if latched else "warning", ref or r.esp_id,
+                              f"{ref or r.esp_id} refused {r.command}: {r.message}"
+                              + (" (emergency stop latched on the board)" if latched else ""),
                               {"esp_id": r.esp_id, "gpio": r.gpio, "command": r.command, "message": r.message}))
             if ref and not r.retained:
                 # the actuator kept its last reported state, whatever was commanded
