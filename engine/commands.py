@@ -265,6 +265,13 @@ def cmd_why(args: argparse.Namespace) -> int:
         evs = run_query(settings, (
             "SELECT epoch(ts), kind, message FROM events "
             f"WHERE subject = '{ref}' AND ts >= to_timestamp({t0}) ORDER BY ts"))
+        device = ref.split(".", 1)[0]
+        # what the board was sent and answered: config pushes matched by correlation id
+        board = run_query(settings, (
+            "SELECT epoch(ts), kind, message FROM ("
+            "SELECT ts, kind, message FROM events "
+            f"WHERE subject = '{device}' AND kind IN ('config', 'config_response') ORDER BY ts DESC LIMIT 4"
+            ") ORDER BY ts"))
     except StoreError as exc:
         print(f"kaiser: {exc}", file=sys.stderr)
         return 1
@@ -296,6 +303,8 @@ def cmd_why(args: argparse.Namespace) -> int:
         print(f"now reported: {'on' if state else 'off'} ({value:.2f}), emergency {emergency}")
     for ts, kind, message in evs.rows:
         print(f"event {time.strftime('%H:%M:%S', time.localtime(ts))} {kind}: {message}")
+    for ts, kind, message in board.rows:
+        print(f"board {time.strftime('%H:%M:%S', time.localtime(ts))} {kind}: {message}")
     return 0
 
 
