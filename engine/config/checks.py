@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 
 from engine.config.boards import ANALOG_TYPES, BOARDS, Board, board, pin_ranges
+from engine.config.firmware_checks import firmware
 from engine.diagnostics import Diagnostic, Severity
 from engine.model import (
     NOWHERE,
@@ -1153,4 +1154,5 @@ _CHECKS: tuple[Callable[[_Context], None], ...] = (
     _interactions,
     _tests,
     _hygiene,
+    firmware,  # K48x, engine/config/firmware_checks.py
 )

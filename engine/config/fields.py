@@ -22,6 +22,8 @@ REF_PART = r"[A-Za-z0-9_-]+"
 SENSOR_REF_RE = re.compile(rf"^{REF_PART}\.{REF_PART}(\.{REF_PART})?$")
 ACTUATOR_REF_RE = re.compile(rf"^{REF_PART}\.{REF_PART}$")
 DEVICE_REF_RE = re.compile(rf"^{REF_PART}$")
+#: the name of an environment variable (``emergency_token_env: NORTH_ESTOP_TOKEN``)
+ENV_NAME_RE = re.compile(r"^[A-Z_][A-Z0-9_]*$")
 
 
 #: words people write for a key Kaiser spells differently: unknown key -> (meant key, hint)
@@ -293,6 +295,22 @@ class Ctx:
         hint = did_you_mean(str(v), choices) if isinstance(v, str) else ""
         self.error("K204", f"{what} must be one of {', '.join(choices)}, not {type_name(s)}",
                    s.pos, hint=hint)
+        return None
+
+    def env_name(self, node: YNode | None, what: str) -> str | None:
+        """The name of an environment variable (upper-case letters, digits, ``_``; no
+        leading digit). A bad value is not quoted back: it may be a secret written in
+        the wrong place, and findings end up in CI logs."""
+        s = self.scalar(node, what)
+        if s is None:
+            return None
+        v = s.value
+        if isinstance(v, str) and ENV_NAME_RE.match(v):
+            return v
+        hint = "upper-case letters, digits and '_', not starting with a digit, e.g. KAISER_NORTH_TOKEN"
+        if isinstance(v, str) and ENV_NAME_RE.match(v.upper()):
+            hint = "write the name in upper case"
+        self.error("K204", f"{what} must be the name of an environment variable", s.pos, hint=hint)
         return None
 
     def ref(self, node: YNode | None, what: str, kind: str) -> str | None:

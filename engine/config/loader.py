@@ -32,6 +32,7 @@ from engine.conditions import build_condition, compare
 from engine.config.boards import BOARDS as _BOARD_TABLES
 from engine.config.checks import Gaps
 from engine.config.fields import RULE_NAME_RE, Ctx, did_you_mean
+from engine.config.firmware_checks import FIRMWARES, ROM_RE
 from engine.config.source import YMap, YNode, YScalar, YSeq, read_yaml, type_name
 from engine.diagnostics import Diagnostic
 from engine.model import (
@@ -60,7 +61,10 @@ from engine.model import (
 
 SECTIONS = ("devices", "safety", "rules", "tests")
 BOARDS: tuple[str, ...] = tuple(_BOARD_TABLES)  # esp32dev, xiao_esp32c3
-DEVICE_KEYS = ("esp_id", "zone", "board", "sensors", "actuators")
+DEVICE_KEYS = ("esp_id", "zone", "board", "firmware", "emergency_token_env", "sensors", "actuators")
+#: a device key that would hold a secret (``token``, ``emergency_token``, ``auth_token``,
+#: ``password``, ...): never in the YAML; ``*_env`` keys name a variable and are no secret
+SECRET_KEY_RE = re.compile(r"(^|_)(token|secret|password|passwd|auth|api_?key)(_|$)", re.IGNORECASE)
 SENSOR_KEYS = ("gpio", "type", "calibration", "i2c_address", "onewire_address", "subzone")
 ACTUATOR_KEYS = ("gpio", "type", "aux_gpio", "critical", "inverted_logic", "default_state", "subzone")
 SAFETY_KEYS = ("defaults", "actuators", "interlocks")
@@ -214,7 +218,7 @@ class _Loader:
         if m is None:
             return None
         ctx.parents = [SECTIONS]
-        ctx.keys(m, DEVICE_KEYS, f"device {name!r}", required=("esp_id",),
+        ctx.keys(self._no_secrets(name, m), DEVICE_KEYS, f"device {name!r}", required=("esp_id",),
                  children=SENSOR_KEYS + ACTUATOR_KEYS)
         esp_id = ctx.text(m.values.get("esp_id"), "'esp_id'")
         if esp_id is not None and unique:
@@ -228,6 +232,11 @@ class _Loader:
         board = None
         if "board" in m.values:
             board = ctx.choice(m.values["board"], "'board'", BOARDS)
+        firmware = "auto"
+        if "firmware" in m.values:
+            firmware = ctx.choice(m.values["firmware"], "'firmware'", FIRMWARES) or "auto"
+        token_env = ctx.env_name(m.values["emergency_token_env"], "'emergency_token_env'") \
+            if "emergency_token_env" in m.values else None
         sensors: list[Sensor] = []  # the model's
         actuators: list[Actuator] = []
         c_sensors: list[Sensor] = []  # the checks' (also those with an unknown type)
@@ -271,15 +280,36 @@ class _Loader:
                 if whole is None and not dup and unique:  # declared: refs to it are not "unknown"
                     self.gap_refs.add(f"{name}.{item}")
         ctx.parents = []
-        checked = Device(name, esp_id or "", zone, board, tuple(c_sensors), tuple(c_actuators), kpos)
+        checked = Device(name, esp_id or "", zone, board, tuple(c_sensors), tuple(c_actuators), kpos,
+                         firmware, token_env)
         if dup_sensors or dup_actuators:
-            self.extra_devices.append(Device(name, esp_id or "", zone, board, (*c_sensors, *dup_sensors),
-                                             (*c_actuators, *dup_actuators), kpos))
+            self.extra_devices.append(replace(checked, sensors=(*c_sensors, *dup_sensors),
+                                              actuators=(*c_actuators, *dup_actuators)))
         if esp_id is None:
             return None, checked
         model = checked if (sensors, actuators) == (c_sensors, c_actuators) else \
-            Device(name, esp_id, zone, board, tuple(sensors), tuple(actuators), kpos)
+            replace(checked, sensors=tuple(sensors), actuators=tuple(actuators))
         return model, checked
+
+    def _no_secrets(self, name: str, m: YMap) -> YMap:
+        """Report every key that would hold a secret (K209, without its value: findings
+        end up in CI logs) and return the mapping without them."""
+        secrets = [k for k in m.values if k not in DEVICE_KEYS and SECRET_KEY_RE.search(k)
+                   and not k.lower().endswith("_env")]
+        if not secrets:
+            return m
+        var = "KAISER_" + re.sub(r"[^A-Z0-9]+", "_", name.upper()).strip("_") + "_TOKEN"
+        for k in secrets:
+            self.ctx.error("K209", f"device {name!r} has a secret written in the YAML ({k!r}): tokens "
+                           "never go into the rules files", m.keys[k],
+                           hint=f"put the token in an environment variable of the server and name the "
+                           f"variable here: emergency_token_env: {var}")
+        rest = YMap(m.file, m.line, m.col)
+        for k, v in m.values.items():
+            if k not in secrets:
+                rest.values[k] = v
+                rest.keylc[k] = m.keylc[k]
+        return rest
 
     def sensor(self, device: str, name: str, node: YNode) -> tuple[Sensor | None, Sensor | None]:
         """(the model's sensor, the checks' sensor): the checks also get one whose
@@ -326,6 +356,8 @@ class _Loader:
             if "i2c_address" in m.values else None
         onewire = ctx.text(m.values["onewire_address"], "'onewire_address'") \
             if "onewire_address" in m.values else None
+        if onewire is not None and ROM_RE.match(onewire.strip()):
+            onewire = onewire.strip().upper()  # as the board spells it (a malformed one is K482)
         subzone = ctx.text(m.values["subzone"], "'subzone'") if "subzone" in m.values else None
         if gpio is None:
             return None, None

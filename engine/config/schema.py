@@ -18,6 +18,8 @@ from typing import Any
 
 from engine import actions, conditions
 from engine.config import loader
+from engine.config.fields import ENV_NAME_RE
+from engine.config.firmware_checks import ESP_ID_RE, FIRMWARES, ROM_RE
 from engine.config.settings import settings_schema
 from engine.model import ACTUATOR_TYPES, Code
 from engine.units import WEEKDAYS
@@ -81,7 +83,8 @@ def devices_schema() -> dict[str, Any]:
             "calibration": {"type": "object", "additionalProperties": {"type": "number"},
                             "description": "calibration points, e.g. {dry: 3200, wet: 1300}"},
             "i2c_address": {"type": "integer", "minimum": 0, "maximum": 127},
-            "onewire_address": {"type": "string"},
+            "onewire_address": {"type": "string", "pattern": ROM_RE.pattern,
+                                "description": "the DS18B20's ROM code, 16 hex digits, e.g. 28FF641E8D3C0C79"},
             "subzone": {"type": "string"},
         },
     }
@@ -104,9 +107,15 @@ def devices_schema() -> dict[str, Any]:
         "required": ["esp_id"],
         "additionalProperties": False,
         "properties": {
-            "esp_id": {"type": "string", "minLength": 1, "description": "e.g. ESP_12AB34CD"},
+            "esp_id": {"type": "string", "pattern": ESP_ID_RE.pattern,
+                       "description": "ESP_ and 6 to 8 upper-case hex digits, e.g. ESP_12AB34CD"},
             "zone": {"type": "string"},
             "board": {"enum": list(loader.BOARDS)},
+            "firmware": {"enum": list(FIRMWARES), "default": "auto",
+                         "description": "El Trabajante generation the board runs (auto: told apart at run time)"},
+            "emergency_token_env": {"type": "string", "pattern": ENV_NAME_RE.pattern,
+                                    "description": "the environment variable holding the board's emergency "
+                                                   "token (never the token itself)"},
             "sensors": {"type": "object", "propertyNames": {"pattern": _NAME},
                         "additionalProperties": {"$ref": "#/$defs/sensor"}},
             "actuators": {"type": "object", "propertyNames": {"pattern": _NAME},

@@ -52,7 +52,7 @@ NORTH = Device(
     "ESP_4A1B2C",
     board="esp32dev",
     sensors=(
-        S("north", "air_temp", 4, "ds18b20", pos=P(1)),
+        S("north", "air_temp", 4, "ds18b20", onewire_address="28FF641E8D3C0C79", pos=P(1)),
         S("north", "climate", 21, "sht31", i2c_address=0x44, quantities=("temperature", "humidity"), pos=P(2)),
         S("north", "soil", 34, "moisture", pos=P(3)),
     ),
@@ -182,7 +182,7 @@ def test_aux_gpio_conflicts_and_pins() -> None:
 
 def test_gpio_is_per_device() -> None:
     south = Device("south", "ESP_7C3D9E", board="esp32dev",
-                   sensors=(S("south", "air_temp", 4, "ds18b20", pos=P(50)),),
+                   sensors=(S("south", "air_temp", 4, "ds18b20", onewire_address="28EDBF88465F03F5", pos=P(50)),),
                    actuators=(A("south", "fan", 5, "relay", pos=P(51)),), pos=P(49))
     found = check(rule("a", cmp("north.air_temp", "above", 28), on("north.fan"), on("south.fan")),
                   devices=(NORTH, south))

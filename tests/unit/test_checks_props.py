@@ -42,7 +42,7 @@ THRESHOLDS = (10.0, 20.0, 30.0)
 MINUTES = (0, 360, 1080, 1320)
 DEVICE = Device(
     "north", "ESP_4A1B2C",
-    sensors=(Sensor("north", "air_temp", 4, "ds18b20", pos=P), Sensor("north", "soil", 34, "moisture", pos=P)),
+    sensors=(Sensor("north", "air_temp", 4, "ds18b20", onewire_address="28FF641E8D3C0C79", pos=P), Sensor("north", "soil", 34, "moisture", pos=P)),
     actuators=(Actuator("north", "fan", 5, "relay", pos=P), Actuator("north", "heater", 18, "relay", pos=P)),
     pos=P,
 )
