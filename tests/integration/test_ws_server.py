@@ -233,17 +233,16 @@ async def test_estop_and_reset_from_the_cli_go_through_the_running_server(
     ns = argparse.Namespace(config=str(toml), device="south", reason="smoke in south")
     assert await asyncio.to_thread(cmd_estop, ns) == 0
     _, p = await board.expect(lambda t, p: t.endswith(f"{SOUTH}/actuator/emergency"))
-    assert p["action"] == "stop_all" and p["reason"] == "smoke in south"
-    await board.expect(lambda t, p: t.endswith(f"{SOUTH}/actuator/25/command") and p["command"] == "OFF")
-    await board.heartbeat(SOUTH, uptime=200)  # no config while stopped: it would clear the board's latch
+    assert p == {"command": "emergency_stop", "auth_token": SOUTH, "reason": "smoke in south"}
+    await board.heartbeat(SOUTH, uptime=200)  # no config while stopped: it would clear a legacy latch
     await asyncio.sleep(0.2)
     assert configs() == 1
     ns = argparse.Namespace(config=str(toml), device="south", reason="all clear")
     assert await asyncio.to_thread(cmd_reset, ns) == 0
-    # after the reset the board gets its config again, which clears its own latch
-    async with asyncio.timeout(10):
-        while configs() < 2:
-            await asyncio.sleep(0.05)
+    # the reset clears the board's own latch with clear_emergency; nothing is switched on
+    _, p = await board.expect(lambda t, p: t.endswith(f"{SOUTH}/actuator/emergency")
+                              and p["command"] == "clear_emergency")
+    assert p["auth_token"] == SOUTH
     ns = argparse.Namespace(config=str(toml), sql="SELECT kind FROM events WHERE kind = 'emergency'")
     assert await asyncio.to_thread(cmd_query, ns) == 0
     ns = argparse.Namespace(config=str(toml), device="nowhere", reason="x")
