@@ -64,7 +64,7 @@ devices:
   north:
     esp_id: ESP_00A1B2
     sensors:
-      air_temp: {gpio: 4, type: DS18B20}
+      air_temp: {gpio: 4, type: DS18B20, onewire_address: 28FF641E8D3C0C79}
     actuators:
       heater: {gpio: 18, type: relay}
   south:

@@ -54,7 +54,7 @@ async def test_websocket_streams_readings_and_commands_and_takes_control(server:
         ev = await _next(ws, lambda e: e["event_type"] in ("control_result", "error"))
         assert ev["event_type"] == "control_result"
         _, p = await board.expect(lambda t, p: t.endswith(f"{SOUTH}/actuator/25/command"))
-        assert p == {"command": "PWM", "value": 0.4, "duration": 30}
+        assert p == {"command": "PWM", "value": 0.4, "duration": 0}  # the end of a PWM is the server's OFF
         # emergency stop: broadcast on the wire; then manual ON is refused with the guard's code
         await ws.send(json.dumps({"type": "emergency_stop", "reason": "test"}))
         await _next(ws, lambda e: e["event_type"] == "control_result")
