@@ -28,7 +28,7 @@ devices:
     esp_id: ESP_12AB34
     board: esp32dev
     sensors:
-      air_temp: {gpio: 4, type: DS18B20}
+      air_temp: {gpio: 4, type: DS18B20, onewire_address: "28FF641E8D3C0C79"}
       soil:     {gpio: 34, type: moisture}
     actuators:
       fan:  {gpio: 5, type: relay}
@@ -165,7 +165,7 @@ devices:
       fan: {gpio: 5, type: fan}
   south:
     sensors:
-      t: {gpio: 4, type: DS18B20}
+      t: {gpio: 4, type: DS18B20, onewire_address: "28EDBF88465F03F5"}
     actuators:
       heater: {gpio: 5, type: relay}
   east: not a mapping
