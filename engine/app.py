@@ -245,18 +245,24 @@ class Server:
         self._record_version(version, ok=True, now=now)
         await self._start_mqtt()
         if self.ws_enabled:
+            from engine import auth
+
             w = self.settings.websocket
+            keys = auth.configured_keys(w.token_env, w.tokens_env)  # ConfigError when malformed
             self.hub = Hub(
                 self.ws_listen,
-                token=w.token,
+                keys=keys,
                 max_clients=w.max_clients,
                 on_control=self._control,
                 health=self.health,
                 metrics=self.prometheus,
-                query=self._query,
+                query=self.store.query_pool(w.query_timeout, w.query_workers),
+                query_timeout=w.query_timeout,
                 now=self.clock.now,
             )
             await self.hub.start()
+            if keys is None:  # control always needs a key: a new one, in the token file
+                self.hub.keys = auth.local_key(auth.token_path(self.settings.store.path, self.hub.port))
         self._tasks.append(asyncio.create_task(self._timer_loop(), name="kaiser-timers"))
         _tune_gc()
         if self.watch_enabled and self.rules_dir.exists():
@@ -857,21 +863,21 @@ class Server:
             return True
 
     # ------------------------------------------------------------------ control
-    async def _control(self, msg: dict[str, Any]) -> dict[str, Any]:
-        """WebSocket control messages (the token is already checked)."""
+    async def _control(self, msg: dict[str, Any], operator: str) -> dict[str, Any]:
+        """WebSocket control messages. The Hub checked the key; ``operator`` (the key's
+        name, plus the login the client reports) is what the record names."""
         now = self.clock.now()
         kind = msg.get("type")
-        who = str(msg.get("who") or "websocket")
         if kind in ("emergency_stop", "reset_emergency"):
             target = msg.get("device") or "all"
             if not isinstance(target, str) or (target != "all" and (
                     self.deployment is None or target not in self.deployment.devices)):
                 raise ControlRefused(f"unknown device {target!r}")
-            reason = str(msg.get("reason") or ("reset" if kind == "reset_emergency" else "emergency stop"))
+            reason = str(msg.get("reason") or ("reset" if kind == "reset_emergency" else "emergency stop"))[:500]
             if kind == "emergency_stop":
-                out = self.kaiser.emergency_stop(target, reason, who, now)
+                out = self.kaiser.emergency_stop(target, reason, operator, now)
             else:
-                out = self.kaiser.reset(target, who, reason, now)
+                out = self.kaiser.reset(target, operator, reason, now)
             self._apply(out, now)
             self._save_snapshot(immediate=True)
             return {"ok": True, "target": target}
@@ -885,8 +891,14 @@ class Server:
                 duration = None if dur in (None, "", 0) else parse_duration(dur)
             except (ValueError, KaiserError) as exc:
                 raise ControlRefused(str(exc)) from None
-            cmd = Command(ref, value, duration, source="manual", reason=str(msg.get("reason") or f"manual ({who})"),
-                          toggle=toggle, priority=int(msg.get("priority") or 1000))
+            priority = msg.get("priority", 1000)
+            if priority is None:
+                priority = 1000
+            if isinstance(priority, bool) or not isinstance(priority, int) or abs(priority) > 1_000_000:
+                raise ControlRefused(f"priority must be a whole number from -1000000 to 1000000, got {priority!r}")
+            why = str(msg.get("reason") or "manual")[:500]
+            cmd = Command(ref, value, duration, source="manual", reason=f"{why} (by {operator})",
+                          toggle=toggle, priority=priority)
             out = self.kaiser.command(cmd, now)
             self._apply(out, now)
             blocked = [b for b in out.blocked if b.command.actuator == ref]
@@ -897,11 +909,6 @@ class Server:
         raise ControlRefused(f"unknown control {kind!r}")
 
     # ------------------------------------------------------------------ health
-    def _query(self, sql: str) -> dict[str, Any]:
-        assert self.store is not None
-        self.store.flush()
-        return self.store.query(sql).as_json()
-
     def health(self) -> dict[str, Any]:
         store = self.store
         return {

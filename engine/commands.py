@@ -107,14 +107,26 @@ async def _send_control(url: str, msg: dict[str, Any], timeout: float = 10.0) ->
                 return reply
 
 
+def _cli_token(settings: Settings) -> tuple[str | None, str]:
+    """The control key the CLI sends: ``$KAISER_WS_TOKEN`` (``[websocket] token_env``)
+    when set, else the running server's token file. -> (token, where it came from)."""
+    from engine import auth
+
+    w = settings.websocket
+    if w.token:
+        return w.token, f"${w.token_env}"
+    path = auth.token_path(settings.store.path, w.port)
+    return auth.read_token(path), str(path)
+
+
 def _control_cli(args: argparse.Namespace, msg: dict[str, Any]) -> int:
     settings = _settings(args)
     if settings is None:
         return 2
-    token = settings.websocket.token
+    token, source = _cli_token(settings)
     if token:
         msg["token"] = token
-    msg["who"] = f"cli ({_operator()})"
+    msg["who"] = _operator()  # recorded as "KEY (login)": the key names who may, this who did
     url = _ws_url(settings)
     try:
         reply = asyncio.run(_send_control(url, msg))
@@ -125,7 +137,12 @@ def _control_cli(args: argparse.Namespace, msg: dict[str, Any]) -> int:
         print(f"kaiser: {url}: {exc}", file=sys.stderr)
         return 1
     if reply.get("event_type") == "error":
-        print(f"kaiser: {reply['data'].get('message')}", file=sys.stderr)
+        message = str(reply.get("data", {}).get("message"))
+        print(f"kaiser: {message}", file=sys.stderr)
+        if "token" in message:
+            print(f"kaiser: the CLI sends ${settings.websocket.token_env} when it is set, else the "
+                  f"token the server writes at start ({source}: {'read' if token else 'not readable'})",
+                  file=sys.stderr)
         return 1
     print(json.dumps(reply.get("data", {}), indent=2))
     return 0
@@ -149,14 +166,15 @@ def cmd_reset(args: argparse.Namespace) -> int:
 
 def run_query(settings: Settings, sql: str) -> QueryResult:
     """Read-only SQL: through the running server (DuckDB has one writer process),
-    else straight from the file opened read-only. Raises StoreError."""
+    else straight from the file opened read-only, in the same sandbox
+    (engine/adapters/query.py). Raises StoreError."""
     w = settings.websocket
     host = w.host if w.host not in ("0.0.0.0", "::", "") else "127.0.0.1"
     url = f"http://{host}:{w.port}/query?" + urllib.parse.urlencode({"sql": sql})
-    token = w.token
+    token, source = _cli_token(settings)
     req = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"} if token else {})
     try:
-        with urllib.request.urlopen(req, timeout=30) as r:
+        with urllib.request.urlopen(req, timeout=w.query_timeout + 20) as r:
             data = json.loads(r.read())
             return QueryResult(data["columns"], [tuple(x) for x in data["rows"]], data.get("truncated", False))
     except urllib.error.HTTPError as e:
@@ -164,6 +182,8 @@ def run_query(settings: Settings, sql: str) -> QueryResult:
             msg = json.loads(e.read()).get("error", str(e))
         except ValueError:
             msg = str(e)
+        if e.code == 401:
+            msg += f" (the CLI sends ${w.token_env} when it is set, else the server's token file: {source})"
         raise StoreError(msg) from None
     except (OSError, ValueError):
         pass  # no server: open the file
@@ -172,7 +192,7 @@ def run_query(settings: Settings, sql: str) -> QueryResult:
         raise StoreError(f"no server answers on {host}:{w.port} and there is no store file {path}")
     store = Store(path, read_only=True)
     try:
-        return store.query(sql)
+        return store.query(sql, timeout=w.query_timeout)
     finally:
         store.close()
 

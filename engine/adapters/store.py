@@ -22,12 +22,20 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import duckdb
 import pyarrow as pa
 
+from engine.adapters.query import (
+    DEFAULT_TIMEOUT,
+    MAX_ROWS,
+    QueryPool,
+    QueryResult,
+    check_read_only,
+    open_sealed,
+    run_query,
+)
 from engine.errors import StoreError
 from engine.model import Allowed, Blocked, Event, Notification, Reading, RuleRun
 
@@ -142,44 +150,9 @@ _LATEST_UPSERT = """INSERT INTO latest_readings
 #: tables that retention trims (config_versions and state are kept)
 RETAINED_TABLES = tuple(TABLES)
 
-_READ_ONLY_TYPES = {"SELECT", "EXPLAIN"}
 CHUNK = 2000  # rows per Arrow batch
 
-
-@dataclass(frozen=True, slots=True)
-class QueryResult:
-    columns: list[str]
-    rows: list[tuple[Any, ...]]
-    truncated: bool = False
-
-    def as_json(self) -> dict[str, Any]:
-        return {
-            "columns": self.columns,
-            "rows": [[_jsonable(v) for v in r] for r in self.rows],
-            "truncated": self.truncated,
-        }
-
-
-def _jsonable(v: Any) -> Any:
-    if v is None or isinstance(v, (bool, int, float, str)):
-        return v
-    if hasattr(v, "isoformat"):
-        return v.isoformat()
-    return str(v)
-
-
-def check_read_only(sql: str) -> None:
-    """Raise StoreError unless every statement in ``sql`` only reads."""
-    try:
-        statements = duckdb.extract_statements(sql)
-    except duckdb.Error as exc:
-        raise StoreError(f"cannot parse query: {exc}") from exc
-    if not statements:
-        raise StoreError("empty query")
-    for st in statements:
-        kind = str(st.type).rsplit(".", 1)[-1]
-        if kind not in _READ_ONLY_TYPES:
-            raise StoreError(f"read-only: {kind} statements are not allowed (SELECT only)")
+__all__ = ["QueryResult", "Store", "check_read_only"]  # the query types live in engine.adapters.query
 
 
 def _plain(v: object) -> object:
@@ -233,10 +206,11 @@ class Store:
         self.read_only = read_only
         self._now = now
         try:
-            self._con = duckdb.connect(path, read_only=read_only)
+            # sealed: no files, URLs or extensions, configuration locked (these settings
+            # belong to the database, and /query reads it: engine/adapters/query.py)
+            self._con = open_sealed(path, read_only=read_only)
         except duckdb.Error as exc:
             raise StoreError(f"cannot open store {path}: {exc}") from exc
-        self._con.execute("SET TimeZone='UTC'")
         if not read_only:
             self._create()
         self._lock = threading.Lock()
@@ -517,10 +491,17 @@ class Store:
         return gone
 
     # ------------------------------------------------------------------ reads
-    def query(self, sql: str, params: Sequence[object] | None = None, max_rows: int = 10_000) -> QueryResult:
-        """Run read-only SQL (SELECT/EXPLAIN only; StoreError otherwise)."""
-        check_read_only(sql)
-        return self._select(sql, params, max_rows)
+    def query(self, sql: str, params: Sequence[object] | None = None, max_rows: int = MAX_ROWS,
+              timeout: float = DEFAULT_TIMEOUT) -> QueryResult:
+        """Run untrusted read-only SQL in the sandbox (engine/adapters/query.py) on a
+        connection of its own, interrupted after ``timeout`` seconds. Raises
+        StoreError (QueryRefused, QueryTimeout, or DuckDB's error)."""
+        return run_query(self._con.cursor, sql, params=params, timeout=timeout, max_rows=max_rows)
+
+    def query_pool(self, timeout: float = DEFAULT_TIMEOUT, workers: int = 2, backlog: int = 8) -> QueryPool:
+        """The pool that runs the HTTP port's queries (each sees what was appended
+        before it: the store is flushed first). Close it before the store."""
+        return QueryPool(self._con.cursor, timeout=timeout, workers=workers, backlog=backlog, before=self.flush)
 
     def _select(self, sql: str, params: Sequence[object] | None = None, max_rows: int = 10_000) -> QueryResult:
         cur = self._con.cursor()

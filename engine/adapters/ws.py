@@ -3,8 +3,12 @@
 ``ws://HOST:PORT/ws``: clients subscribe to topics with MQTT wildcards and get JSON
 events ``{"event_type", "ts", "topic", "data"}``. ``GET /health`` (JSON),
 ``GET /metrics`` (Prometheus text) and ``GET /query?sql=...`` (read-only SQL through
-the running server; needs the token, as ``Authorization: Bearer T``, when one is
-set) answer on the same port.
+the running server, engine/adapters/query.py; needs a control key, as
+``Authorization: Bearer T``) answer on the same port.
+
+Control messages and ``/query`` always need a key (engine/auth.py); a hub without
+keys refuses both. A missing, wrong or odd key (not a string, huge, not ASCII) is
+an ``error`` event or HTTP 401, never an exception.
 
 Each client has a bounded queue and its own sender task: a client whose queue fills
 is dropped (close code 1013) and never delays the others. A client that sends
@@ -16,20 +20,24 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
-import hmac
 import json
 import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from http import HTTPStatus
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import parse_qs, urlparse
 
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
+from websockets.protocol import State
+
+from engine.adapters.query import QueryBusy, QueryCancelled, QueryResult, QueryTimeout
+from engine.auth import Keyring, operator
+from engine.errors import StoreError
 
 log = logging.getLogger("kaiser.ws")
 
@@ -46,7 +54,17 @@ class ControlRefused(Exception):
     """A control message the server will not carry out; the text goes to the client."""
 
 
-ControlHandler = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
+#: ``on_control(msg, operator)``: ``operator`` names the key that opened it, plus
+#: the login the client reports ("local (alice)")
+ControlHandler = Callable[[dict[str, Any], str], Awaitable[dict[str, Any]]]
+
+
+class QueryService(Protocol):
+    """What answers ``/query``: engine.adapters.query.QueryPool."""
+
+    async def run(self, sql: str, gone: Callable[[], bool] | None = None) -> QueryResult: ...
+
+    async def aclose(self, wait: float = 2.0) -> None: ...
 
 
 def iso(ts: float) -> str:
@@ -92,22 +110,26 @@ class Client:
 class Hub:
     """The WebSocket/HTTP server. ``publish()`` fans an event out to subscribers.
 
-    ``on_control(msg)`` carries out a checked control message and returns a result
-    dict, or raises ControlRefused. ``health()`` -> JSON-able dict, ``metrics()`` ->
-    Prometheus text, ``query(sql)`` -> JSON-able dict (may raise; runs in a thread).
-    ``token``: when set, control messages must carry it.
+    ``on_control(msg, operator)`` carries out a control message whose key was
+    checked and returns a result dict, or raises ControlRefused. ``health()`` ->
+    JSON-able dict, ``metrics()`` -> Prometheus text, ``query``: runs ``/query``
+    (closed by ``stop()``; ``query_timeout`` seconds per query). ``keys``: the
+    control keys (``token``: one key named "shared", for tests); without any,
+    control and ``/query`` are refused.
     """
 
     def __init__(
         self,
         listen: str = "127.0.0.1:8765",
         *,
+        keys: Keyring | None = None,
         token: str | None = None,
         max_clients: int = 100,
         on_control: ControlHandler | None = None,
         health: Callable[[], dict[str, Any]] | None = None,
         metrics: Callable[[], str] | None = None,
-        query: Callable[[str], dict[str, Any]] | None = None,
+        query: QueryService | None = None,
+        query_timeout: float = 10.0,
         queue_size: int = 1000,
         idle_timeout: float = 300.0,
         now: Callable[[], float] | None = None,
@@ -115,12 +137,13 @@ class Hub:
         host, _, port = listen.rpartition(":")
         self.host = host or "127.0.0.1"
         self.port = int(port or 8765)
-        self.token = token or None
+        self.keys = keys if keys is not None else (Keyring.of({"shared": token}) if token else None)
         self.max_clients = max_clients
         self.on_control = on_control
         self.health = health or (lambda: {"ok": True})
         self.metrics = metrics or (lambda: "")
         self.query = query
+        self.query_timeout = query_timeout
         self.queue_size = queue_size
         self.idle_timeout = idle_timeout
         self._now = now or time.time
@@ -141,12 +164,18 @@ class Hub:
             max_size=64 * 1024,
             compression=None,
             close_timeout=2,
+            # a /query answers inside the opening handshake: let it run to its limit
+            open_timeout=self.query_timeout + 10,
         )
         sock = next(iter(self._server.sockets))
         self.port = int(sock.getsockname()[1])  # listen port 0 = any free port
         log.info("WebSocket on ws://%s:%d/ws", self.host, self.port)
 
     async def stop(self) -> None:
+        """Interrupt running queries, close every connection."""
+        if self.query is not None:
+            with contextlib.suppress(Exception):
+                await self.query.aclose()
         if self._server is not None:
             self._server.close()
             with contextlib.suppress(Exception):
@@ -199,21 +228,45 @@ class Hub:
         if url.path == "/metrics":
             return _respond(HTTPStatus.OK, self.metrics(), "text/plain; version=0.0.4")
         if url.path == "/query" and self.query is not None:
-            args = parse_qs(url.query)
-            if self.token is not None:
-                auth = request.headers.get("Authorization", "")
-                given = auth[7:] if auth.startswith("Bearer ") else (args.get("token") or [""])[0]
-                if not hmac.compare_digest(given, self.token):
-                    return _respond(HTTPStatus.UNAUTHORIZED, {"error": "missing or wrong token"})
-            sql = (args.get("sql") or [""])[0]
-            if not sql:
-                return _respond(HTTPStatus.BAD_REQUEST, {"error": "missing ?sql="})
-            try:
-                result = await asyncio.to_thread(self.query, sql)
-            except Exception as exc:
-                return _respond(HTTPStatus.BAD_REQUEST, {"error": str(exc)})
-            return _respond(HTTPStatus.OK, result)
+            return await self._query(conn, request, url.query)
         return _respond(HTTPStatus.NOT_FOUND, {"error": f"no such path {url.path}; try /ws, /health, /metrics"})
+
+    async def _query(self, conn: ServerConnection, request: Request, query: str) -> Response:
+        assert self.query is not None
+        args = parse_qs(query)
+        auth = request.headers.get_all("Authorization")
+        if auth:  # one header, "Bearer T"; several are refused
+            given = auth[0][7:].strip() if len(auth) == 1 and auth[0][:7].lower() == "bearer " else ""
+        else:
+            given = (args.get("token") or [""])[0]
+        if self.keys is None or self.keys.identify(given) is None:
+            return _respond(HTTPStatus.UNAUTHORIZED, {"error": "missing or wrong token"},
+                            extra=[("WWW-Authenticate", 'Bearer realm="kaiser"')])
+        sql = (args.get("sql") or [""])[0]
+        if not sql:
+            return _respond(HTTPStatus.BAD_REQUEST, {"error": "missing ?sql="})
+
+        def gone() -> bool:
+            return conn.state is not State.CONNECTING
+
+        try:
+            result = await self.query.run(sql, gone)
+        except QueryCancelled:
+            if gone():
+                # nobody to answer: abandon the handshake (websockets aborts the socket
+                # quietly; answering a closed socket logs a traceback)
+                raise asyncio.CancelledError from None
+            return _respond(HTTPStatus.SERVICE_UNAVAILABLE, {"error": "the server is shutting down"})
+        except (QueryBusy, QueryTimeout) as exc:
+            return _respond(HTTPStatus.SERVICE_UNAVAILABLE, {"error": str(exc)})
+        except StoreError as exc:
+            return _respond(HTTPStatus.BAD_REQUEST, {"error": str(exc)})
+        except Exception as exc:
+            log.exception("query failed: %.200s", sql)
+            return _respond(HTTPStatus.INTERNAL_SERVER_ERROR, {"error": f"internal error: {type(exc).__name__}"})
+        if gone():
+            raise asyncio.CancelledError  # the client left just as the answer was ready
+        return _respond(HTTPStatus.OK, result.as_json())
 
     # ------------------------------------------------------------------ WebSocket
     async def _handle(self, conn: ServerConnection) -> None:
@@ -287,16 +340,15 @@ class Hub:
 
     async def _control(self, client: Client, msg: dict[str, Any]) -> None:
         shown = {k: v for k, v in msg.items() if k != "token"}
-        if self.token is not None:
-            given = msg.get("token")
-            if not isinstance(given, str) or not hmac.compare_digest(given, self.token):
-                self._error(client, "refused: missing or wrong token", shown)
-                return
-        if self.on_control is None:
+        if self.on_control is None or self.keys is None:
             self._error(client, "refused: this server takes no control messages", shown)
             return
+        key = self.keys.identify(msg.get("token"))
+        if key is None:
+            self._error(client, "refused: missing or wrong token", shown)
+            return
         try:
-            result = await self.on_control(msg)
+            result = await self.on_control(msg, operator(key, msg.get("who")))
         except ControlRefused as exc:
             self._error(client, f"refused: {exc}", shown)
             return
@@ -307,8 +359,9 @@ class Hub:
         self._reply(client, "control_result", {"request": shown, **result})
 
 
-def _respond(status: HTTPStatus, body: object, content_type: str = "application/json") -> Response:
+def _respond(status: HTTPStatus, body: object, content_type: str = "application/json",
+             extra: list[tuple[str, str]] | None = None) -> Response:
     data = body if isinstance(body, str) else json.dumps(body, default=str)
     payload = data.encode()
-    headers = Headers([("Content-Type", content_type), ("Content-Length", str(len(payload)))])
+    headers = Headers([("Content-Type", content_type), ("Content-Length", str(len(payload))), *(extra or [])])
     return Response(int(status), status.phrase, headers, payload)

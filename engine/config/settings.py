@@ -78,7 +78,10 @@ class StoreSettings:
 class WebsocketSettings:
     listen: str = "127.0.0.1:8765"
     token_env: str = "KAISER_WS_TOKEN"
+    tokens_env: str = "KAISER_WS_TOKENS"  # NAME=TOKEN pairs (engine/auth.py)
     max_clients: int = 100
+    query_timeout: float = 10.0  # seconds per /query
+    query_workers: int = 2  # /query statements at once
 
     @property
     def host(self) -> str:
@@ -90,7 +93,8 @@ class WebsocketSettings:
 
     @property
     def token(self) -> str | None:
-        """The control token from the environment (None: control needs no token)."""
+        """The control token in the environment variable ``token_env``, or None
+        (the server then uses its named keys or the token file: engine/auth.py)."""
         return os.environ.get(self.token_env) or None
 
 
@@ -109,7 +113,8 @@ _SCHEMA: dict[str, dict[str, str]] = {
     "kaiser": {"id": "str", "rules": "str", "tz": "str", "max_unknown_devices": "int"},
     "mqtt": {"url": "str", "client_id": "str", "username": "str"},
     "store": {"path": "str", "flush_interval": "duration", "retention": "duration"},
-    "websocket": {"listen": "str", "token_env": "str", "max_clients": "int"},
+    "websocket": {"listen": "str", "token_env": "str", "tokens_env": "str", "max_clients": "int",
+                  "query_timeout": "duration", "query_workers": "int"},
 }
 _DOCS: dict[str, dict[str, str]] = {
     "kaiser": {"id": "kaiser_id in MQTT topics: kaiser/{id}/esp/...",
@@ -124,8 +129,11 @@ _DOCS: dict[str, dict[str, str]] = {
               "flush_interval": "at most this much data is lost on a crash",
               "retention": "readings older than this are deleted"},
     "websocket": {"listen": "HOST:PORT for ws://HOST:PORT/ws, GET /health and /metrics",
-                  "token_env": "environment variable holding the control token",
-                  "max_clients": "at most this many WebSocket clients"},
+                  "token_env": "environment variable holding a control token (named \"shared\")",
+                  "tokens_env": "environment variable holding named control tokens: NAME=TOKEN pairs",
+                  "max_clients": "at most this many WebSocket clients",
+                  "query_timeout": "a /query statement is interrupted after this long",
+                  "query_workers": "at most this many /query statements run at once"},
 }
 
 
@@ -305,6 +313,15 @@ def _build(values: dict[str, dict[str, Any]], file: str, base: Path | None, line
                              "e.g. 127.0.0.1:8765 or 0.0.0.0:8765"))
     if int(w["max_clients"]) < 1:
         lines_needed.append(("websocket", "max_clients", "websocket.max_clients must be at least 1", ""))
+    if not 0 < float(w["query_timeout"]) <= 3600:
+        lines_needed.append(("websocket", "query_timeout",
+                             "websocket.query_timeout must be longer than 0 and at most 1h", "e.g. 10s"))
+    if not 1 <= int(w["query_workers"]) <= 64:
+        lines_needed.append(("websocket", "query_workers", "websocket.query_workers must be 1 to 64", ""))
+    for key in ("token_env", "tokens_env"):
+        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", str(w[key])):
+            lines_needed.append(("websocket", key, f"websocket.{key} {w[key]!r} is not an environment "
+                                 "variable name", "e.g. KAISER_WS_TOKEN"))
     for section, key, msg, hint in lines_needed:
         out.append(Diagnostic("K804", "error", msg, lines.key(section, key), hint=hint))
     if out:
@@ -326,7 +343,9 @@ def _build(values: dict[str, dict[str, Any]], file: str, base: Path | None, line
         store=StoreSettings(path=store_path, flush_interval=float(s["flush_interval"]),
                             retention=float(s["retention"])),
         websocket=WebsocketSettings(listen=listen, token_env=str(w["token_env"]),
-                                    max_clients=int(w["max_clients"])),
+                                    tokens_env=str(w["tokens_env"]), max_clients=int(w["max_clients"]),
+                                    query_timeout=float(w["query_timeout"]),
+                                    query_workers=int(w["query_workers"])),
         path=Path(file) if base is not None else None,
     )
 
@@ -348,7 +367,7 @@ def settings_schema() -> dict[str, Any]:
             if isinstance(default, Path):
                 default = os.fspath(default)
             if kind == "duration":
-                default = {"flush_interval": "1s", "retention": "90d"}[key]
+                default = {"flush_interval": "1s", "retention": "90d", "query_timeout": "10s"}[key]
             sp[key] = {**kinds[kind], "description": _DOCS[section][key], "default": default}
         props[section] = {"type": "object", "properties": sp, "additionalProperties": False}
     return {
