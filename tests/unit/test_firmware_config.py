@@ -136,7 +136,7 @@ def test_actuator_required_fields(missing: str) -> None:
     for gen in ("legacy", "current"):
         b = board(gen)
         resps = push(b, {"correlation_id": "c", "sensors": [PH], "actuators": [item]})
-        err = [r for r in resps if r["type"] == "actuator"][0]
+        err = next(r for r in resps if r["type"] == "actuator")
         assert err["error_code"] == "MISSING_FIELD" and err["failed_item"] == item
         assert b.actuators == {}
 
@@ -154,7 +154,7 @@ def test_actuator_type_is_case_sensitive_in_both_generations() -> None:
     for gen in ("legacy", "current"):
         b = board(gen)
         resps = push(b, {"correlation_id": "c", "sensors": [PH], "actuators": [{**RELAY, "actuator_type": "Relay"}]})
-        assert [r for r in resps if r["type"] == "actuator"][0]["error_code"] == "UNKNOWN_ERROR"
+        assert next(r for r in resps if r["type"] == "actuator")["error_code"] == "UNKNOWN_ERROR"
 
 
 def test_current_partial_success_lists_failures() -> None:
@@ -219,7 +219,7 @@ def test_removal_without_required_fields_is_refused(gen: str) -> None:
     push(b, {"correlation_id": "a", "sensors": [PH], "actuators": [RELAY, PUMP]})
     resps = push(b, {"correlation_id": "b", "sensors": [PH], "actuators": [{"gpio": 18, "active": False}]}, 2)
     assert set(b.actuators) == {5, 18}
-    assert [r for r in resps if r["type"] == "actuator"][0]["error_code"] == "MISSING_FIELD"
+    assert next(r for r in resps if r["type"] == "actuator")["error_code"] == "MISSING_FIELD"
 
 
 def test_sensor_removal_on_current() -> None:
