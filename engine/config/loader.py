@@ -31,7 +31,7 @@ from engine.conditions import REGISTRY as CONDITION_TYPES
 from engine.conditions import build_condition, compare
 from engine.config.boards import BOARDS as _BOARD_TABLES
 from engine.config.checks import Gaps
-from engine.config.fields import RULE_NAME_RE, Ctx, did_you_mean
+from engine.config.fields import ENV_NAME_RE, RULE_NAME_RE, Ctx, did_you_mean
 from engine.config.firmware_checks import FIRMWARES, ROM_RE
 from engine.config.source import YMap, YNode, YScalar, YSeq, read_yaml, type_name
 from engine.diagnostics import Diagnostic
@@ -295,7 +295,7 @@ class _Loader:
         """Report every key that would hold a secret (K209, without its value: findings
         end up in CI logs) and return the mapping without them."""
         secrets = [k for k in m.values if k not in DEVICE_KEYS and SECRET_KEY_RE.search(k)
-                   and not k.lower().endswith("_env")]
+                   and not k.lower().endswith("_env") and not _misspelt_env_key(k, m.values[k])]
         if not secrets:
             return m
         var = "KAISER_" + re.sub(r"[^A-Z0-9]+", "_", name.upper()).strip("_") + "_TOKEN"
@@ -906,6 +906,13 @@ def _misplaced_section(key: str, value: YNode) -> str:
         if any(k in first for k in ("when", "while", "then", "hold")):
             return "rules go under 'rules:', one list for all of them"
     return ""
+
+
+def _misspelt_env_key(key: str, value: YNode) -> bool:
+    """``emergency_token_evn: KAISER_NORTH_TOKEN``: a misspelt emergency_token_env
+    naming a variable (K201, did you mean), not a secret."""
+    return bool(difflib.get_close_matches(key.lower(), ["emergency_token_env"], n=1, cutoff=0.8)) and \
+        isinstance(value, YScalar) and isinstance(value.value, str) and bool(ENV_NAME_RE.match(value.value))
 
 
 def _raw_text(n: YNode | None) -> str:
