@@ -57,6 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--devices", type=int, default=3, metavar="N")
     sp.add_argument("--rate", type=float, default=1.0, metavar="R", help="readings per second in total")
     sp.add_argument("--duration", type=float, default=None, metavar="S")
+    sp.add_argument("--firmware", choices=["legacy", "current", "mixed"], default="mixed",
+                    help="El Trabajante generation of boards the device map leaves on auto (default: mixed)")
 
     sp = sub.add_parser("lint", help="every static check of the YAML, offline")
     sp.add_argument("path", nargs="?", default=None, help="rules dir or file (default: rules, or the one -c names)")

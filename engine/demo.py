@@ -1,14 +1,22 @@
 """``kaiser demo`` and ``kaiser simulate``: simulated El Trabajante boards.
 
+Every simulated board is a firmware twin (``engine.firmware``): it does with each
+server message what the real board of its generation does (registration gate,
+config contract, command scanner, emergency contracts ...), on its own MQTT
+session. This module adds the greenhouse: what the sensors measure over a
+time-lapse day, and which actuators change it. Boards start provisioned (their
+device-map config in NVS, as installed boards are): a legacy board keeps only its
+sensors, a current board both halves; the server's own pushes come on top.
+
 ``demo`` starts an in-process MQTT broker, the server with the example rules and
-an in-memory store, one simulated board per device of the device map (heartbeats,
-raw-mode readings following a time-lapse day, answers to every command with a
-response and a status), and a live view. With ``--duration S`` it stops after S
+an in-memory store, one twin per device of the device map (both generations: see
+:func:`firmware_for`) and a live view. With ``--duration S`` it stops after S
 seconds, prints a summary and exits 0. No Mosquitto needed.
 
-``simulate --devices N --rate R`` runs N virtual boards against the configured
-broker: the device map's boards first, then generic ones (a DS18B20 on GPIO 4 and
-a relay on GPIO 5), R readings per second in total.
+``simulate --devices N --rate R [--firmware legacy|current|mixed]`` runs N twins
+against the configured broker: the device map's boards first, then generic ones
+(a DS18B20 on GPIO 4, a moisture probe on GPIO 32 and a relay on GPIO 5), R
+readings per second in total (a twin publishes only what its firmware would).
 """
 
 from __future__ import annotations
@@ -23,7 +31,7 @@ import random
 import sys
 import time
 from collections import deque
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -31,9 +39,10 @@ import aiomqtt
 
 import sensors
 from engine import codec
-from engine.adapters.mqtt import parse_url
 from engine.config.settings import Settings, StoreSettings, WebsocketSettings, load_settings
 from engine.errors import ConfigError, KaiserError
+from engine.firmware import GENERATIONS, Board, new_board
+from engine.firmware.mqtt import TwinFleet
 from engine.model import Actuator, Device, Sensor
 
 log = logging.getLogger("kaiser.demo")
@@ -136,32 +145,79 @@ def raw_reading(sensor: Sensor, quantity: str | None, value: float) -> tuple[str
 
 
 # --------------------------------------------------------------------------
-# a simulated board
+# a simulated board: the firmware twin plus a greenhouse around it
+
+
+def firmware_for(devices: list[Device], choice: str = "mixed") -> dict[str, str]:
+    """esp id -> firmware generation. A device map entry that names ``legacy`` or
+    ``current`` keeps it; ``auto`` (the default) follows ``choice``: ``legacy``,
+    ``current``, or ``mixed`` (alternating current, legacy, current, ... so a map of
+    two boards or more runs both generations)."""
+    out: dict[str, str] = {}
+    i = 0
+    for d in devices:
+        fw = getattr(d, "firmware", "auto")
+        if fw in GENERATIONS:
+            out[d.esp_id] = fw
+            continue
+        out[d.esp_id] = choice if choice in GENERATIONS else ("current", "legacy")[i % 2]
+        i += 1
+    return out
+
+
+def provisioning_config(device: Device, generation: str) -> bytes:
+    """The config push a board got when it was installed (so a simulated board starts
+    with its sensors and actuators in NVS, as boards in the field do)."""
+    sensors: list[dict[str, Any]] = []
+    for s in device.sensors:
+        item: dict[str, Any] = {"gpio": s.gpio, "sensor_type": s.type.lower(), "sensor_name": s.name,
+                                "active": True, "raw_mode": True}
+        if s.i2c_address is not None:
+            item["i2c_address"] = s.i2c_address
+        if s.onewire_address:
+            item["onewire_address"] = s.onewire_address
+        sensors.append(item)
+    actuators: list[dict[str, Any]] = []
+    for a in device.actuators:
+        item = {"gpio": a.gpio, "actuator_type": a.type, "actuator_name": a.name, "active": True,
+                "default_state": bool(a.default_state)}
+        if a.aux_gpio is not None:
+            item["aux_gpio"] = a.aux_gpio
+        actuators.append(item)
+    body: dict[str, Any] = {"sensors": sensors, "actuators": actuators}
+    if generation == "current":
+        body = {"correlation_id": f"install-{device.esp_id}", **body}
+    return json.dumps(body, separators=(",", ":")).encode()
 
 
 @dataclass
 class SimBoard:
-    """One ESP32 running El Trabajante (current firmware), simulated."""
+    """One ESP32 running El Trabajante: the firmware twin (``twin``) decides what the
+    board does with every message; this class adds what its sensors measure."""
 
     device: Device
-    kaiser_id: str
+    twin: Board
     rng: random.Random
-    started: float = field(default_factory=time.monotonic)
-    actuators: dict[str, float] = field(default_factory=dict)  # actuator name -> duty
-    latched: bool = False
     commands: int = 0
     readings: int = 0
-    uptime_offset: float = 0.0
 
-    def uptime(self) -> float:
-        return time.monotonic() - self.started + self.uptime_offset
+    @property
+    def generation(self) -> str:
+        return self.twin.generation
 
-    def heartbeat(self, now: float) -> codec.Outgoing:
-        return codec.encode_heartbeat(
-            self.kaiser_id, self.device.esp_id, ts=now, uptime=self.uptime(),
-            sensor_count=len(self.device.sensors), actuator_count=len(self.device.actuators),
-            zone_id=self.device.zone or "",
-        )
+    @property
+    def latched(self) -> bool:
+        return self.twin.latched
+
+    @property
+    def actuators(self) -> dict[str, float]:
+        """actuator name -> duty 0.0-1.0 as the board drives it."""
+        by_gpio = self.twin.actuators
+        out: dict[str, float] = {}
+        for a in self.device.actuators:
+            item = by_gpio.get(a.gpio)
+            out[a.name] = item.value if item is not None else 0.0
+        return out
 
     def slots(self) -> list[tuple[Sensor, str | None]]:
         out: list[tuple[Sensor, str | None]] = []
@@ -176,79 +232,28 @@ class SimBoard:
                 out.append((s, q))
         return out
 
-    def reading(self, sensor: Sensor, quantity: str | None, hour: float, now: float) -> codec.Outgoing:
+    def reading(self, sensor: Sensor, quantity: str | None, hour: float, now: float) -> list[codec.Outgoing]:
+        """What the board publishes for one measurement ([] while its firmware may not)."""
         q = quantity or _default_quantity(sensor.type)
         value = physical(sensor, q, hour, self.actuators, self.rng)
         wire, raw, value = raw_reading(sensor, quantity, value)
-        extra: dict[str, Any] = {"zone_id": self.device.zone or "", "subzone_id": sensor.subzone or ""}
-        self.readings += 1
-        body = codec.reading_body(self.device.esp_id, sensor.gpio, wire, ts=now, raw=raw,
-                                  value=None if raw is not None else value, seq=self.readings, **extra)
-        if raw is None:
-            body["value"] = round(value, 3)
-            body["raw_mode"] = False
-        if sensor.i2c_address is not None:
-            body["i2c_address"] = sensor.i2c_address
-        if sensor.onewire_address:
-            body["onewire_address"] = sensor.onewire_address
-        return codec.encode_device(self.kaiser_id, self.device.esp_id, "sensor_data", body, gpio=sensor.gpio)
-
-    def _actuator(self, gpio: int) -> Actuator | None:
-        return next((a for a in self.device.actuators if a.gpio == gpio), None)
-
-    def on_command(self, gpio: int, payload: dict[str, Any], now: float) -> list[codec.Outgoing]:
-        """Answer a command as the firmware does: a response, then a status."""
-        a = self._actuator(gpio)
-        cmd = str(payload.get("command", "")).upper()
-        value = float(payload.get("value", 0.0) or 0.0)
-        duration = payload.get("duration", 0)
-        self.commands += 1
-        if a is None:
-            return [self._response(gpio, cmd, value, duration, False, f"No actuator on GPIO {gpio}")]
-        if self.latched and cmd != "OFF":
-            return [self._response(gpio, cmd, value, duration, False, "Emergency stop active")]
-        cur = self.actuators.get(a.name, 0.0)
-        if cmd == "ON":
-            new = 1.0
-        elif cmd == "OFF":
-            new = 0.0
-        elif cmd == "TOGGLE":
-            new = 0.0 if cur > 0 else 1.0
-        elif cmd == "PWM":
-            new = max(0.0, min(1.0, value))
-        else:
-            return [self._response(gpio, cmd, value, duration, False, f"Unknown command {cmd}")]
-        self.actuators[a.name] = new
-        return [self._response(gpio, cmd, value, duration, True, "Command executed"), self.status(a, now)]
-
-    def status(self, a: Actuator, now: float) -> codec.Outgoing:
-        v = self.actuators.get(a.name, 0.0)
-        body = {"esp_id": self.device.esp_id, "zone_id": self.device.zone or "", "ts": int(now), "gpio": a.gpio,
-                "type": a.type, "state": v > 0, "pwm": round(v * 255), "runtime_ms": 0,
-                "emergency": "active" if self.latched else "normal"}
-        return codec.encode_device(self.kaiser_id, self.device.esp_id, "actuator_status", body, gpio=a.gpio)
-
-    def _response(self, gpio: int, cmd: str, value: float, duration: Any, ok: bool, message: str) -> codec.Outgoing:
-        body = {"esp_id": self.device.esp_id, "ts": int(time.time()), "gpio": gpio, "command": cmd,
-                "value": value, "duration": duration, "success": ok, "message": message}
-        return codec.encode_device(self.kaiser_id, self.device.esp_id, "actuator_response", body, gpio=gpio)
-
-    def emergency(self, now: float) -> list[codec.Outgoing]:
-        self.latched = True
-        out = []
-        for a in self.device.actuators:
-            self.actuators[a.name] = 0.0
-            out.append(self.status(a, now))
-        body = {"ts": int(now), "gpio": codec.BOARD_GPIO, "type": "emergency_stop", "message": "All actuators stopped"}
-        out.append(codec.encode_device(self.kaiser_id, self.device.esp_id, "actuator_alert", body,
-                                       gpio=codec.BOARD_GPIO))
+        out = self.twin.reading(sensor.gpio, now, raw=raw if raw is not None else round(value),
+                                value=value, sensor_type=wire)
+        self.readings += len(out)
         return out
 
-    def on_config(self, payload: dict[str, Any]) -> list[codec.Outgoing]:
-        self.latched = False  # a fresh actuator config clears the latch
-        n = len(payload.get("actuators", []))
-        body = {"status": "success", "type": "actuator", "count": n, "message": f"Configured {n} actuator(s)"}
-        return [codec.encode_device(self.kaiser_id, self.device.esp_id, "config_response", body)]
+
+def make_boards(devices: list[Device], kaiser_id: str, rng: random.Random, now: float,
+                choice: str = "mixed") -> list[SimBoard]:
+    """A provisioned twin per device, generation by :func:`firmware_for`."""
+    gens = firmware_for(devices, choice)
+    boards = []
+    for d in devices:
+        kind = d.board if d.board in ("esp32dev", "xiao_esp32c3") else "esp32dev"
+        twin = new_board(gens[d.esp_id], d.esp_id, kaiser_id=kaiser_id, board_kind=kind, now=now)
+        twin.provision(provisioning_config(d, twin.generation), now)
+        boards.append(SimBoard(d, twin, rng))
+    return boards
 
 
 def _default_quantity(sensor_type: str) -> str:
@@ -260,21 +265,29 @@ def _default_quantity(sensor_type: str) -> str:
 
 
 class Fleet:
-    """Simulated boards on one MQTT connection. ``hours_per_second``: time-lapse of the
-    simulated day the values follow (0 = real time of day)."""
+    """Simulated boards, each on its own MQTT session (:class:`TwinFleet`), and the
+    readings they take. ``hours_per_second``: time-lapse of the simulated day the
+    values follow (0 = real time of day)."""
 
     def __init__(self, boards: list[SimBoard], kaiser_id: str, url: str, *, rate: float,
-                 heartbeat_every: float = 20.0, hours_per_second: float = 0.0, start_hour: float | None = None) -> None:
+                 hours_per_second: float = 0.0, start_hour: float | None = None) -> None:
         self.boards = {b.device.esp_id: b for b in boards}
         self.kaiser_id = kaiser_id
         self.url = url
         self.rate = rate
-        self.heartbeat_every = heartbeat_every
         self.hours_per_second = hours_per_second
         self.start_hour = start_hour
         self.t0 = time.monotonic()
-        self.sent = 0
-        self.client: aiomqtt.Client | None = None
+        self.twins = TwinFleet([b.twin for b in boards], url)
+        self.twins.taps.append(self._count)
+
+    @property
+    def sent(self) -> int:
+        return self.twins.sent
+
+    def _count(self, twin: Board, m: codec.Outgoing) -> None:
+        if m.topic.endswith("/response") and "/actuator/" in m.topic:
+            self.boards[twin.esp_id].commands += 1
 
     def hour(self) -> float:
         lt = time.localtime()
@@ -284,63 +297,22 @@ class Fleet:
             return real
         return (start + (time.monotonic() - self.t0) * self.hours_per_second) % 24
 
-    async def _publish(self, m: codec.Outgoing) -> None:
-        if self.client is not None:
-            await self.client.publish(m.topic, m.payload, qos=m.qos, retain=m.retain)
-            self.sent += 1
-
     async def run(self, stop: asyncio.Event) -> None:
-        host, port = parse_url(self.url)
-        async with aiomqtt.Client(host, port, identifier=f"kaiser-sim-{random.getrandbits(32):08x}") as c:
-            self.client = c
-            k = self.kaiser_id
-            await c.subscribe([(f"kaiser/{k}/esp/+/actuator/+/command", 1), (f"kaiser/{k}/esp/+/config", 1),
-                               (f"kaiser/{k}/esp/+/actuator/emergency", 1), ("kaiser/broadcast/emergency", 1)])
-            listen = asyncio.create_task(self._listen(c))
-            now = time.time()
-            for b in self.boards.values():  # boards say hello before they send data
-                await self._publish(b.heartbeat(now))
-            tasks = [listen, asyncio.create_task(self._heartbeats(stop)), asyncio.create_task(self._readings(stop))]
-            try:
-                await stop.wait()
-            finally:
-                for t in tasks:
-                    t.cancel()
-                for t in tasks:
-                    with contextlib.suppress(asyncio.CancelledError, Exception):
-                        await t
-                self.client = None
-
-    async def _listen(self, c: aiomqtt.Client) -> None:
-        async for m in c.messages:
-            topic = m.topic.value
-            try:
-                payload = json.loads(m.payload) if isinstance(m.payload, bytes | str) else {}
-            except ValueError:
-                continue
-            now = time.time()
-            parts = topic.split("/")
-            out: list[codec.Outgoing] = []
-            if topic == "kaiser/broadcast/emergency":
-                for b in self.boards.values():
-                    out.extend(b.emergency(now))
-            elif len(parts) >= 4 and parts[3] in self.boards:
-                b = self.boards[parts[3]]
-                if parts[4:] == ["config"]:
-                    out = b.on_config(payload)
-                elif parts[4:] == ["actuator", "emergency"]:
-                    out = b.emergency(now)
-                elif len(parts) == 7 and parts[4] == "actuator" and parts[6] == "command":
-                    out = b.on_command(int(parts[5]), payload, now)
-            for o in out:
-                await self._publish(o)
-
-    async def _heartbeats(self, stop: asyncio.Event) -> None:
-        while not stop.is_set():
-            await asyncio.sleep(self.heartbeat_every)
-            now = time.time()
-            for b in self.boards.values():
-                await self._publish(b.heartbeat(now))
+        inner = asyncio.Event()
+        twins = asyncio.create_task(self.twins.run(inner))
+        readings = asyncio.create_task(self._readings(stop))
+        try:
+            done, _ = await asyncio.wait({twins, asyncio.create_task(stop.wait())},
+                                         return_when=asyncio.FIRST_COMPLETED)
+            if twins in done:
+                twins.result()
+        finally:
+            readings.cancel()
+            inner.set()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await readings
+            with contextlib.suppress(asyncio.CancelledError):
+                await twins
 
     async def _readings(self, stop: asyncio.Event) -> None:
         slots = [(b, s, q) for b in self.boards.values() for s, q in b.slots()]
@@ -352,7 +324,7 @@ class Fleet:
         while not stop.is_set():
             b, s, q = slots[i % len(slots)]
             i += 1
-            await self._publish(b.reading(s, q, self.hour(), time.time()))
+            await self.twins.emit(b.twin, b.reading(s, q, self.hour(), time.time()))
             nxt += interval
             delay = nxt - time.monotonic()
             if delay > 0:
@@ -467,10 +439,10 @@ async def _demo(settings: Settings, rules: Path, duration: float | None) -> int:
             return 1
         assert server.deployment is not None
         rng = random.Random(42)
-        boards = [SimBoard(d, settings.kaiser.id, rng) for d in server.deployment.devices.values()]
+        boards = make_boards(list(server.deployment.devices.values()), settings.kaiser.id, rng, time.time())
         n_slots = sum(len(b.slots()) for b in boards)
         fleet = Fleet(boards, settings.kaiser.id, broker.url, rate=max(5.0, n_slots / 1.0),
-                      heartbeat_every=15.0, hours_per_second=0.75, start_hour=4.0)
+                      hours_per_second=0.75, start_hour=4.0)
         view = LiveView()
         _tap(server, view)
         stop = asyncio.Event()
@@ -478,8 +450,9 @@ async def _demo(settings: Settings, rules: Path, duration: float | None) -> int:
         t0 = time.monotonic()
         hub_url = server.hub.url if server.hub else "(off)"
         if not interactive:
+            gens = ", ".join(f"{b.device.name} {b.generation}" for b in boards)
             print(f"kaiser demo: embedded broker {broker.url}, WebSocket {hub_url}, "
-                  f"{len(boards)} simulated boards, {len(server.deployment.rules)} rules")
+                  f"{len(boards)} simulated boards ({gens}), {len(server.deployment.rules)} rules")
         try:
             if interactive:
                 from rich.live import Live
@@ -510,7 +483,22 @@ async def _demo(settings: Settings, rules: Path, duration: float | None) -> int:
                   f"from {summary['boards']} boards in {summary['seconds']} s")
     for line in list(view.recent)[-10:]:
         console.print("  " + line)
+    for b in boards:
+        refused = _board_refusals(b)
+        if refused:
+            console.print(f"  {b.device.name} ({b.generation} firmware) refused: {refused}")
     return 0
+
+
+def _board_refusals(b: SimBoard, limit: int = 4) -> str:
+    """What a twin refused (config items its firmware cannot take, ...), deduplicated."""
+    seen: list[str] = []
+    for what, why in b.twin.refusals:
+        line = f"{what} {why}"
+        if line not in seen:
+            seen.append(line)
+    more = f" (+{len(seen) - limit} more)" if len(seen) > limit else ""
+    return "; ".join(seen[:limit]) + more
 
 
 def _tap(server: Any, view: LiveView) -> None:
@@ -537,7 +525,8 @@ def _tap(server: Any, view: LiveView) -> None:
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
-    """``kaiser simulate --devices N --rate R [--duration S]`` against the configured broker."""
+    """``kaiser simulate --devices N --rate R [--duration S] [--firmware legacy|current|mixed]``
+    against the configured broker."""
     try:
         settings = _load_settings(args)
     except ConfigError as exc:
@@ -557,11 +546,13 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     for i in range(len(devices), args.devices):
         esp = f"ESP_{0x51000000 + i:08X}"
         name = f"sim{i}"
-        devices.append(Device(name, esp, sensors=(Sensor(name, "air_temp", 4, "ds18b20"),),
+        rom = f"28FF{0x51000000 + i:08X}0C79"
+        devices.append(Device(name, esp, sensors=(Sensor(name, "air_temp", 4, "ds18b20", onewire_address=rom),
+                                                  Sensor(name, "soil", 32, "moisture")),
                               actuators=(Actuator(name, "fan", 5, "relay"),)))
     rng = random.Random(7)
-    boards = [SimBoard(d, settings.kaiser.id, rng) for d in devices]
-    fleet = Fleet(boards, settings.kaiser.id, settings.mqtt.url, rate=args.rate, heartbeat_every=60.0)
+    boards = make_boards(devices, settings.kaiser.id, rng, time.time(), getattr(args, "firmware", "mixed"))
+    fleet = Fleet(boards, settings.kaiser.id, settings.mqtt.url, rate=args.rate)
 
     async def main() -> None:
         stop = asyncio.Event()

@@ -137,6 +137,8 @@ class Board:
         self.pins = Pins(self.spec, bus_sharing=self.generation == "current")
         self._pwm_channels: set[int] = set()
         self._slots: list[Actuator | None] = [None] * self.spec.max_actuators
+        #: ActuatorManager::actuator_count_ (getActiveActuatorCount: heartbeat actuator_count)
+        self.actuator_count = 0
         self.sensor_list: list[Sensor] = []
         self.emergency_state = "normal"  # SafetyController: normal|active|clearing|resuming
         self._emergency_at: float | None = None
@@ -145,6 +147,23 @@ class Board:
         self.pins.request(i2c_sda, "system")  # I2CBusManager::begin() at boot
         self.pins.request(i2c_scl, "system")
         self._boot_state(now)
+
+    def provision(self, config: bytes, now: float) -> None:
+        """The board was set up in an earlier life with this config push (for
+        simulators: boards in the field keep their config). It stores what its
+        firmware stores in NVS (legacy: sensors only) and boots at ``now`` with
+        that. Its answers are discarded; the push passes no gate or admission."""
+        self.connected = True
+        self._provisioning()
+        try:
+            self._collect(lambda: self._route(self._topic("config"), config, now, False, 0))
+        finally:
+            self.connected = False
+        self.nvs["boot_count"] = max(0, self.boot_count - 1)
+        self._boot(now, self.reset_reason)
+
+    def _provisioning(self) -> None:
+        """Hook: open whatever gate stands between a config push and its handler."""
 
     def reboot(self, now: float, *, reason: str = "SW") -> list[Outgoing]:
         """Restart the board (RAM lost, NVS kept) and reconnect. Returns what it
@@ -398,6 +417,7 @@ class Board:
                 drv.set_binary(a, False, now, legacy=self.generation == "legacy")
                 drv.end(a, self.pins, self._pwm_channels, now)
                 self._slots[i] = None
+                self.actuator_count = max(0, self.actuator_count - 1)
                 self._persist_actuators()
                 return True
         return False
@@ -405,9 +425,9 @@ class Board:
     def _persist_actuators(self) -> None:
         self.nvs["actuators"] = [a.config for a in self._actuators()]
 
-    def _new_actuator(self, config: ActuatorConfig, now: float) -> bool:
+    def _new_actuator(self, config: ActuatorConfig, now: float, count: bool = True) -> bool:
         """Create the driver in the first free slot (``getFreeSlot``, ``createDriver``,
-        ``driver->begin``)."""
+        ``driver->begin``); ``count``: add it to ``actuator_count``."""
         try:
             idx = self._slots.index(None)
         except ValueError:
@@ -418,6 +438,8 @@ class Board:
         if not drv.begin(a, self.pins, self._pwm_channels, self.spec.pwm_channels):
             return False
         self._slots[idx] = a
+        if count:
+            self.actuator_count += 1
         self._persist_actuators()
         self._status(a)
         return True

@@ -131,20 +131,27 @@ class CurrentBoard(Board):
             self._configure_sensor(Sensor(**vars(cfg)))
         for acfg in list(self.nvs["actuators"]):
             self._configure_actuator(ActuatorConfig(**vars(acfg)), now)
-        n_s = sum(1 for s in self.sensor_list if s.active)
-        n_a = len(list(self._actuators()))
+        # setup(): the snapshot counts what was loaded from NVS
+        n_s = min(len(self.nvs["sensors"]), NVS_SENSORS_AT_BOOT)
+        n_a = len(self.nvs["actuators"])
         any_config = n_s > 0 or n_a > 0 or bool(self.offline_rules)
-        if any_config and not self._runtime_ready():
+        if any_config and not self._runtime_ready(n_s, n_a):
             self.system_state = "CONFIG_PENDING_AFTER_RESET"
 
-    def _runtime_ready(self) -> bool:
+    def _runtime_ready(self, n_s: int | None = None, n_a: int | None = None) -> bool:
         """``evaluateRuntimeReadiness`` with the default policy: at least one sensor and
-        one actuator (offline rules alone without actuators also exit)."""
-        n_s = sum(1 for s in self.sensor_list if s.active)
-        n_a = len(list(self._actuators()))
+        one actuator (offline rules alone without actuators also exit). Counts default
+        to the managers' (``collectRuntimeReadinessSnapshot``)."""
+        if n_s is None:
+            n_s = sum(1 for s in self.sensor_list if s.active)
+        if n_a is None:
+            n_a = self.actuator_count
         if self.offline_rules and n_a == 0:
             return True
         return n_s > 0 and n_a > 0
+
+    def _provisioning(self) -> None:
+        self._registration = True
 
     # ------------------------------------------------------------ public state
     @property
@@ -268,7 +275,7 @@ class CurrentBoard(Board):
             "boot_sequence_id": self._boot_sequence_id, "reset_reason": self.reset_reason,
             "segment_start_ts": self._segment_start, "uptime": self.uptime(now), "heap_free": 150000,
             "wifi_rssi": -58, "sensor_count": sum(1 for s in self.sensor_list if s.active),
-            "actuator_count": len(list(self._actuators())), "wifi_ip": "192.168.1.50",
+            "actuator_count": self.actuator_count, "wifi_ip": "192.168.1.50",
         }
         if not split:
             b.update(self._metrics_fields(inline=True))
@@ -1095,7 +1102,7 @@ class CurrentBoard(Board):
         corr = meta.get("correlation_id") or self._fallback_id("corr")
         if command == "emergency_stop":
             self.emergency_stop_all(now, "MQTT emergency command (Core 0 notify)")
-            gpio_count = len(list(self._actuators()))
+            gpio_count = self.actuator_count
             self._publish(self._topic("actuator/emergency/ack"),
                           f'{{"ts":{self._unix(now)},"esp_id":"{self.esp_id}","correlation_id":"{corr}",'
                           f'"command":"emergency_stop","gpio_count":{gpio_count},"outcome":"executed",'
@@ -1202,7 +1209,7 @@ class CurrentBoard(Board):
             base.update(success=True, state=STATES.get(self.system_state, 9), uptime=self.uptime(now),
                         heap_free=150000, wifi_rssi=-58,
                         sensor_count=sum(1 for s in self.sensor_list if s.active),
-                        actuator_count=len(list(self._actuators())), zone_id=self.zone_id,
+                        actuator_count=self.actuator_count, zone_id=self.zone_id,
                         zone_assigned=self.zone_assigned)
         else:
             base.update(success=False, error="Unknown command")

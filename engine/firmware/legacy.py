@@ -143,7 +143,7 @@ class LegacyBoard(Board):
                 f'"zone_assigned":{"true" if self.zone_assigned else "false"},"ts":{ms},'
                 f'"uptime":{ms // 1000},"heap_free":{self.heap_free},"wifi_rssi":-60,'
                 f'"sensor_count":{sum(1 for s in self.sensor_list if s.active)},'
-                f'"actuator_count":{len(list(self._actuators()))}}}')
+                f'"actuator_count":{self.actuator_count}}}')
         self._publish(self._topic("system/heartbeat"), body, 0)
 
     heap_free = 176000
@@ -414,7 +414,9 @@ class LegacyBoard(Board):
             if existing.type != cfg.actuator_type:
                 drv.set_binary(existing, False, now, legacy=True)
             self.remove_actuator(cfg.gpio, now)
-        return self._new_actuator(cfg, now)
+        # a re-configured actuator is not counted again (actuator_count_ drifts down
+        # with every re-push: the heartbeat's actuator_count goes wrong)
+        return self._new_actuator(cfg, now, count=existing is None)
 
 
 def parse_actuator(obj: dict[str, Any], *, current: bool) -> tuple[ActuatorConfig | None, str, str]:

@@ -426,3 +426,21 @@ def test_any_actuator_item_either_configures_or_answers_an_error(item: dict[str,
     removed = active is False or (isinstance(active, str) and active.lower() in ("false", "0")) or (
         type(active) is int and active == 0)
     assert bool(b.actuators) == (ok and not removed)
+
+
+def test_legacy_heartbeat_actuator_count_drifts_down_with_every_re_push() -> None:
+    """legacy ActuatorManager::configureActuator: removeActuator() decrements
+    actuator_count_, the re-created actuator is not counted again
+    (``if (!is_reconfiguration) actuator_count_++``); the heartbeat reports it."""
+    b = board("legacy")
+    cfg = {"sensors": [PH], "actuators": [RELAY, PUMP]}
+    push(b, cfg)
+    assert b.actuator_count == 2
+    push(b, cfg, 2)
+    assert b.actuator_count == 0 and set(b.actuators) == {5, 18}
+    hb = [o for o in b.tick(T0 + 61) if o.topic.endswith("/system/heartbeat")]
+    assert json.loads(hb[-1].payload)["actuator_count"] == 0
+    c = board("current")
+    push(c, {"correlation_id": "a", **cfg})
+    push(c, {"correlation_id": "b", **cfg}, 2)
+    assert c.actuator_count == 2
