@@ -75,6 +75,7 @@ class Board:
         self.zone_assigned = False
         self.boot_count = 0
         self.boot_loop = False
+        self.factory_reset = False
         self.connected = False
         self._connects = 0
         self._now = now
@@ -185,6 +186,9 @@ class Board:
     def _connect(self, now: float) -> None:
         if self.boot_loop:
             self.refusals.append(("connect", "BOOT_LOOP: more than 5 boots within 60 s, no WiFi/MQTT"))
+            return
+        if self.factory_reset:
+            self.refusals.append(("connect", "FACTORY_RESET: no WiFi config, provisioning access point only"))
             return
         if self.connected:
             self._lose_connection(now)

@@ -1205,6 +1205,25 @@ class CurrentBoard(Board):
         elif command == "safe_mode":
             self.emergency_stop_all(now, "Safe mode activated via MQTT command")
             base.update(success=True, message="Safe mode activated - all actuators stopped")
+        elif command == "factory_reset" and ajson.or_bool(d, "confirm"):
+            # WiFi config cleared, restart: the board comes up as an access point
+            self._publish(topic, f'{{"status":"factory_reset_initiated","esp_id":"{self.esp_id}",'
+                                 f'"seq":{self._next_seq()}}}', 1)
+            self.refuse("system", "factory_reset: the board restarts into provisioning (AP mode), off MQTT")
+            self.factory_reset = True
+            self._lose_connection(now)
+            return
+        elif command in ("diagnostics", "get_config"):
+            base.update(success=True, state=STATES.get(self.system_state, 9), uptime=self.uptime(now),
+                        sensor_count=sum(1 for s in self.sensor_list if s.active),
+                        actuator_count=self.actuator_count, zone_id=self.zone_id)
+        elif command == "set_log_level":
+            level = ajson.as_string(d.get("level")).upper() if "level" in d else ""
+            if level in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
+                base.update(success=True, level=level, message=f"Log level changed to {level}", persisted=True)
+            else:
+                base.update(success=False, error="Invalid log level",
+                            message="Valid levels: DEBUG, INFO, WARNING, ERROR, CRITICAL", requested_level=level)
         elif command == "status":
             base.update(success=True, state=STATES.get(self.system_state, 9), uptime=self.uptime(now),
                         heap_free=150000, wifi_rssi=-58,

@@ -289,3 +289,23 @@ def test_emergency_resets_the_handover_epoch() -> None:
     assert b.epoch == 1
     b.receive(BROADCAST, STOP, T0 + 42)
     assert b.epoch == 0 and b.mode == "ONLINE"  # type: ignore[attr-defined]
+
+
+def test_current_system_commands_answer_on_system_command_response() -> None:
+    b = running("current")
+    out = b.receive(topic("system/command"), b'{"command":"set_log_level","level":"debug"}', T0 + 2)
+    assert json.loads(out[-1].payload)["success"] is True
+    out = b.receive(topic("system/command"), b'{"command":"reboot_now"}', T0 + 3)
+    assert json.loads(out[-1].payload) == {"command": "reboot_now", "esp_id": ESP, "success": False,
+                                           "error": "Unknown command", "ts": int(T0) + 3,
+                                           "seq": json.loads(out[-1].payload)["seq"]}
+    b.receive(topic("system/command"), b'{"command":"factory_reset","confirm":true}', T0 + 4)
+    assert not b.connected and b.connect(T0 + 5) == []
+
+
+def test_system_commands_before_registration_are_refused() -> None:
+    b = new_board("current", ESP, now=T0)
+    b.connect(T0)
+    out = b.receive(topic("system/command"), b'{"command":"exit_safe_mode"}', T0 + 1)
+    body = json.loads(out[-1].payload)
+    assert body["success"] is False and body["reason_code"] == "REGISTRATION_PENDING"
