@@ -38,6 +38,9 @@ from engine.model import Deployment, Device, Event
 
 GENERATIONS = ("legacy", "current")
 CONFIG_RESPONSE_TIMEOUT = 30.0  # seconds a push may go unanswered before it is reported
+#: current firmware refuses clear_emergency within 5 s of the stop (SafetyController::
+#: clearEmergencyStop): a reset sooner than this after a stop waits for it
+CLEAR_AFTER_STOP = 5.5
 
 
 class Reply(NamedTuple):
@@ -79,6 +82,8 @@ class Board:
     last_push: float = -math.inf
     config_due: str | None = "first ack"  # why a push is due; None = nothing due
     stop_due: bool = False  # the board must get the emergency stop again
+    stopped_at: float | None = None  # when it was last sent a stop
+    clear_due: float | None = None  # when to send clear_emergency (current refuses it within 5 s of a stop)
     pending: list[Push] = field(default_factory=list)
     acks: int = 0
     pushes: int = 0
@@ -125,6 +130,7 @@ class DeviceTracker:
         #: esp id -> what it was last sent: {"sensors": {key: item}, "actuators": {gpio: item}}
         self.sent: dict[str, dict[str, dict[str, dict[str, Any]]]] = {}
         self._serial = 0
+        self.stopped_all = False  # a broadcast stop is in force (legacy boards re-get it)
         self.tokens: dict[str, str] = dict(tokens or {})
         self.deployment = deployment
         self._by_esp: dict[str, Device] = {}
@@ -247,15 +253,16 @@ class DeviceTracker:
                                     {"esp_id": hb.esp_id, "rebooted": True}))
             b.config_due = b.config_due or "reboot"
         latched = dev is not None and self._latched(dev.name)
-        if latched and (rebooted or first or not b.acked or b.stop_due):
+        if dev is not None and latched and (rebooted or first or not b.acked or b.stop_due):
             # a rebooted board lost its latch; a board first heard this session may
             # never have got the stop: the stop goes before anything else
-            out.messages.append(self._stop(dev, "emergency stop still active"))  # type: ignore[arg-type]
+            again = self._stop_again(b, dev, now)
+            out.messages.extend(again)
             b.stop_due = False
-            out.events.append(Event(now, "emergency", "critical", dev.name,  # type: ignore[union-attr]
-                                    f"emergency stop sent again to {dev.name} ({hb.esp_id})"  # type: ignore[union-attr]
-                                    + (": it rebooted" if rebooted else ""),
-                                    {"esp_id": hb.esp_id}))
+            if again:
+                out.events.append(Event(now, "emergency", "critical", dev.name,
+                                        f"emergency stop sent again to {dev.name} ({hb.esp_id})"
+                                        + (": it rebooted" if rebooted else ""), {"esp_id": hb.esp_id}))
         if now - b.last_ack >= self.ack_interval:
             out.messages.append(codec.encode_heartbeat_ack(
                 "" if hb.kaiser_id == "" else self.kaiser_id, hb.esp_id, server_time=now,
@@ -371,8 +378,10 @@ class DeviceTracker:
         return Event(now, "config_response", severity, subject, text, data)
 
     def tick(self, now: float) -> Reply:
-        """Pushes that were due but rate-limited; pushes nobody answered."""
+        """Clears and pushes that were due (a board refuses a clear within 5 s of
+        its stop; pushes are rate-limited); pushes nobody answered."""
         out = _reply()
+        out.messages.extend(self._clears(now))
         for b in self.boards.values():
             dev = self._by_esp.get(b.esp_id)
             if dev is None:
@@ -393,6 +402,7 @@ class DeviceTracker:
         due = [b.last_push + self.push_interval for b in self.boards.values()
                if b.config_due is not None and b.acked]
         due += [p.sent_at + CONFIG_RESPONSE_TIMEOUT for b in self.boards.values() for p in b.pending]
+        due += [b.clear_due for b in self.boards.values() if b.clear_due is not None]
         return min(due) if due else None
 
     # ------------------------------------------------------------------ emergency
@@ -405,49 +415,95 @@ class DeviceTracker:
     def _stop(self, dev: Device, reason: str) -> codec.Outgoing:
         return codec.encode_device_emergency(self.kaiser_id, dev.esp_id, self.token(dev), reason)
 
+    def _stop_again(self, b: Board, dev: Device, now: float) -> list[codec.Outgoing]:
+        """The stop for a board that may have lost its latch (rebooted, first heard)."""
+        out = []
+        if self.generation(dev.esp_id) != "current" and self.stopped_all:
+            # legacy boards act only on the broadcast (every board is stopped anyway)
+            out.append(codec.encode_emergency("emergency stop still active", timestamp=now))
+        if self.generation(dev.esp_id) != "legacy":
+            out.append(self._stop(dev, "emergency stop still active"))
+        b.stopped_at = now
+        b.clear_due = None
+        return out
+
     def emergency(self, target: str, reason: str, now: float) -> Reply:
-        """An emergency stop: ``all`` -> the broadcast (both generations) plus the
-        per-board stop to every mapped board (production boards act on a token);
-        a device -> its per-board stop."""
+        """An emergency stop. ``all`` -> the broadcast (both generations; the only
+        stop a legacy board acts on) plus the per-board stop to every board that
+        may run current firmware (production builds act on a token). A device ->
+        its per-board stop; a legacy board has none that works (its handler is
+        unreachable in that firmware), so what stops it is the OFF the guard sends
+        to each of its actuators, and the guard's latch keeps them off."""
         out = _reply()
         devs = list(self._by_esp.values()) if target == "all" else \
             [d for d in self._by_esp.values() if d.name == target]
         if target == "all":
+            self.stopped_all = True
             out.messages.append(codec.encode_emergency(reason, timestamp=now))
         for dev in devs:
-            out.messages.append(self._stop(dev, reason))
-            b = self.boards.get(dev.esp_id)
-            if b is not None:
-                b.stop_due = False
+            gen = self.generation(dev.esp_id)
+            if gen != "legacy":
+                out.messages.append(self._stop(dev, reason))
+            elif target != "all":
+                out.events.append(Event(now, "emergency", "warning", dev.name,
+                                        f"{dev.name} runs legacy firmware, which has no working per-board stop: "
+                                        "its actuators were sent OFF and the server holds the latch",
+                                        {"esp_id": dev.esp_id}))
+            b = self.board(dev.esp_id, now)
+            b.stop_due = False
+            b.stopped_at = now
+            b.clear_due = None
         return out
 
     def reset(self, target: str, now: float) -> Reply:
-        """After the guard lifted a stop: ``clear_emergency`` to each board it no
-        longer holds (nothing is switched on), then any config that waited."""
+        """After the guard lifted a stop: clear each board it no longer holds, as its
+        generation understands it (current: ``clear_emergency``, which the board
+        refuses within 5 s of the stop, so it is sent no earlier; legacy: a config
+        push naming its actuators). Nothing is switched on."""
         out = _reply()
+        if target == "all":
+            self.stopped_all = False
         for dev in self._by_esp.values():
             if target != "all" and dev.name != target:
                 continue
             if self._latched(dev.name):
                 continue  # another stop (all, or this device) still holds it
-            out.messages.append(codec.encode_device_emergency(self.kaiser_id, dev.esp_id, self.token(dev),
-                                                              clear=True))
-            b = self.boards.get(dev.esp_id)
-            if b is not None:
-                b.last_push = -math.inf
-                out.messages.extend(self._push_if_due(b, dev, now, out.events))
+            b = self.board(dev.esp_id, now)
+            gen = self.generation(dev.esp_id)
+            if gen != "legacy":
+                b.clear_due = max(now, (b.stopped_at or -math.inf) + CLEAR_AFTER_STOP)
+            if gen != "current":
+                b.config_due = b.config_due or "emergency reset"
+            b.last_push = -math.inf
+        out.messages.extend(self._clears(now))
+        for dev in self._by_esp.values():
+            b2 = self.boards.get(dev.esp_id)
+            if b2 is not None and (target == "all" or dev.name == target):
+                out.messages.extend(self._push_if_due(b2, dev, now, out.events))
+        return out
+
+    def _clears(self, now: float) -> list[codec.Outgoing]:
+        out = []
+        for b in self.boards.values():
+            dev = self._by_esp.get(b.esp_id)
+            if b.clear_due is None or dev is None or now < b.clear_due:
+                continue
+            b.clear_due = None
+            if not self._latched(dev.name):
+                out.append(codec.encode_device_emergency(self.kaiser_id, dev.esp_id, self.token(dev), clear=True))
         return out
 
     # ------------------------------------------------------------------ state
     def snapshot(self) -> dict[str, Any]:
         """What must survive a restart: what each board was sent, their generation."""
-        return {"sent": self.sent, "serial": self._serial,
+        return {"sent": self.sent, "serial": self._serial, "stopped_all": self.stopped_all,
                 "generation": {e: b.generation for e, b in self.boards.items() if b.generation}}
 
     def restore(self, snap: Mapping[str, Any]) -> None:
         sent = snap.get("sent")
         if isinstance(sent, dict):
             self.sent = {str(e): v for e, v in sent.items() if isinstance(v, dict)}
+        self.stopped_all = snap.get("stopped_all") is True
         serial = snap.get("serial")
         if isinstance(serial, int):
             self._serial = serial

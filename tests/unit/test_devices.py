@@ -125,7 +125,7 @@ def test_a_board_registers_gets_its_config_and_refuses_nothing(tmp_path: Path, g
     dep = deployment(tmp_path)
     w = Wire(tracker(dep), [board(gen)])
     w.boot()
-    w.run(12)
+    w.run(70)  # legacy's first heartbeat comes a minute after boot
     b = w.boards[0]
     assert b.refusals == []
     assert b.registered
@@ -167,7 +167,7 @@ def test_removal_reaches_the_board_as_active_false(tmp_path: Path, gen: str) -> 
     dep = deployment(tmp_path)
     w = Wire(tracker(dep), [board(gen)])
     w.boot()
-    w.run(12)
+    w.run(70)  # legacy's first heartbeat comes a minute after boot
     smaller = DEVICES.replace("      fan: {{gpio: 19, type: relay}}\n", "")
     w.apply(w.tracker.install(deployment(tmp_path, text=smaller), w.now))
     w.run(12)
@@ -185,7 +185,7 @@ def test_stop_latches_and_reset_clears_without_switching_anything_on(tmp_path: P
     held: set[str] = set()
     w = Wire(tracker(dep, held), [board(gen)])
     w.boot()
-    w.run(12)
+    w.run(70)  # legacy's first heartbeat comes a minute after boot
     b = w.boards[0]
     w.deliver([codec.encode_command(K, "ESP_00A1B2", 18, "relay", 1.0, 30)])
     assert b.actuators[18].state
@@ -196,6 +196,7 @@ def test_stop_latches_and_reset_clears_without_switching_anything_on(tmp_path: P
     assert not b.actuators[18].state, "a latched board refuses commands"
     held.clear()
     w.apply(w.tracker.reset("all", w.now))
+    w.run(10)  # current firmware refuses a clear within 5 s of the stop: the tracker waits
     assert not b.latched
     assert not any(a.state for a in b.actuators.values()), "a reset turns nothing on"
     w.deliver([codec.encode_command(K, "ESP_00A1B2", 18, "relay", 1.0, 30)])
@@ -209,7 +210,7 @@ def test_a_board_that_reboots_during_a_stop_gets_the_stop_before_anything_else(t
     held: set[str] = set()
     w = Wire(tracker(dep, held), [board(gen)])
     w.boot()
-    w.run(12)
+    w.run(70)  # legacy's first heartbeat comes a minute after boot
     b = w.boards[0]
     held.add("north")
     w.apply(w.tracker.emergency("north", "smoke", w.now))
@@ -242,7 +243,7 @@ def test_a_forged_heartbeat_with_uptime_going_back_gets_the_stop_not_a_config(tm
     assert b.latched, "a config push would have cleared a legacy latch"
 
 
-@pytest.mark.parametrize("gen", GENERATIONS)
+@pytest.mark.parametrize("gen", ["legacy"])  # current XIAO builds cannot subscribe to config at all
 def test_a_big_device_is_split_into_pushes_the_board_takes(tmp_path: Path, gen: str) -> None:
     probes = "".join(f"      probe_{i:02d}: {{{{gpio: 6, type: DS18B20, onewire_address: 28FF641E8D3C0C{i:02X}}}}}\n"
                      for i in range(9))
@@ -252,7 +253,7 @@ def test_a_big_device_is_split_into_pushes_the_board_takes(tmp_path: Path, gen: 
     dep = deployment(tmp_path, gen, text)
     w = Wire(tracker(dep), [board(gen, board_kind="xiao_esp32c3")])
     w.boot()
-    w.run(12)
+    w.run(70)  # legacy's first heartbeat comes a minute after boot
     b = w.boards[0]
     pushes = w.sent("/config")
     assert len(pushes) > 1
@@ -293,7 +294,7 @@ def test_what_boards_were_sent_survives_a_restart_so_removals_still_reach_them(t
     b = board("current")
     w = Wire(tracker(dep), [b])
     w.boot()
-    w.run(12)
+    w.run(70)  # legacy's first heartbeat comes a minute after boot
     snap = json.loads(json.dumps(w.tracker.snapshot()))
     smaller = DEVICES.replace("      vent: {{gpio: 25, type: pwm}}\n", "")
     t2 = tracker(deployment(tmp_path, text=smaller))
@@ -306,20 +307,21 @@ def test_what_boards_were_sent_survives_a_restart_so_removals_still_reach_them(t
 
 def test_emergency_tokens_come_from_the_environment(tmp_path: Path) -> None:
     text = DEVICES.replace("    firmware: {north}\n", "    firmware: {north}\n    emergency_token_env: NORTH_TOKEN\n")
-    dep = deployment(tmp_path, "legacy", text)
+    dep = deployment(tmp_path, "current", text)
     tokens, problems = tokens_from_env(dep, {"NORTH_TOKEN": "s3cret"})
     assert tokens == {"north": "s3cret"} and problems == []
     _, problems = tokens_from_env(dep, {})
     assert problems and "NORTH_TOKEN" in problems[0]
     held: set[str] = set()
-    good = Wire(tracker(dep, held, tokens=tokens), [board("legacy", emergency_token="s3cret")])
+    good = Wire(tracker(dep, held, tokens=tokens), [board("current", emergency_token="s3cret")])
     good.boot()
     held.add("north")
     good.apply(good.tracker.emergency("north", "smoke", good.now))
     assert good.boards[0].latched
     bad_held: set[str] = set()
-    bad = Wire(tracker(dep, bad_held), [board("legacy", emergency_token="s3cret")])
+    bad = Wire(tracker(dep, bad_held), [board("current", emergency_token="s3cret")])
     bad.boot()
     bad_held.add("north")
     bad.apply(bad.tracker.emergency("north", "smoke", bad.now))
-    assert not bad.boards[0].latched and bad.boards[0].refusals  # the esp id is not its token
+    assert not bad.boards[0].latched  # the esp id is not its token
+    assert any(r[0] == "emergency" for r in bad.boards[0].refusals)
