@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 import re
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -99,11 +99,27 @@ class WebsocketSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class GitopsSettings:
+    """Pull mode (docs/gitops.md): follow ``branch`` of ``repo``; empty ``repo`` = off."""
+
+    repo: str = ""  # any URL or path `git fetch` takes; a relative path is relative to kaiser.toml
+    branch: str = "main"
+    path: str = "rules"  # the rules folder inside the repository
+    interval: float = 30.0  # seconds between fetches
+    require_tests: bool = True  # a failing rule test refuses the commit
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.repo)
+
+
+@dataclass(frozen=True, slots=True)
 class Settings:
     kaiser: KaiserSettings = KaiserSettings()
     mqtt: MqttSettings = MqttSettings()
     store: StoreSettings = StoreSettings()
     websocket: WebsocketSettings = WebsocketSettings()
+    gitops: GitopsSettings = GitopsSettings()
     #: the file these came from (None: all defaults)
     path: Path | None = None
 
@@ -115,6 +131,7 @@ _SCHEMA: dict[str, dict[str, str]] = {
     "store": {"path": "str", "flush_interval": "duration", "retention": "duration"},
     "websocket": {"listen": "str", "token_env": "str", "tokens_env": "str", "max_clients": "int",
                   "query_timeout": "duration", "query_workers": "int"},
+    "gitops": {"repo": "str", "branch": "str", "path": "str", "interval": "duration", "require_tests": "bool"},
 }
 _DOCS: dict[str, dict[str, str]] = {
     "kaiser": {"id": "kaiser_id in MQTT topics: kaiser/{id}/esp/...",
@@ -134,12 +151,17 @@ _DOCS: dict[str, dict[str, str]] = {
                   "max_clients": "at most this many WebSocket clients",
                   "query_timeout": "a /query statement is interrupted after this long",
                   "query_workers": "at most this many /query statements run at once"},
+    "gitops": {"repo": "git repository to follow (URL or path; empty: pull mode off)",
+               "branch": "branch to follow",
+               "path": "the rules folder inside the repository",
+               "interval": "time between two fetches",
+               "require_tests": "a commit whose rule tests fail is refused"},
 }
 
 
 def _defaults(section: str) -> dict[str, Any]:
     obj = {"kaiser": KaiserSettings(), "mqtt": MqttSettings(), "store": StoreSettings(),
-           "websocket": WebsocketSettings()}[section]
+           "websocket": WebsocketSettings(), "gitops": GitopsSettings()}[section]
     return {f.name: getattr(obj, f.name) for f in fields(obj)}  # type: ignore[arg-type]
 
 
@@ -263,6 +285,11 @@ def _value(section: str, key: str, kind: str, value: object, pos: Position,
                                   hint=f"write {key} = \"{value}\""))
             return None
         return value
+    if kind == "bool":
+        if not isinstance(value, bool):
+            out.append(Diagnostic("K803", "error", f"{what} must be true or false, not {value!r}", pos))
+            return None
+        return value
     if kind == "int":
         if isinstance(value, bool) or not isinstance(value, int):
             out.append(Diagnostic("K803", "error", f"{what} must be a whole number, not {value!r}", pos))
@@ -282,6 +309,7 @@ def _build(values: dict[str, dict[str, Any]], file: str, base: Path | None, line
     m = {**_defaults("mqtt"), **values.get("mqtt", {})}
     s = {**_defaults("store"), **values.get("store", {})}
     w = {**_defaults("websocket"), **values.get("websocket", {})}
+    g = {**_defaults("gitops"), **values.get("gitops", {})}
     if not k["id"] or re.search(r"[/+#\s]", str(k["id"])):
         lines_needed.append(("kaiser", "id", f"kaiser.id {k['id']!r} cannot be used in MQTT topics",
                              "use letters, digits, '_' or '-'"))
@@ -322,6 +350,7 @@ def _build(values: dict[str, dict[str, Any]], file: str, base: Path | None, line
         if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", str(w[key])):
             lines_needed.append(("websocket", key, f"websocket.{key} {w[key]!r} is not an environment "
                                  "variable name", "e.g. KAISER_WS_TOKEN"))
+    lines_needed.extend(_gitops_problems(g))
     for section, key, msg, hint in lines_needed:
         out.append(Diagnostic("K804", "error", msg, lines.key(section, key), hint=hint))
     if out:
@@ -346,8 +375,34 @@ def _build(values: dict[str, dict[str, Any]], file: str, base: Path | None, line
                                     tokens_env=str(w["tokens_env"]), max_clients=int(w["max_clients"]),
                                     query_timeout=float(w["query_timeout"]),
                                     query_workers=int(w["query_workers"])),
+        gitops=GitopsSettings(repo=_repo(str(g["repo"]), rel), branch=str(g["branch"]), path=str(g["path"]),
+                              interval=float(g["interval"]), require_tests=bool(g["require_tests"])),
         path=Path(file) if base is not None else None,
     )
+
+
+def _gitops_problems(g: Mapping[str, Any]) -> list[tuple[str, str, str, str]]:
+    """[gitops] values git would refuse or that would leave the repository."""
+    found: list[tuple[str, str, str, str]] = []
+    branch = str(g["branch"])
+    if not branch or branch.startswith("-") or re.search(r"[\s~^:?*\[\\]|\.\.|@\{|^/|/$|\.lock$", branch):
+        found.append(("gitops", "branch", f"gitops.branch {branch!r} is not a branch name", "e.g. main"))
+    path = str(g["path"])
+    if not path or Path(path).is_absolute() or ".." in Path(path).parts or path.startswith("-"):
+        found.append(("gitops", "path", f"gitops.path {path!r} must be a folder inside the repository",
+                      "e.g. rules (\".\" for the repository's top)"))
+    if float(g["interval"]) <= 0:
+        found.append(("gitops", "interval", "gitops.interval must be longer than 0", "e.g. 30s"))
+    if str(g["repo"]).startswith("-"):
+        found.append(("gitops", "repo", f"gitops.repo {g['repo']!r} is not a repository", ""))
+    return found
+
+
+def _repo(repo: str, rel: Callable[[str], Path]) -> str:
+    """A local path is taken relative to kaiser.toml; URLs (``scheme://``, ``host:path``) stay."""
+    if not repo or "://" in repo or re.match(r"^[^/]*:", repo):
+        return repo
+    return os.fspath(rel(repo))
 
 
 def settings_schema() -> dict[str, Any]:
@@ -355,6 +410,7 @@ def settings_schema() -> dict[str, Any]:
     kinds: dict[str, dict[str, Any]] = {
         "str": {"type": "string"},
         "int": {"type": "integer", "minimum": 1},
+        "bool": {"type": "boolean"},
         "duration": {"anyOf": [{"type": "number", "minimum": 0},
                                {"type": "string", "pattern": r"^\s*\d+(\.\d+)?\s*(ms|s|m|h|d)?\s*$"}]},
     }
@@ -367,7 +423,8 @@ def settings_schema() -> dict[str, Any]:
             if isinstance(default, Path):
                 default = os.fspath(default)
             if kind == "duration":
-                default = {"flush_interval": "1s", "retention": "90d", "query_timeout": "10s"}[key]
+                default = {"flush_interval": "1s", "retention": "90d", "query_timeout": "10s",
+                           "interval": "30s"}[key]
             sp[key] = {**kinds[kind], "description": _DOCS[section][key], "default": default}
         props[section] = {"type": "object", "properties": sp, "additionalProperties": False}
     return {
