@@ -36,14 +36,14 @@ devices:
     esp_id: {north}
     firmware: current
     sensors:
-      air_temp: {{gpio: 4, type: DS18B20, onewire_address: 28FF641E8D3C0C79}}
+      air_temp: {{gpio: 14, type: DS18B20, onewire_address: 28FF641E8D3C0C79}}
     actuators:
       heater: {{gpio: 18, type: relay}}
   south:
     esp_id: {south}
     firmware: legacy
     sensors:
-      soil: {{gpio: 34, type: moisture}}
+      soil: {{gpio: 32, type: moisture}}
     actuators:
       fan: {{gpio: 5, type: relay}}
       vent: {{gpio: 25, type: pwm}}
@@ -69,7 +69,7 @@ class Greenhouse:
         self.settings = settings
         self.rules_dir = rules_dir
         self.north_id, self.south_id = north, south
-        self.clock = time.time
+        self.t = time.time()  # the boards' virtual clock (the server keeps its own)
         self.fleet: TwinFleet | None = None
         self.server: Server | None = None
         self.stop = asyncio.Event()
@@ -90,12 +90,32 @@ class Greenhouse:
         await self.server.start()
         return self.server
 
-    async def start_boards(self, *, auto_tick: bool = True, now: Callable[[], float] | None = None) -> None:
+    async def start_boards(self) -> None:
+        """Both boards on the broker, on virtual time (``advance``)."""
         k = self.settings.kaiser.id
-        boards = [new_board("current", self.north_id, kaiser_id=k, now=time.time()),
-                  new_board("legacy", self.south_id, kaiser_id=k, now=time.time())]
-        self.fleet = TwinFleet(boards, self.settings.mqtt.url, auto_tick=auto_tick, now=now or time.time)
+        boards = [new_board("current", self.north_id, kaiser_id=k, now=self.t),
+                  new_board("legacy", self.south_id, kaiser_id=k, now=self.t)]
+        self.fleet = TwinFleet(boards, self.settings.mqtt.url, auto_tick=False, now=lambda: self.t)
         self.task = asyncio.create_task(self.fleet.run(self.stop))
+        await until(lambda: self.fleet is not None and len(self.fleet._clients) == 2)
+
+    async def advance(self, seconds: float, step: float = 5.0) -> None:
+        """Let the boards' time pass (heartbeats, timers), giving the server a moment
+        to answer after each step."""
+        assert self.fleet is not None
+        end = self.t + seconds
+        while self.t < end:
+            self.t = min(end, self.t + step)
+            await self.fleet.advance(self.t)
+            await asyncio.sleep(0.05)
+
+    async def register(self) -> None:
+        """Until both boards are registered and configured (legacy heartbeats a minute after boot)."""
+        for _ in range(30):
+            if _registered(self):
+                return
+            await self.advance(5)
+        await until(lambda: _registered(self))
 
     async def close(self) -> None:
         self.stop.set()
@@ -107,7 +127,7 @@ class Greenhouse:
 
     async def reading(self, board: Board, gpio: int, raw: float) -> None:
         assert self.fleet is not None
-        await self.fleet.emit(board, board.reading(gpio, time.time(), raw=raw))
+        await self.fleet.emit(board, board.reading(gpio, self.t, raw=raw))
 
 
 async def until(pred: Callable[[], Any], timeout: float = 15.0, what: str = "") -> None:
@@ -139,7 +159,7 @@ async def house(clean_retained: None, kaiser_id: str, broker_url: str, tmp_path:
 async def test_both_generations_register_send_data_and_execute_a_rules_command(house: Greenhouse) -> None:
     await house.start_server()
     await house.start_boards()
-    await until(lambda: _registered(house))
+    await house.register()
     assert house.north.refusals == [] and house.south.refusals == []
     # a current board sends data only once registered; this reading crosses boards
     await house.reading(house.north, 4, 30 * 16)
@@ -153,13 +173,14 @@ async def test_both_generations_register_send_data_and_execute_a_rules_command(h
 async def test_an_emergency_stop_latches_both_and_a_reset_clears_them_turning_nothing_on(house: Greenhouse) -> None:
     server = await house.start_server()
     await house.start_boards()
-    await until(lambda: _registered(house))
+    await house.register()
     await house.reading(house.north, 4, 30 * 16)
     await until(lambda: house.south.actuators[5].state)
     await server._control({"type": "emergency_stop", "reason": "smoke", "who": "test"})
     await until(lambda: house.north.latched and house.south.latched)
     assert not any(a.state for a in house.south.actuators.values())
     await server._control({"type": "reset_emergency", "reason": "checked", "who": "test"})
+    await house.advance(6, step=1)  # current refuses a clear within 5 s of the stop; the server waits too
     await until(lambda: not house.north.latched and not house.south.latched)
     await asyncio.sleep(0.5)
     assert not any(a.state for b in (house.north, house.south) for a in b.actuators.values())
@@ -169,7 +190,7 @@ async def test_an_emergency_stop_latches_both_and_a_reset_clears_them_turning_no
 async def test_a_removal_reaches_the_board(house: Greenhouse) -> None:
     server = await house.start_server()
     await house.start_boards()
-    await until(lambda: _registered(house))
+    await house.register()
     devices = house.rules_dir / "devices.yaml"
     devices.write_text(devices.read_text().replace("      vent: {gpio: 25, type: pwm}\n", ""))
     assert await server.reload()
@@ -181,52 +202,48 @@ async def test_a_removal_reaches_the_board(house: Greenhouse) -> None:
 async def test_a_board_that_reboots_during_a_stop_gets_the_stop_again(house: Greenhouse) -> None:
     server = await house.start_server()
     await house.start_boards()
-    await until(lambda: _registered(house))
+    await house.register()
     await server._control({"type": "emergency_stop", "device": "north", "reason": "smoke", "who": "test"})
     await until(lambda: house.north.latched)
     assert house.fleet is not None
     await house.fleet.reboot(house.north_id)  # a reboot clears the board's own latch
+    await house.advance(5)
     await until(lambda: house.north.latched)
 
 
 async def test_a_server_restart_keeps_the_boards_registered(house: Greenhouse) -> None:
     await house.start_server()
     await house.start_boards()
-    await until(lambda: _registered(house))
+    await house.register()
     assert house.server is not None
     await house.server.stop()  # a clean stop publishes offline: current boards go safe
     await until(lambda: house.north.safe_state)
+    await house.advance(60)  # long enough to go offline for real (30 s grace)
     await house.start_server()
-    await until(lambda: house.north.registered and not house.north.safe_state, timeout=30)
-    assert house.north.epoch >= 2  # its own counter, which the new server echoed
+    for _ in range(20):
+        if house.north.registered and not house.north.safe_state:
+            break
+        await house.advance(5)
+    assert house.north.registered and not house.north.safe_state
+    assert house.north.epoch >= 1  # it counted the handover; the new server echoed its number
+    assert [r for r in house.north.refusals if r[0] == "ack"] == []
     await house.reading(house.north, 4, 30 * 16)
     await until(lambda: house.south.actuators[5].state)
 
 
 async def test_a_kaiser_that_dies_leaves_current_boards_safe_within_120_s(house: Greenhouse) -> None:
-    t = [time.time()]
     await house.start_server()
-    await house.start_boards(auto_tick=False, now=lambda: t[0])
-    assert house.fleet is not None
-    for _ in range(20):  # virtual time: heartbeats every 5 s until the ack
-        t[0] += 5
-        await house.fleet.advance()
-        await asyncio.sleep(0.05)
-        if _registered(house):
-            break
-    await until(lambda: _registered(house))
+    await house.start_boards()
+    await house.register()
     assert house.server is not None
     await house.server._control({"type": "command", "actuator": "north.heater", "set": "on", "who": "test"})
     await until(lambda: house.north.actuators[18].state)
-    # the server now vanishes without a word (no offline, no will reaches the board)
+    # the server vanishes without a word (no offline, and no will reaches the board)
     house.server.mqtt = None  # nothing more is published by it
     await house.server.stop()
     house.server = None
-    # the broker's retained offline may or may not arrive; the board's own 120 s rule decides
-    start = t[0]
-    while not house.north.safe_state and t[0] - start <= 121:
-        t[0] += 5
-        await house.fleet.advance()
-        await asyncio.sleep(0.01)
-    assert house.north.safe_state and t[0] - start <= 125
+    start = house.t
+    while not house.north.safe_state and house.t - start <= 130:
+        await house.advance(5)
+    assert house.north.safe_state and house.t - start <= 125
     assert not any(a.state for a in house.north.actuators.values())
