@@ -23,7 +23,7 @@ from engine.firmware.mqtt import TwinFleet
 
 from .conftest import make_settings
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.anyio]
 
 
 def _esp() -> str:
