@@ -863,9 +863,10 @@ class Server:
             return True
 
     # ------------------------------------------------------------------ control
-    async def _control(self, msg: dict[str, Any], operator: str) -> dict[str, Any]:
+    async def _control(self, msg: dict[str, Any], operator: str = "server") -> dict[str, Any]:
         """WebSocket control messages. The Hub checked the key; ``operator`` (the key's
-        name, plus the login the client reports) is what the record names."""
+        name, plus the login the client reports) is what the record names ("server":
+        called in-process, as tests do). The message's ``who`` alone names nobody."""
         now = self.clock.now()
         kind = msg.get("type")
         if kind in ("emergency_stop", "reset_emergency"):

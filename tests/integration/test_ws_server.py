@@ -12,6 +12,7 @@ import aiomqtt
 import pytest
 from websockets.asyncio.client import connect
 
+from engine import auth
 from engine.adapters.broker import EmbeddedBroker
 from engine.app import Server
 from engine.commands import run_query
@@ -36,8 +37,17 @@ def _http(url: str) -> tuple[int, str]:
         return r.status, r.read().decode()
 
 
+def _key(server: Server) -> str:
+    """The control key the server wrote beside its store at start."""
+    assert server.hub is not None
+    token = auth.read_token(auth.token_path(server.settings.store.path, server.hub.port))
+    assert token is not None
+    return token
+
+
 async def test_websocket_streams_readings_and_commands_and_takes_control(server: Server, board: Board) -> None:
     assert server.hub is not None
+    key = _key(server)
     async with connect(server.hub.url) as ws:
         await ws.send(json.dumps({"type": "subscribe", "topic": f"sensor_data/{NORTH}"}))
         await ws.send(json.dumps({"type": "subscribe", "topic": "actuator_command/+"}))
@@ -50,28 +60,41 @@ async def test_websocket_streams_readings_and_commands_and_takes_control(server:
         ev = await _next(ws, lambda e: e["event_type"] == "actuator_command")
         assert ev["topic"] == f"actuator_command/{SOUTH}" and ev["data"]["rule"] == "cool-south-when-north-hot"
         # a manual command, guarded like any other
-        await ws.send(json.dumps({"type": "command", "actuator": "south.vent", "set": 0.4, "for": "30s"}))
+        await ws.send(json.dumps({"type": "command", "actuator": "south.vent", "set": 0.4, "for": "30s",
+                                  "token": key, "who": "alice"}))
         ev = await _next(ws, lambda e: e["event_type"] in ("control_result", "error"))
         assert ev["event_type"] == "control_result"
         _, p = await board.expect(lambda t, p: t.endswith(f"{SOUTH}/actuator/25/command"))
         assert p == {"command": "PWM", "value": 0.4, "duration": 0}  # the end of a PWM is the server's OFF
         # emergency stop: broadcast on the wire; then manual ON is refused with the guard's code
-        await ws.send(json.dumps({"type": "emergency_stop", "reason": "test"}))
+        await ws.send(json.dumps({"type": "emergency_stop", "reason": "test", "who": "mallory"}))
+        ev = await _next(ws, lambda e: e["event_type"] in ("control_result", "error"))
+        assert ev["event_type"] == "error" and "token" in ev["data"]["message"]  # no key, no stop
+        await ws.send(json.dumps({"type": "emergency_stop", "reason": "test", "token": key, "who": "alice"}))
         await _next(ws, lambda e: e["event_type"] == "control_result")
         await board.expect(lambda t, p: t == "kaiser/broadcast/emergency")
-        await ws.send(json.dumps({"type": "command", "actuator": "south.fan", "set": "on"}))
+        await ws.send(json.dumps({"type": "command", "actuator": "south.fan", "set": "on", "token": key}))
         ev = await _next(ws, lambda e: e["event_type"] in ("control_result", "error"))
         assert ev["event_type"] == "error" and "EMERGENCY_STOP_ACTIVE" in ev["data"]["message"]
-        await ws.send(json.dumps({"type": "command", "actuator": "south.nothing", "set": "on"}))
+        await ws.send(json.dumps({"type": "command", "actuator": "south.nothing", "set": "on", "token": key}))
         ev = await _next(ws, lambda e: e["event_type"] in ("control_result", "error"))
         assert ev["event_type"] == "error"
-        await ws.send(json.dumps({"type": "reset_emergency"}))
+        await ws.send(json.dumps({"type": "command", "actuator": "south.fan", "set": "on", "priority": "x",
+                                  "token": key}))
+        ev = await _next(ws, lambda e: e["event_type"] in ("control_result", "error"))
+        assert ev["event_type"] == "error" and ev["data"]["message"].startswith("refused: priority must be")
+        await ws.send(json.dumps({"type": "reset_emergency", "token": key}))
         ev = await _next(ws, lambda e: e["event_type"] in ("control_result", "error"))
         assert ev["event_type"] == "control_result"
     assert server.store is not None
     server.store.flush()
     blocked = server.store.query("SELECT code, source FROM commands WHERE outcome='blocked'").rows
     assert ("EMERGENCY_STOP_ACTIVE", "manual") in blocked
+    # the record names the key and the login, never the client's "who" alone
+    sent = server.store.query("SELECT reason FROM commands WHERE source = 'manual' AND outcome = 'sent'").rows
+    assert sent == [("manual (by local (alice))",)]
+    stops = server.store.query("SELECT message FROM events WHERE kind = 'emergency'").rows
+    assert any("by local (alice)" in m for (m,) in stops) and all("mallory" not in m for (m,) in stops), stops
 
 
 async def test_health_metrics_and_read_only_query_while_the_server_writes(server: Server, board: Board) -> None:
@@ -219,10 +242,9 @@ async def test_estop_and_reset_from_the_cli_go_through_the_running_server(
     from engine.commands import cmd_estop, cmd_query, cmd_reset
 
     assert server.hub is not None
-    monkeypatch.setenv("KAISER_WS_TOKEN", "tok")
-    server.hub.token = "tok"
+    monkeypatch.delenv("KAISER_WS_TOKEN", raising=False)  # the CLI reads the token file beside the store
     toml = tmp_path / "cli.toml"
-    toml.write_text(f'[kaiser]\nid = "{server.kaiser_id}"\n[store]\npath = "{tmp_path / "nope.duckdb"}"\n'
+    toml.write_text(f'[kaiser]\nid = "{server.kaiser_id}"\n[store]\npath = "{server.settings.store.path}"\n'
                     f'[websocket]\nlisten = "127.0.0.1:{server.hub.port}"\n')
     await board.heartbeat(SOUTH)
     await board.expect(lambda t, p: t.endswith(f"{SOUTH}/config"))  # first sight
@@ -247,3 +269,82 @@ async def test_estop_and_reset_from_the_cli_go_through_the_running_server(
     assert await asyncio.to_thread(cmd_query, ns) == 0
     ns = argparse.Namespace(config=str(toml), device="nowhere", reason="x")
     assert await asyncio.to_thread(cmd_estop, ns) == 1  # refused: unknown device
+    from engine.commands import _operator
+
+    assert server.store is not None
+    server.store.flush()
+    who = server.store.query("SELECT DISTINCT data->>'$.who' FROM events WHERE kind = 'emergency'").rows
+    assert who == [(f"local ({_operator()})",)]  # the key's name and the CLI's login
+    key_file = auth.token_path(server.settings.store.path, server.hub.port)
+    good = key_file.read_text()
+    key_file.write_text("another-token-0123456789\n")  # a stale or foreign file: refused, clean exit
+    ns = argparse.Namespace(config=str(toml), device="south", reason="x")
+    assert await asyncio.to_thread(cmd_estop, ns) == 1
+    key_file.write_text(good)
+
+
+async def test_the_query_port_is_keyed_read_only_and_bounded(
+        clean_retained: None, kaiser_id: str, broker_url: str, rules_dir: Path, tmp_path: Path,
+        caplog: pytest.LogCaptureFixture) -> None:
+    import dataclasses
+    import logging
+    import time
+    import urllib.error
+    import urllib.parse
+
+    caplog.set_level(logging.INFO)
+    settings = make_settings(kaiser_id, broker_url, rules_dir, tmp_path / "kaiser.duckdb")
+    settings = dataclasses.replace(settings, websocket=dataclasses.replace(
+        settings.websocket, query_timeout=0.5, query_workers=1))
+    server = Server(settings, watch=False)
+    await server.start()
+    try:
+        assert server.hub is not None
+        key = _key(server)
+        base = f"http://127.0.0.1:{server.hub.port}/query?"
+
+        def get(sql: str, token: str | None = key) -> tuple[int, dict[str, Any]]:
+            req = urllib.request.Request(base + urllib.parse.urlencode({"sql": sql}),
+                                         headers={"Authorization": f"Bearer {token}"} if token else {})
+            try:
+                with urllib.request.urlopen(req, timeout=10) as r:
+                    return r.status, json.loads(r.read())
+            except urllib.error.HTTPError as e:
+                return e.code, json.loads(e.read())
+
+        assert (await asyncio.to_thread(get, "SELECT 1", None))[0] == 401
+        assert (await asyncio.to_thread(get, "SELECT 1", "p\u00e4ss"))[0] == 401
+        assert await asyncio.to_thread(get, "SELECT 1") == (200, {"columns": ["1"], "rows": [[1]],
+                                                                  "truncated": False})
+        version = server.version
+        for sql in ["EXPLAIN ANALYZE DELETE FROM commands", "EXPLAIN ANALYZE UPDATE state SET value = '1'",
+                    f"EXPLAIN ANALYZE COPY (SELECT 1) TO '{rules_dir}/x.yaml'",
+                    "SELECT * FROM read_csv('/etc/passwd')", "SELECT * FROM glob('/root/*')",
+                    f"SELECT * FROM read_text('{tmp_path}/kaiser.token')"]:
+            status, body = await asyncio.to_thread(get, sql)
+            assert status == 400 and ("read-only" in body["error"] or "not available" in body["error"]), sql
+        assert not (rules_dir / "x.yaml").exists() and server.version == version
+        # a query that would run for minutes: interrupted at the limit; meanwhile the rest goes on
+        forever = "SELECT count(*) FROM range(1000000000000) a"
+        t = time.monotonic()
+        slow = asyncio.create_task(asyncio.to_thread(get, forever))
+        await asyncio.sleep(0.1)
+        assert await server.reload() is True  # nothing to wait for
+        status, _ = await asyncio.to_thread(_http, f"http://127.0.0.1:{server.hub.port}/health")
+        assert status == 200 and time.monotonic() - t < 0.5
+        status, body = await slow
+        assert status == 503 and "interrupted after 0.5 s" in body["error"]
+        # a client that leaves early: its query is interrupted, nothing is logged as an error
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.hub.port)
+        writer.write(f"GET /query?{urllib.parse.urlencode({'sql': forever})} HTTP/1.1\r\nHost: x\r\n"
+                     f"Authorization: Bearer {key}\r\n\r\n".encode())
+        await writer.drain()
+        await asyncio.sleep(0.1)
+        writer.close()
+        assert await reader.read() == b""
+    finally:
+        t = time.monotonic()
+        await server.stop()
+        assert time.monotonic() - t < 5
+    assert not [r for r in caplog.records if r.exc_info or r.levelno >= logging.ERROR], \
+        [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
