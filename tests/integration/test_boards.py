@@ -162,10 +162,10 @@ async def test_both_generations_register_send_data_and_execute_a_rules_command(h
     await house.register()
     assert house.north.refusals == [] and house.south.refusals == []
     # a current board sends data only once registered; this reading crosses boards
-    await house.reading(house.north, 4, 30 * 16)
+    await house.reading(house.north, 14, 30 * 16)
     await until(lambda: house.south.actuators[5].state)
     # and the other way round: a legacy reading switches the current board's relay
-    await house.reading(house.south, 34, 3195)  # nearly dry: ~0 %
+    await house.reading(house.south, 32, 3195)  # nearly dry: ~0 %
     await until(lambda: house.north.actuators[18].state)
     assert house.north.refusals == [] and house.south.refusals == []
 
@@ -174,7 +174,7 @@ async def test_an_emergency_stop_latches_both_and_a_reset_clears_them_turning_no
     server = await house.start_server()
     await house.start_boards()
     await house.register()
-    await house.reading(house.north, 4, 30 * 16)
+    await house.reading(house.north, 14, 30 * 16)
     await until(lambda: house.south.actuators[5].state)
     await server._control({"type": "emergency_stop", "reason": "smoke", "who": "test"})
     await until(lambda: house.north.latched and house.south.latched)
@@ -227,7 +227,7 @@ async def test_a_server_restart_keeps_the_boards_registered(house: Greenhouse) -
     assert house.north.registered and not house.north.safe_state
     assert house.north.epoch >= 1  # it counted the handover; the new server echoed its number
     assert [r for r in house.north.refusals if r[0] == "ack"] == []
-    await house.reading(house.north, 4, 30 * 16)
+    await house.reading(house.north, 14, 30 * 16)
     await until(lambda: house.south.actuators[5].state)
 
 
