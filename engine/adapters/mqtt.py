@@ -2,12 +2,23 @@
 
 - fixed client id and a persistent session (MQTT 3.1.1, ``clean_session=False``):
   QoS 1 messages sent while Kaiser restarts are delivered when it is back;
-- a last will (``server/status`` offline) and ``on_connect`` messages (online);
+- a last will (``server/status`` offline) and ``on_connect`` messages (online).
+  The will is registered with the broker at connect and published by the broker,
+  unchanged, when the link dies: its ``timestamp`` is when the server made it (the
+  start of ``kaiser run``, kept for every reconnect), not when the link was lost;
+  the broker's receive time is the moment of loss;
 - reconnects with exponential backoff (0.5 s .. 30 s) when the broker goes away;
   messages published meanwhile wait in a bounded queue and go out on reconnect,
   unless older than ``max_queue_age`` seconds (a stale ON is worse than none);
 - ``publish()`` never awaits: it hands the message to paho, which writes it when
   the socket is ready (awaiting every PUBACK would serialise all commands).
+
+Private internals used (pyproject pins aiomqtt and paho-mqtt below their next major;
+tests/unit/test_dependencies.py fails loudly when a release drops one): aiomqtt's
+``Client._client`` (the paho client: non-blocking publish, its own ``on_message``),
+``Client._queue`` (messages a persistent session delivers with the CONNACK) and
+``Client._disconnected``; paho's ``_sock`` and ``_sock_recv`` (the read buffer,
+which steps aside with a warning when they are missing).
 """
 
 from __future__ import annotations

@@ -247,7 +247,7 @@ class Hub:
             return _respond(HTTPStatus.BAD_REQUEST, {"error": "missing ?sql="})
 
         def gone() -> bool:
-            return conn.state is not State.CONNECTING
+            return conn.protocol.state is not State.CONNECTING
 
         try:
             result = await self.query.run(sql, gone)
