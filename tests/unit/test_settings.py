@@ -132,6 +132,30 @@ def test_wrong_types_and_values(tmp_path: Path) -> None:
     assert "time zone" in text[1]
 
 
+def test_query_limits_and_named_tokens(tmp_path: Path) -> None:
+    w = parse_settings("").websocket
+    assert (w.query_timeout, w.query_workers, w.tokens_env) == (10.0, 2, "KAISER_WS_TOKENS")
+    w = load_settings(write(tmp_path, """\
+        [websocket]
+        query_timeout = "30s"
+        query_workers = 4
+        tokens_env = "GREENHOUSE_KEYS"
+        """)).websocket
+    assert (w.query_timeout, w.query_workers, w.tokens_env) == (30.0, 4, "GREENHOUSE_KEYS")
+    assert errors(tmp_path, """\
+        [websocket]
+        query_timeout = "0s"
+        query_workers = 0
+        tokens_env = "not a name"
+        token_env = "X-Y"
+        """) == [
+        ("K804", 2, "websocket.query_timeout must be longer than 0 and at most 1h"),
+        ("K804", 3, "websocket.query_workers must be 1 to 64"),
+        ("K804", 4, "websocket.tokens_env 'not a name' is not an environment variable name"),
+        ("K804", 5, "websocket.token_env 'X-Y' is not an environment variable name"),
+    ]
+
+
 def test_toml_syntax_error_has_line_and_column(tmp_path: Path) -> None:
     got = errors(tmp_path, '[kaiser]\nid = god\n')
     assert got[0][:2] == ("K801", 2)
