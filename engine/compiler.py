@@ -4,19 +4,23 @@ The split (docs/engine.md): the Rete network decides the combinational part of
 every rule over *facts*, one fact per thing, always present:
 
 - ``s:REF``  a sensor ref: ``{"ok": 1|0, "v": value}`` (``ok`` 0 = no usable value:
-  never reported, quality bad/stale, older than ``stale_after``);
+  never reported, quality bad/stale, older than ``stale_after``: unknown);
 - ``d:DEV``  a device: ``{"st": 1 online | 0 offline | -1 unknown}``;
 - ``a:REF``  an actuator's reported state: ``{"st": 1 on | 0 off | -1 unknown}``;
-- ``b:KEY``  a derived boolean computed by Kaiser's clock-side code (a comparison
-  with ``for:``/``hysteresis``, ``difference``, ``rises_by``/``falls_by``,
-  ``no_data_for``, time windows, ``at``/``every`` pulses): ``{"st": 1|0}``;
+- ``b:KEY``  a derived leaf computed by Kaiser's clock-side code (a comparison
+  with ``for:``/``hysteresis``/``count``/``fresh``, ``difference``,
+  ``rises_by``/``falls_by``, ``no_data_for``, time windows, ``at``/``every``
+  pulses): ``{"st": 1 true | 0 false | -1 unknown}``;
 - ``c:true`` a constant (conditions like ``all: []``).
 
+What each leaf kind means (its fact, its test) is its entry in engine.conditions.
 Negation is pushed down to the leaves (every fact always exists, so ``not`` of a
-leaf is a positive test on the same fact), the condition is expanded to a
-disjunction of conjunctions (*terms*), and each term becomes one durable rule
-that joins one pattern per fact. A rule is true while any of its terms matches
-the current facts. Rules are packed into small rulesets (*partitions*); a fact
+leaf is a test on the same fact; it is strict: an unknown leaf satisfies neither
+its test nor its negation), the condition is expanded to a disjunction of
+conjunctions (*terms*), and each term becomes one durable rule that joins one
+pattern per fact. A rule is *true* while any of its terms matches the current
+facts (Kleene's logic: a rule that is not true is false or unknown; the engine
+tells those apart, engine/core.py). Rules are packed into small rulesets (*partitions*); a fact
 enters only the partitions that mention it.
 """
 
@@ -24,35 +28,25 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
-from zoneinfo import ZoneInfo
 
+from engine.conditions import kind_of, leaves, sensors_of
+from engine.conditions.base import VALUE_LIMIT, norm_threshold, normalise
+from engine.conditions.base import compare_value as compare
+from engine.conditions.base import hold_value as hold_compare
+from engine.conditions.time_window import in_window, local, next_window_change
+from engine.conditions.triggers import next_at, next_every
 from engine.errors import EngineError
-from engine.model import (
-    Action,
-    ActuatorIs,
-    All,
-    Any_,
-    At,
-    Change,
-    Comparison,
-    Condition,
-    Deployment,
-    DeviceIs,
-    Difference,
-    Every,
-    NoData,
-    Not,
-    Rule,
-    TimeWindow,
-)
+from engine.model import Action, All, Any_, Condition, Deployment, Not, Rule
 
-#: largest magnitude a value may have in the network (the C JSON parser's limits)
-VALUE_LIMIT = 1e15
+__all__ = [
+    "VALUE_LIMIT", "compare", "compile_program", "dnf", "dumps", "hold_compare", "in_window", "is_native",
+    "leaf_key", "leaf_sensors", "leaf_test", "leaves", "local", "next_at", "next_every", "next_window_change",
+    "norm_threshold", "normalise", "number_json", "partition", "sensors_of",
+]
+
 #: at most this many terms per rule after expansion to a disjunction
 MAX_TERMS = 256
 #: partition limits: rules per ruleset and distinct constants per field
@@ -63,21 +57,6 @@ CHUNK = 16
 
 # --------------------------------------------------------------------------
 # Values
-
-
-def normalise(value: float) -> float | None:
-    """The value as the network sees it: rounded to 1e-9, clamped to +-1e15.
-
-    None for NaN and infinities (such a reading satisfies no comparison)."""
-    try:
-        v = float(value)
-    except (TypeError, ValueError):
-        return None
-    if not math.isfinite(v):
-        return None
-    v = max(-VALUE_LIMIT, min(VALUE_LIMIT, v))
-    v = round(v, 9)
-    return 0.0 if v == 0 else v
 
 
 def number_json(value: float) -> str:
@@ -109,234 +88,38 @@ def dumps(obj: object) -> str:
     raise TypeError(f"cannot encode {type(obj).__name__}")
 
 
-def compare(op: str, value: float, threshold: float | tuple[float, float]) -> bool:
-    """The comparison semantics on normalised numbers."""
-    if isinstance(threshold, tuple):
-        lo, hi = threshold
-        if op == "between":
-            return lo <= value <= hi
-        if op == "outside":
-            return value < lo or value > hi
-        return False
-    if op == "above":
-        return value > threshold
-    if op == "below":
-        return value < threshold
-    if op == "at_least":
-        return value >= threshold
-    if op == "at_most":
-        return value <= threshold
-    if op == "equals":
-        return value == threshold
-    return False
-
-
-def hold_compare(op: str, value: float, threshold: float | tuple[float, float], h: float) -> bool:
-    """Whether a latched (hysteresis) comparison stays true: ``h`` back past the threshold."""
-    if isinstance(threshold, tuple):
-        lo, hi = threshold
-        if op == "between":
-            return lo - h <= value <= hi + h
-        if op == "outside":
-            return value < lo + h or value > hi - h
-        return False
-    if op in ("above", "at_least"):
-        return value > threshold - h if op == "above" else value >= threshold - h
-    if op in ("below", "at_most"):
-        return value < threshold + h if op == "below" else value <= threshold + h
-    if op == "equals":
-        return abs(value - threshold) <= h
-    return False
-
-
-def norm_threshold(value: float | tuple[float, float]) -> float | tuple[float, float]:
-    if isinstance(value, tuple):
-        lo, hi = (normalise(value[0]), normalise(value[1]))
-        return (lo if lo is not None else 0.0, hi if hi is not None else 0.0)
-    n = normalise(value)
-    return n if n is not None else 0.0
-
-
-# --------------------------------------------------------------------------
-# Time of day (zoneinfo): windows and `at`
-
-
-def local(now: float, tz: ZoneInfo) -> datetime:
-    return datetime.fromtimestamp(now, tz)
-
-
-def in_window(w: TimeWindow, now: float, tz: ZoneInfo) -> bool:
-    """Local time inside the window. A window with before < after spans midnight; its
-    part after midnight belongs to the day it started on (for ``weekdays``)."""
-    dt = local(now, tz)
-    sec = dt.hour * 3600 + dt.minute * 60 + dt.second + dt.microsecond / 1e6
-    a = 0 if w.after is None else w.after * 60
-    b = 86400 if w.before is None else w.before * 60
-    day = dt.weekday()
-    if a <= b:
-        inside = a <= sec < b
-    elif sec >= a:
-        inside = True
-    elif sec < b:
-        inside = True
-        day = (day - 1) % 7
-    else:
-        inside = False
-    return inside and (not w.weekdays or day in w.weekdays)
-
-
-def _local_instants(now: float, tz: ZoneInfo, minutes: Iterator[int] | list[int]) -> list[float]:
-    """Unix instants of the given local minutes-of-day, today and the next two days."""
-    base = local(now, tz).replace(hour=0, minute=0, second=0, microsecond=0, tzinfo=None)
-    out: list[float] = []
-    mins = list(minutes)
-    for d in range(3):
-        day = base + timedelta(days=d)
-        for m in mins:
-            naive = day + timedelta(minutes=m)
-            out.append(naive.replace(tzinfo=tz).timestamp())
-    return out
-
-
-def next_window_change(w: TimeWindow, now: float, tz: ZoneInfo) -> float:
-    """The next instant after ``now`` at which the window may open or close."""
-    mins = [0, 1440] + [m for m in (w.after, w.before) if m is not None]
-    later = [t for t in _local_instants(now, tz, mins) if t > now + 1e-6]
-    return min(later)
-
-
-def next_every(start: float, interval: float, now: float) -> float:
-    """The first instant ``start + k * interval`` (k >= 1) at or after ``now``."""
-    interval = max(interval, 1e-3)
-    if now <= start + interval:
-        return start + interval
-    return start + math.ceil((now - start) / interval) * interval
-
-
-def next_at(minute: int, now: float, tz: ZoneInfo) -> float:
-    """The next instant strictly after ``now`` with local time ``minute`` after midnight."""
-    later = [t for t in _local_instants(now, tz, [minute]) if t > now + 1e-6]
-    return min(later)
-
-
 # --------------------------------------------------------------------------
 # Leaves
 
 
 def leaf_key(c: Condition) -> str:
     """A stable name for a leaf condition (state carries over reloads by this key)."""
-    if isinstance(c, Comparison):
-        return f"cmp:{c.sensor}:{c.op}:{_thr(c.value)}:{c.for_:g}:{c.hysteresis:g}"
-    if isinstance(c, Difference):
-        return f"diff:{c.a}:{c.b}:{c.op}:{_thr(c.value)}:{c.for_:g}:{c.hysteresis:g}"
-    if isinstance(c, Change):
-        return f"chg:{c.sensor}:{c.direction}:{c.amount:g}:{c.within:g}"
-    if isinstance(c, NoData):
-        return f"nodata:{c.sensor}:{c.duration:g}"
-    if isinstance(c, DeviceIs):
-        return f"dev:{c.device}:{int(c.online)}"
-    if isinstance(c, ActuatorIs):
-        return f"act:{c.actuator}:{int(c.on)}"
-    if isinstance(c, TimeWindow):
-        return f"win:{c.after}:{c.before}:{','.join(map(str, c.weekdays))}"
-    if isinstance(c, At):
-        return f"at:{c.minute}"
-    if isinstance(c, Every):
-        return f"every:{c.interval:g}"
-    raise EngineError(f"not a leaf condition: {type(c).__name__}")
-
-
-def _thr(v: float | tuple[float, float]) -> str:
-    if isinstance(v, tuple):
-        return f"{v[0]:g}..{v[1]:g}"
-    return f"{v:g}"
+    return kind_of(c).key(c)
 
 
 def is_native(c: Condition) -> bool:
     """Leaves the network tests directly on sensor/device/actuator facts."""
-    if isinstance(c, Comparison):
-        return c.for_ <= 0 and c.hysteresis <= 0
-    return isinstance(c, DeviceIs | ActuatorIs)
-
-
-def leaves(c: Condition) -> Iterator[Condition]:
-    if isinstance(c, All | Any_):
-        for i in c.items:
-            yield from leaves(i)
-    elif isinstance(c, Not):
-        yield from leaves(c.item)
-    else:
-        yield c
+    return kind_of(c).native(c)
 
 
 def leaf_sensors(leaf: Condition) -> tuple[str, ...]:
     """Sensor refs one leaf condition reads (none for time, device and actuator leaves)."""
-    if isinstance(leaf, Comparison | Change | NoData):
-        return (leaf.sensor,)
-    if isinstance(leaf, Difference):
-        return (leaf.a, leaf.b)
-    return ()
-
-
-def sensors_of(c: Condition) -> list[str]:
-    """Sensor refs a condition reads (in order, unique)."""
-    out: list[str] = []
-    for leaf in leaves(c):
-        for r in leaf_sensors(leaf):
-            if r not in out:
-                out.append(r)
-    return out
+    return kind_of(leaf).sensors(leaf)
 
 
 def fact_id(c: Condition) -> str:
-    if isinstance(c, Comparison) and is_native(c):
-        return f"s:{c.sensor}"
-    if isinstance(c, DeviceIs):
-        return f"d:{c.device}"
-    if isinstance(c, ActuatorIs):
-        return f"a:{c.actuator}"
-    return f"b:{leaf_key(c)}"
+    return kind_of(c).fact(c)
 
 
 # --------------------------------------------------------------------------
 # Patterns
 
-_OPS = {"above": "$gt", "below": "$lt", "at_least": "$gte", "at_most": "$lte"}
-_NEG = {"above": "$lte", "below": "$gte", "at_least": "$lt", "at_most": "$gt"}
-
-
-_NEVER: dict[str, object] = {"ok": 2}  # no fact has ok == 2
-_ALWAYS: dict[str, object] = {"$neq": {"ok": 2}}
-
-
-def _cmp_test(op: str, value: float | tuple[float, float], negated: bool) -> dict[str, object]:
-    t = norm_threshold(value)
-    ranged = op in ("between", "outside")
-    if ranged != isinstance(t, tuple) or (not ranged and op not in _OPS and op != "equals"):
-        return _ALWAYS if negated else _NEVER  # malformed (the loader refuses it): never true
-    if isinstance(t, tuple):
-        lo, hi = t
-        inside: dict[str, object] = {"$and": [{"$gte": {"v": lo}}, {"$lte": {"v": hi}}]}
-        outside: dict[str, object] = {"$or": [{"$lt": {"v": lo}}, {"$gt": {"v": hi}}]}
-        if op == "between":
-            return outside if negated else inside
-        return inside if negated else outside
-    if op == "equals":
-        return {"$neq": {"v": t}} if negated else {"v": t}
-    return {(_NEG if negated else _OPS)[op]: {"v": t}}
-
 
 def leaf_test(c: Condition, negated: bool) -> dict[str, object]:
-    """The test on the leaf's fact (without the id)."""
-    if isinstance(c, Comparison) and is_native(c):
-        test = _cmp_test(c.op, c.value, negated)
-        if negated:
-            return {"$or": [{"ok": 0}, test]}
-        return {"$and": [{"ok": 1}, test]}
-    if isinstance(c, DeviceIs | ActuatorIs):
-        want = int(c.online if isinstance(c, DeviceIs) else c.on)
-        return {"$neq": {"st": want}} if negated else {"st": want}
-    return {"st": 0 if negated else 1}
+    """The test on the leaf's fact (without the id). Negation is strict: a leaf whose
+    reading is unknown satisfies neither the test nor its negation (three-valued
+    logic: the network finds the rules that are *true*)."""
+    return kind_of(c).test(c, negated)
 
 
 Literal_ = tuple[Condition, bool]  # (leaf, negated)
@@ -513,15 +296,6 @@ def compile_program(dep: Deployment) -> Program:
 
 def describe_action(a: Action) -> str:
     """A short human summary of an action (RuleRun.actions)."""
-    from engine.model import EmergencyStop, Notify, SetActuator, Wait
+    from engine.actions import describe
 
-    if isinstance(a, SetActuator):
-        st = "toggle" if a.state == "toggle" else ("on" if a.state == 1.0 else "off" if a.state == 0.0 else f"{a.state:g}")
-        return f"set {a.actuator} {st}" + (f" for {a.for_:g}s" if a.for_ else "")
-    if isinstance(a, Notify):
-        return f"notify {a.level}: {a.text}"
-    if isinstance(a, Wait):
-        return f"wait {a.duration:g}s"
-    if isinstance(a, EmergencyStop):
-        return f"emergency_stop {a.target}: {a.reason}"
-    return type(a).__name__
+    return describe(a)

@@ -6,6 +6,12 @@ part after a rule's truth is known (edges and levels, cooldowns, actions, ``wait
 arbitration, the loop guard) lives in ``BaseEngine`` and is shared with the
 reference evaluator (engine/reference.py), which decides truth by plain recursion.
 
+Truth is three-valued (docs/engine.md): a condition on a reading that is bad,
+absent or too old is *unknown*. The network finds the rules that are true; when a
+rule that was true is no longer, Kaiser tells false (release, re-arm) from unknown
+(keep the state) with ``engine.conditions.truth_of``. Every leaf's meaning is its
+entry in ``engine.conditions``.
+
 Every public method takes ``now`` (Unix seconds) and returns ``Decisions``.
 """
 
@@ -13,38 +19,31 @@ from __future__ import annotations
 
 import heapq
 import math
-import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from zoneinfo import ZoneInfo
 
+from engine import actions as A
 from engine import compiler as C
+from engine import freshness
+from engine.conditions import FALSE, TRUE, LeafState, Truth, kind_of, leaves, sensors_of, truth_of
 from engine.errors import EngineError
 from engine.model import (
-    USABLE_QUALITY,
     Action,
-    ActuatorIs,
-    At,
     Blocked,
-    Change,
     Code,
     Command,
-    Comparison,
     Condition,
     Deployment,
-    DeviceIs,
-    Difference,
     EmergencyStop,
     Event,
-    Every,
-    NoData,
+    Follow,
     Notification,
     Notify,
     Reading,
     Rule,
     RuleRun,
     SetActuator,
-    TimeWindow,
     Wait,
 )
 
@@ -97,18 +96,11 @@ class _Batch:
     out: Decisions = field(default_factory=Decisions)
 
 
-_TEMPLATE = re.compile(r"\{([A-Za-z0-9_.\-]+)\}")
-
-
 def _tz(name: str) -> ZoneInfo:
     try:
         return ZoneInfo(name)
     except Exception:
         return ZoneInfo("UTC")
-
-
-def _fmt(v: float) -> str:
-    return f"{v:g}"
 
 
 class BaseEngine:
@@ -135,6 +127,8 @@ class BaseEngine:
         self._wait_seq = 0
         self._switches: dict[str, list[float]] = {}
         self._suspended: set[str] = set()
+        self._follow_last: dict[tuple[str, str], float] = {}  # (rule, actuator) -> last duty proposed
+        self._moved: list[str] = []  # followed sensors read in this step
         self._reevaluate = False  # after restore: read every rule at the next step
         self._install(deployment)
 
@@ -149,19 +143,32 @@ class BaseEngine:
         self._keep_history: dict[str, float] = {}
         self._trigger_refs: dict[str, list[str]] = {}
         self._summaries: dict[str, tuple[Rule, tuple[str, ...]]] = {}  # rule -> its actions described
+        #: sensor -> (rule, index in ``hold``) of computed duties that follow it
+        self._followers: dict[str, list[tuple[str, int]]] = {}
         for r in self._rules.values():
-            refs = C.sensors_of(r.condition)
-            for leaf in C.leaves(r.condition):
-                if isinstance(leaf, Change):
-                    self._keep_history[leaf.sensor] = max(self._keep_history.get(leaf.sensor, 0.0), leaf.within)
-                elif isinstance(leaf, DeviceIs) and leaf.device not in refs:
-                    refs.append(leaf.device)
-                elif isinstance(leaf, ActuatorIs) and leaf.actuator not in refs:
-                    refs.append(leaf.actuator)
+            refs = sensors_of(r.condition)
+            for leaf in leaves(r.condition):
+                kind = kind_of(leaf)
+                hist = kind.history(leaf)
+                if hist is not None:
+                    self._keep_history[hist[0]] = max(self._keep_history.get(hist[0], 0.0), hist[1])
+                for what, ref in kind.refs(leaf):
+                    if what != "sensor" and ref not in refs:
+                        refs.append(ref)
             self._trigger_refs[r.name] = refs
+            if r.kind == "level":
+                for i, a in enumerate(r.actions):
+                    if isinstance(a, SetActuator) and isinstance(a.state, Follow):
+                        self._followers.setdefault(a.state.sensor, []).append((r.name, i))
 
     # ------------------------------------------------------------------ truth (subclasses)
     def _truth(self, rule: str) -> bool:
+        """The rule's condition is true now."""
+        raise NotImplementedError
+
+    def _false(self, rule: str) -> bool:
+        """The rule's condition is false now (not true and not unknown). Asked only when
+        a rule that was true is no longer true."""
         raise NotImplementedError
 
     def _advance(self, now: float) -> set[str]:
@@ -172,7 +179,8 @@ class BaseEngine:
         """Raise (on) or lower the ``at``/``every`` triggers due now; rules to re-read."""
         raise NotImplementedError
 
-    def _on_sensor(self, ref: str, now: float) -> set[str]:
+    def _on_sensor(self, ref: str, now: float, reading: bool) -> set[str]:
+        """A sensor's state changed: a new reading (``reading``) or its age."""
         raise NotImplementedError
 
     def _on_device(self, device: str, now: float) -> set[str]:
@@ -193,15 +201,38 @@ class BaseEngine:
     def _truth_reload(self, dep: Deployment, now: float) -> None:
         raise NotImplementedError
 
-    # ------------------------------------------------------------------ inputs
-    def usable(self, ref: str, now: float) -> float | None:
-        """The sensor's latest value if it may satisfy a comparison at ``now``."""
+    # ------------------------------------------------------------------ inputs (engine.conditions.Inputs)
+    @property
+    def start(self) -> float | None:
+        return self._start
+
+    @property
+    def tzinfo(self) -> ZoneInfo:
+        return self._tzinfo
+
+    def usable(self, ref: str, now: float, limit: float | None = None) -> float | None:
+        """The sensor's latest value if it is usable at ``now`` (engine.freshness: a
+        usable quality, not older than ``limit``, default ``stale_after``), else None."""
+        return freshness.value(self._readings.get(ref), now, self._stale_after if limit is None else limit)
+
+    def lost_at(self, ref: str, limit: float | None = None) -> float | None:
+        """When the latest reading turns unknown; None when it has no usable value."""
         r = self._readings.get(ref)
-        if r is None or r[0] is None or r[2] not in USABLE_QUALITY:
+        if r is None or not freshness.has_value(r):
             return None
-        if now >= r[1] + self._stale_after:
-            return None
-        return r[0]
+        return freshness.lost_at(r[1], self._stale_after if limit is None else limit)
+
+    def recent(self, ref: str) -> Sequence[tuple[float, float]]:
+        return self._history.get(ref, ())
+
+    def last_data(self, ref: str) -> float | None:
+        return self._last_data.get(ref)
+
+    def device_status(self, device: str) -> int:
+        return self._devices.get(device, -1)
+
+    def actuator_value(self, ref: str) -> float | None:
+        return self._actuators.get(ref)
 
     def latest(self, ref: str) -> float | None:
         """The latest value of a sensor ref (any quality), or None."""
@@ -209,10 +240,7 @@ class BaseEngine:
         return None if r is None else r[0]
 
     def _stale_at(self, ref: str) -> float | None:
-        r = self._readings.get(ref)
-        if r is None or r[0] is None or r[2] not in USABLE_QUALITY:
-            return None
-        return r[1] + self._stale_after
+        return self.lost_at(ref)
 
     def _store_reading(self, r: Reading, now: float) -> None:
         v = C.normalise(r.value)
@@ -237,9 +265,36 @@ class BaseEngine:
         """A sensor reading. Retained readings fill state but fire no edge."""
         def apply() -> set[str]:
             self._store_reading(reading, now)
-            return self._on_sensor(reading.sensor, now)
+            if reading.sensor in self._followers:
+                self._moved.append(reading.sensor)
+            return self._on_sensor(reading.sensor, now, True)
 
         return self._step(now, apply, fire=not reading.retained)
+
+    def receive_many(self, readings: Sequence[Reading], now: float) -> Decisions:
+        """Readings that arrived together (one test step, one ``sensor/batch``
+        message): all are stored first, then the rules are evaluated once. Of two
+        readings of one ref the later wins. Retained ones fill state first and fire
+        nothing."""
+        out = Decisions()
+        for group in ([r for r in readings if r.retained], [r for r in readings if not r.retained]):
+            if not group:
+                continue
+
+            def apply(group: list[Reading] = group) -> set[str]:
+                refs: dict[str, None] = {}
+                for r in group:
+                    self._store_reading(r, now)
+                    refs[r.sensor] = None
+                affected: set[str] = set()
+                for ref in refs:
+                    if ref in self._followers:
+                        self._moved.append(ref)
+                    affected |= self._on_sensor(ref, now, True)
+                return affected
+
+            out.extend(self._step(now, apply, fire=not group[0].retained))
+        return out
 
     def tick(self, now: float) -> Decisions:
         """Advance the clock: ``for:`` timers, windows, triggers, waits, staleness."""
@@ -287,11 +342,50 @@ class BaseEngine:
         return min(cands) if cands else None
 
     def is_true(self, rule: str) -> bool:
+        """The rule's remembered truth (kept while its condition is unknown)."""
         return self._prev.get(rule, False)
+
+    def true_now(self, rule: str) -> bool:
+        """The rule's condition is true now (not merely remembered as true)."""
+        return rule in self._rules and self._truth(rule)
 
     def holds(self) -> dict[str, list[str]]:
         """Level rules currently holding -> the actuators they hold."""
         return {k: list(v) for k, v in self._holds.items()}
+
+    def holding(self, rule: str, ref: str) -> bool:
+        return ref in self._holds.get(rule, ())
+
+    def rule_sensors(self, rule: str) -> tuple[str, ...]:
+        """Sensor refs a rule reads: its condition's and its computed duties'."""
+        r = self._rules.get(rule)
+        if r is None:
+            return ()
+        out = dict.fromkeys(sensors_of(r.condition))
+        for a in (*r.actions, *(r.release or ())):
+            out.update(dict.fromkeys(A.action_sensors(a)))
+        return tuple(out)
+
+    def holder(self, ref: str) -> str | None:
+        """The top-ranked rule holding ``ref`` (None: no rule holds it)."""
+        holders = [self._rules[h] for h in self._held_by.get(ref, ()) if h in self._rules]
+        return max(holders, key=self._rank).name if holders else None
+
+    def trigger(self, rule: str) -> dict[str, float | None]:
+        """The facts a rule's condition reads, as RuleRun.trigger shows them."""
+        return self._trigger(self._rules[rule]) if rule in self._rules else {}
+
+    def hold_command(self, ref: str) -> Command | None:
+        """The command the top-ranked rule holding ``ref`` holds it with now (a
+        computed duty at the sensor's latest value), None when no rule holds it."""
+        holders = [self._rules[h] for h in self._held_by.get(ref, ()) if h in self._rules]
+        if not holders:
+            return None
+        rule = max(holders, key=self._rank)
+        act = next((a for a in reversed(rule.actions) if isinstance(a, SetActuator) and a.actuator == ref), None)
+        if act is None:
+            return None
+        return self._command(rule, act, True, self._now if self._now is not None else 0.0, None)
 
     # ------------------------------------------------------------------ the step
     def _step(self, now: float, apply: Callable[[], set[str]], fire: bool = True) -> Decisions:
@@ -315,6 +409,10 @@ class BaseEngine:
             self._evaluate(self._pulse(now, False), batch, fire=True)
         if not fire:
             self._evaluate(apply(), batch, fire=False)
+        if self._moved:
+            if fire:
+                self._track(batch)
+            self._moved = []
         self._run_waits(now, batch)
         self._arbitrate(batch)
         return batch.out
@@ -329,10 +427,15 @@ class BaseEngine:
     def _evaluate(self, names: Iterable[str], batch: _Batch, fire: bool) -> None:
         for name in self._order(names):
             rule = self._rules[name]
-            now_true = self._truth(name)
             was = self._prev.get(name, False)
-            if now_true == was:
-                continue
+            if self._truth(name):
+                if was:
+                    continue
+                now_true = True
+            elif not was or not self._false(name):
+                continue  # false, or unknown: the rule keeps its state (nothing fires or releases)
+            else:
+                now_true = False
             self._prev[name] = now_true
             if not fire:
                 continue
@@ -361,7 +464,7 @@ class BaseEngine:
         self._run_actions(rule, "hold" if rule.kind == "level" else "then", 0, batch)
         summary = self._summaries.get(rule.name)
         if summary is None or summary[0] is not rule:
-            summary = self._summaries[rule.name] = (rule, tuple(C.describe_action(a) for a in rule.actions))
+            summary = self._summaries[rule.name] = (rule, tuple(A.describe(a) for a in rule.actions))
         batch.out.runs.append(RuleRun(rule.name, now, trigger, summary[1], "ran", self.version))
 
     def _release(self, rule: Rule, batch: _Batch) -> None:
@@ -373,9 +476,11 @@ class BaseEngine:
                 if not holders:
                     del self._held_by[ref]
         self._waits = [w for w in self._waits if not (w[2] == rule.name and w[3] == "hold")]
+        for ref in held:
+            self._follow_last.pop((rule.name, ref), None)
         if rule.release is not None:
             self._run_actions(rule, "release", 0, batch)
-            summary = tuple(C.describe_action(a) for a in rule.release)
+            summary = tuple(A.describe(a) for a in rule.release)
         else:
             for ref in dict.fromkeys(held):
                 batch.proposals.append(_Proposal(
@@ -399,7 +504,9 @@ class BaseEngine:
                 self._waits.append((batch.now + a.duration, self._wait_seq, rule.name, which, i + 1))
                 return
             if isinstance(a, SetActuator):
-                batch.proposals.append(_Proposal(self._command(rule, a, which == "hold"), rule))
+                cmd = self._command(rule, a, which == "hold", batch.now, batch)
+                if cmd is not None:
+                    batch.proposals.append(_Proposal(cmd, rule))
             elif isinstance(a, Notify):
                 batch.out.notifications.append(Notification(batch.now, a.level, self.render(a.text), rule.name))
             elif isinstance(a, EmergencyStop):
@@ -417,17 +524,61 @@ class BaseEngine:
                 continue
             self._run_actions(rule, w[3], w[4], batch)
 
-    def _command(self, rule: Rule, a: SetActuator, hold: bool) -> Command:
-        toggle = a.state == "toggle"
-        if toggle:
-            cur = self._actuators.get(a.actuator, self._commanded.get(a.actuator, 0.0))
-            value = 0.0 if cur > 0 else 1.0
-        else:
-            value = float(a.state)
+    def _command(self, rule: Rule, a: SetActuator, hold: bool, now: float, batch: _Batch | None) -> Command | None:
+        """The command an actuator action asks for now. A computed duty whose sensor is
+        unknown keeps a hold's last duty; with none to keep, nothing is sent (an event
+        says why, when ``batch`` is given)."""
+        state = a.state
+        toggle = state == "toggle"
         reason = f"rule {rule.name}"
         if rule.description:
             reason += f": {rule.description}"
+        if isinstance(state, Follow):
+            x = self.usable(state.sensor, now)
+            if x is not None:
+                value = A.duty(state, x)
+                reason += f" ({state.sensor} {x:g} -> duty {value:g})"
+            else:
+                last = self._follow_last.get((rule.name, a.actuator)) if hold else None
+                if last is None:
+                    if batch is not None:
+                        why = (f"rule {rule.name}: no duty for {a.actuator}: {state.sensor} has no fresh "
+                               "reading to compute it from")
+                        batch.out.events.append(Event(now, "rule", "warning", rule.name, why,
+                                                      {"rule": rule.name, "actuator": a.actuator,
+                                                       "sensor": state.sensor}))
+                    return None
+                value = last
+            if hold:
+                self._follow_last[(rule.name, a.actuator)] = value
+        elif toggle:
+            cur = self._actuators.get(a.actuator, self._commanded.get(a.actuator, 0.0))
+            value = 0.0 if cur > 0 else 1.0
+        else:
+            value = float(state)
         return Command(a.actuator, value, a.for_, "rule", rule.name, rule.priority, reason, toggle, hold)
+
+    def _track(self, batch: _Batch) -> None:
+        """Computed duties of holding rules follow their sensor: re-sent when the duty
+        moved by at least the action's ``step`` since it was last sent."""
+        now = batch.now
+        for sensor in dict.fromkeys(self._moved):
+            x = self.usable(sensor, now)
+            if x is None:
+                continue  # unknown: the hold keeps its duty
+            for name, i in self._followers.get(sensor, ()):
+                rule = self._rules.get(name)
+                if rule is None or name not in self._holds:
+                    continue
+                a = rule.actions[i]
+                assert isinstance(a, SetActuator) and isinstance(a.state, Follow)
+                last = self._follow_last.get((name, a.actuator))
+                d = A.duty(a.state, x)
+                if last is not None and abs(d - last) < a.state.step - 1e-9:
+                    continue
+                cmd = self._command(rule, a, True, now, batch)
+                if cmd is not None:
+                    batch.proposals.append(_Proposal(cmd, rule))
 
     def _rank(self, rule: Rule) -> tuple[int, int]:
         return (rule.priority, -self._index[rule.name][0])
@@ -503,19 +654,19 @@ class BaseEngine:
         return out
 
     def render(self, text: str) -> str:
-        """Replace ``{REF}`` by the latest value of a sensor (or an actuator's state)."""
-        def sub(m: re.Match[str]) -> str:
-            ref = m.group(1)
+        """Replace ``{REF}`` (``{REF:.1f}``) by the latest value of a sensor (or an
+        actuator's state); ``?`` for a known sensor without a value."""
+        def value(ref: str) -> float | str | None:
             r = self._readings.get(ref)
             if r is not None:
-                return "?" if r[0] is None else _fmt(r[0])
+                return "?" if r[0] is None else r[0]
             if ref in self._actuators:
-                return _fmt(self._actuators[ref])
+                return self._actuators[ref]
             if self._dep.sensor(ref) is not None:
                 return "?"
-            return m.group(0)
+            return None
 
-        return _TEMPLATE.sub(sub, text)
+        return A.render(text, value)
 
     # ------------------------------------------------------------------ persistence
     def snapshot(self) -> dict[str, object]:
@@ -537,6 +688,7 @@ class BaseEngine:
             "wait_seq": self._wait_seq,
             "switches": {k: list(v) for k, v in self._switches.items()},
             "suspended": sorted(self._suspended),
+            "follow": [[r, a, v] for (r, a), v in self._follow_last.items()],
             "truth": self._truth_snapshot(),
         }
 
@@ -569,6 +721,8 @@ class BaseEngine:
         self._wait_seq = int(g("wait_seq") or 0)  # type: ignore[call-overload]
         self._switches = {k: [float(t) for t in v] for k, v in dict(g("switches") or {}).items()}  # type: ignore[call-overload]
         self._suspended = set(g("suspended") or [])  # type: ignore[call-overload]
+        self._follow_last = {(str(r), str(a)): float(v) for r, a, v in list(g("follow") or [])  # type: ignore[call-overload]
+                             if r in self._holds}
         self._truth_restore(dict(g("truth") or {}), now)  # type: ignore[call-overload]
         self._reevaluate = True
 
@@ -599,6 +753,7 @@ class BaseEngine:
                     self._rules[name] = new_rule
                     self._prev[name] = False
         self._prev = {k: v for k, v in self._prev.items() if k in self._rules}
+        self._follow_last = {k: v for k, v in self._follow_last.items() if k[0] in self._holds}
         self._waits = [w for w in self._waits if w[2] in self._rules]
         self._suspended = set()
         self._switches = {}
@@ -612,19 +767,6 @@ class BaseEngine:
 # The Rete engine
 
 
-class _Atom:
-    """Clock-side state of one derived leaf (``b:KEY`` fact)."""
-
-    __slots__ = ("latch", "leaf", "nxt", "since", "value")
-
-    def __init__(self, leaf: Condition) -> None:
-        self.leaf = leaf
-        self.latch = False
-        self.since: float | None = None
-        self.nxt: float | None = None  # at/every: next pulse
-        self.value = False
-
-
 class Engine(BaseEngine):
     """Rules decided by the durable-rules Rete network (engine/rete.py)."""
 
@@ -633,7 +775,7 @@ class Engine(BaseEngine):
 
         self._program = C.compile_program(deployment)
         self._net = Network(self._program)
-        self._atoms: dict[str, _Atom] = {}
+        self._atoms: dict[str, LeafState] = {}
         self._atoms_by_sensor: dict[str, list[str]] = {}
         self._pulses: list[str] = []
         self._heap: list[tuple[float, str]] = []
@@ -649,18 +791,19 @@ class Engine(BaseEngine):
         """Rules left out of the network, and why."""
         return dict(self._program.errors)
 
-    def _build_atoms(self, keep: dict[str, _Atom] | None = None) -> None:
+    def _build_atoms(self, keep: dict[str, LeafState] | None = None) -> None:
         keep = keep or {}
         self._atoms = {}
         self._atoms_by_sensor = {}
         self._pulses = []
         for key, leaf in self._program.derived.items():
-            atom = keep.get(key) or _Atom(leaf)
+            atom = keep.get(key) or LeafState(leaf)
             atom.leaf = leaf
             self._atoms[key] = atom
-            for r in C.leaf_sensors(leaf):
+            kind = kind_of(leaf)
+            for r in kind.sensors(leaf):
                 self._atoms_by_sensor.setdefault(r, []).append(key)
-            if isinstance(leaf, At | Every):
+            if kind.trigger:
                 self._pulses.append(key)
 
     # ------------------------------------------------------------------ scheduling
@@ -687,73 +830,45 @@ class Engine(BaseEngine):
     # ------------------------------------------------------------------ facts
     def _sensor_fact(self, ref: str, now: float) -> set[str]:
         v = self.usable(ref, now)
-        self._schedule(f"stale:{ref}", self._stale_at(ref) if v is not None else None)
+        self._schedule(f"stale:{ref}", self.lost_at(ref) if v is not None else None)
         if not self._net.mentions(f"s:{ref}"):
             return set()
         fields: dict[str, object] = {"ok": 1, "v": v} if v is not None else {"ok": 0, "v": 0}
         return self._net.set_fact(f"s:{ref}", fields)
 
-    def _compute(self, key: str, now: float) -> set[str]:
+    def _compute(self, key: str, now: float, reading: bool = False) -> set[str]:
         atom = self._atoms[key]
-        value, due = self._evaluate_atom(atom, now)
-        if isinstance(atom.leaf, At | Every):
+        leaf = atom.leaf
+        kind = kind_of(leaf)
+        if kind.trigger:
             return set()
+        value, due = kind.evaluate(leaf, atom, self, now, reading)
         self._schedule(key, due)
         atom.value = value
-        return self._net.set_fact(f"b:{key}", {"st": int(value)})
-
-    def _evaluate_atom(self, atom: _Atom, now: float) -> tuple[bool, float | None]:
-        leaf = atom.leaf
-        if isinstance(leaf, Comparison | Difference):
-            if isinstance(leaf, Comparison):
-                v = self.usable(leaf.sensor, now)
-            else:
-                a, b = self.usable(leaf.a, now), self.usable(leaf.b, now)
-                v = None if a is None or b is None else C.normalise(a - b)
-            thr = C.norm_threshold(leaf.value)
-            if v is None:
-                atom.latch = False
-            elif atom.latch:
-                atom.latch = C.hold_compare(leaf.op, v, thr, leaf.hysteresis)
-            else:
-                atom.latch = C.compare(leaf.op, v, thr)
-            if not atom.latch:
-                atom.since = None
-                return False, None
-            if atom.since is None:
-                atom.since = now
-            if now - atom.since >= leaf.for_:
-                return True, None
-            return False, atom.since + leaf.for_
-        if isinstance(leaf, Change):
-            hist = [(t, v) for t, v in self._history.get(leaf.sensor, ()) if now - t < leaf.within]
-            cur = self.usable(leaf.sensor, now)
-            due = min(t for t, _ in hist) + leaf.within if hist else None
-            if cur is None or not hist:
-                return False, due
-            vals = [v for _, v in hist]
-            d = C.normalise(cur - min(vals) if leaf.direction == "rises" else max(vals) - cur)
-            return (d is not None and d >= leaf.amount), due
-        if isinstance(leaf, NoData):
-            last = self._last_data.get(leaf.sensor, self._start if self._start is not None else now)
-            if now - last >= leaf.duration:
-                return True, None
-            return False, last + leaf.duration
-        if isinstance(leaf, TimeWindow):
-            return C.in_window(leaf, now, self._tzinfo), C.next_window_change(leaf, now, self._tzinfo)
-        return False, None
+        return self._net.set_fact(f"b:{key}", {"st": value})
 
     # ------------------------------------------------------------------ hooks
     def _truth(self, rule: str) -> bool:
         return self._net.is_true(rule)
 
-    def _on_sensor(self, ref: str, now: float) -> set[str]:
+    def _false(self, rule: str) -> bool:
+        now = self._now if self._now is not None else 0.0
+        return truth_of(self._rules[rule].condition, lambda leaf: self._leaf_truth(leaf, now)) == FALSE
+
+    def _leaf_truth(self, leaf: Condition, now: float) -> Truth:
+        kind = kind_of(leaf)
+        if kind.native(leaf):
+            return kind.evaluate(leaf, LeafState(leaf), self, now, False)[0]
+        atom = self._atoms.get(kind.key(leaf))
+        return atom.value if atom is not None else FALSE
+
+    def _on_sensor(self, ref: str, now: float, reading: bool) -> set[str]:
         atoms = self._atoms_by_sensor.get(ref, ())
         if not atoms and not self._net.mentions(f"s:{ref}"):
             return set()
         aff = self._sensor_fact(ref, now)
         for key in atoms:
-            aff |= self._compute(key, now)
+            aff |= self._compute(key, now, reading)
         return aff
 
     def _on_device(self, device: str, now: float) -> set[str]:
@@ -769,7 +884,7 @@ class Engine(BaseEngine):
             self._initialised = True
             for key in self._atoms:
                 atom = self._atoms[key]
-                if isinstance(atom.leaf, At | Every):
+                if kind_of(atom.leaf).trigger:
                     self._init_pulse(atom, now)
                 else:
                     aff |= self._compute(key, now)
@@ -779,21 +894,16 @@ class Engine(BaseEngine):
                 continue
             del self._due[key]
             if key.startswith("stale:"):
-                aff |= self._on_sensor(key[6:], now)
+                aff |= self._on_sensor(key[6:], now, False)
             elif key in self._atoms and key not in self._pulses:
                 aff |= self._compute(key, now)
         return aff
 
-    def _init_pulse(self, atom: _Atom, now: float) -> None:
+    def _init_pulse(self, atom: LeafState, now: float) -> None:
         leaf = atom.leaf
         start = self._start if self._start is not None else now
         if atom.nxt is None:
-            if isinstance(leaf, At):
-                atom.nxt = C.next_at(leaf.minute, start - 1e-3, self._tzinfo)
-                if atom.nxt < now:
-                    atom.nxt = C.next_at(leaf.minute, now - 1e-3, self._tzinfo)
-            elif isinstance(leaf, Every):
-                atom.nxt = C.next_every(start, leaf.interval, now)
+            atom.nxt = kind_of(leaf).first_pulse(leaf, start, now, self._tzinfo)
         self._schedule(f"pulse:{C.leaf_key(leaf)}", atom.nxt)
 
     def _pulse(self, now: float, on: bool) -> set[str]:
@@ -803,34 +913,25 @@ class Engine(BaseEngine):
             if on:
                 if atom.nxt is None or atom.nxt > now:
                     continue
-                leaf = atom.leaf
-                if isinstance(leaf, At):
-                    atom.nxt = C.next_at(leaf.minute, now, self._tzinfo)
-                elif isinstance(leaf, Every):
-                    while atom.nxt <= now:
-                        atom.nxt += max(leaf.interval, 1e-3)
+                atom.nxt = kind_of(atom.leaf).next_pulse(atom.leaf, atom.nxt, now, self._tzinfo)
                 self._schedule(f"pulse:{key}", atom.nxt)
-                atom.value = True
+                atom.value = TRUE
                 aff |= self._net.set_fact(f"b:{key}", {"st": 1})
             elif atom.value:
-                atom.value = False
+                atom.value = FALSE
                 aff |= self._net.set_fact(f"b:{key}", {"st": 0})
         return aff
 
     # ------------------------------------------------------------------ persistence
     def _truth_snapshot(self) -> dict[str, object]:
-        return {
-            "atoms": {k: {"latch": a.latch, "since": a.since, "next": a.nxt} for k, a in self._atoms.items()},
-        }
+        return {"atoms": {k: a.dump() for k, a in self._atoms.items()}}
 
     def _truth_restore(self, d: dict[str, object], now: float) -> None:
         atoms = dict(d.get("atoms") or {})  # type: ignore[call-overload]
         for k, st in atoms.items():
             a = self._atoms.get(k)
             if a is not None:
-                a.latch = bool(st.get("latch"))
-                a.since = st.get("since")
-                a.nxt = st.get("next")
+                a.load(st)
         self._refresh(now)
 
     def _refresh(self, now: float) -> None:

@@ -135,6 +135,7 @@ class SafetyDefaults:
 
 
 OnSensorLoss = Literal["off", "hold", "on"]
+OutOfRange = Literal["block", "clamp"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,6 +148,8 @@ class ActuatorLimits:
     pwm: tuple[float, float] | None = None
     rate_limit: tuple[int, float] | None = None  # (commands, per seconds)
     pos: Position = NOWHERE
+    #: a duty outside ``pwm``: "block" it (PWM_OUT_OF_RANGE) or "clamp" it to the nearest bound
+    out_of_range: OutOfRange = "block"
 
 
 @dataclass(frozen=True, slots=True)
@@ -176,7 +179,11 @@ COMPARE_OPS: tuple[str, ...] = ("above", "below", "at_least", "at_most", "equals
 
 @dataclass(frozen=True, slots=True)
 class Comparison:
-    """``{sensor: REF, above: x, for: 2m, hysteresis: 1}``."""
+    """``{sensor: REF, above: x, for: 2m, hysteresis: 1, count: 3, fresh: 2m}``.
+
+    ``count``: true once that many readings in a row satisfy it (0 or 1: one is
+    enough). ``fresh``: readings older than this many seconds are unknown for this
+    condition (None: ``safety.defaults.stale_after``)."""
 
     sensor: str
     op: str  # CompareOp
@@ -184,6 +191,8 @@ class Comparison:
     for_: float = 0.0
     hysteresis: float = 0.0
     pos: Position = NOWHERE
+    count: int = 0
+    fresh: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -285,14 +294,28 @@ Condition: TypeAlias = (
 
 
 @dataclass(frozen=True, slots=True)
-class SetActuator:
-    """``{actuator: REF, set: on|off|toggle|0.0-1.0, for: 10m}``.
+class Follow:
+    """A computed duty: ``{follow: REF, map: [[x0, d0], [x1, d1], ...], step: 0.05}``.
 
-    ``state`` is ``"toggle"`` or a duty 0.0-1.0 (on = 1.0, off = 0.0).
+    Piecewise linear through the points (x increasing), flat beyond the ends,
+    rounded to 3 decimals. In a ``hold`` it is re-sent when it moves by ``step``."""
+
+    sensor: str
+    points: tuple[tuple[float, float], ...]
+    step: float = 0.05
+    pos: Position = NOWHERE
+
+
+@dataclass(frozen=True, slots=True)
+class SetActuator:
+    """``{actuator: REF, set: on|off|toggle|0.0-1.0|{follow: ...}, for: 10m}``.
+
+    ``state`` is ``"toggle"``, a duty 0.0-1.0 (on = 1.0, off = 0.0) or a
+    :class:`Follow` (a duty computed from a sensor).
     """
 
     actuator: str
-    state: float | Literal["toggle"]
+    state: float | Literal["toggle"] | Follow
     for_: float | None = None
     pos: Position = NOWHERE
 
@@ -351,6 +374,9 @@ class TestStep:
     devices: Mapping[str, bool] = field(default_factory=dict)
     actuators: Mapping[str, float] = field(default_factory=dict)
     pos: Position = NOWHERE
+    #: ``emergency_stop: all|DEVICE`` / ``reset: all|DEVICE``: through the same guard as the server
+    emergency_stop: str | None = None
+    reset: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -8,17 +8,51 @@ RATE_LIMIT, or the guard's code), ``runs``/``notifications`` from the rules,
 ``events`` (one per block, conflict, suspension, emergency, online/offline),
 ``emergencies`` to publish. Nothing reaches ``sent`` without ``Guard.check``
 (or the guard's own server-originated commands).
+
+Holds the guard ended (an emergency stop, a lost sensor) or refused (the board
+offline) are taken again when that is over: after a reset or once the sensor is
+fresh, on the next fresh reading of one of the rule's sensors, if the rule's
+condition is true then; after an offline spell, when the board is back. A reset
+itself switches nothing on.
 """
 
 from __future__ import annotations
 
 import heapq
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
+from zoneinfo import ZoneInfo
 
+from engine import freshness
 from engine.core import Decisions, Engine
 from engine.errors import EngineError
-from engine.model import Allowed, Blocked, Code, Command, Deployment, Event, Outputs, Reading
+from engine.model import (
+    Allowed,
+    Blocked,
+    Code,
+    Command,
+    Deployment,
+    Event,
+    Outputs,
+    Reading,
+    RuleRun,
+)
+
+#: why a hold ended or was refused -> it is taken again on a fresh reading of its rule's sensors
+RESUME_ON_READING = frozenset({Code.EMERGENCY_STOP_ACTIVE, Code.SENSOR_LOST})
+#: ... or when its board is back
+RESUME_ON_DEVICE = frozenset({Code.DEVICE_OFFLINE})
+
+
+@dataclass(slots=True)
+class _Unheld:
+    """A hold the guard ended or refused, waiting to be taken again."""
+
+    rule: str
+    code: Code
+    since: float
 
 GuardFactory = Callable[[Deployment, bool, float | None], Any]
 
@@ -49,7 +83,8 @@ class Kaiser:
         self._last_seen: dict[str, float] = {}
         self._online: dict[str, bool] = {}
         self._started = False
-        self._unheld: dict[str, Command] = {}  # actuator -> hold refused while its board was offline
+        self._unheld: dict[str, _Unheld] = {}  # actuator -> a hold to take again (see module doc)
+        self._reset_at: dict[str, float] = {}  # device or "all" -> when its emergency stop was last reset
         # offline detection without a scan of every device per tick: one heap entry
         # (last_seen + offline_after, device) per device not known to be offline; an
         # entry whose device was seen since is re-keyed lazily when it reaches the top
@@ -122,16 +157,33 @@ class Kaiser:
         out.events.extend(d.events)
         out.blocked.extend(d.blocked)
         for e in d.emergencies:
-            out.extend(self._from_guard(self.guard.emergency_stop(e.target, e.reason, f"rule {e.rule}", now)))
+            out.extend(self._from_guard(self.guard.emergency_stop(e.target, e.reason, f"rule {e.rule}", now),
+                                        now, Code.EMERGENCY_STOP_ACTIVE))
         for cmd in d.commands:
             self._guarded_into(out, cmd, now)
 
-    def _from_guard(self, out: Outputs) -> Outputs:
+    def _from_guard(self, out: Outputs, now: float, code: Code | None = None) -> Outputs:
         """Commands the guard issued itself (for:-end and max_runtime OFFs, renewals,
         emergency OFFs): the engine must know them, or a later `toggle` or an
-        `actuator is` fallback would start from a state that no longer holds."""
+        `actuator is` fallback would start from a state that no longer holds. A held
+        actuator the guard switched off for a reason that passes (an emergency stop,
+        ``code``; a lost sensor, from the event) waits to be held again."""
+        codes: dict[str, object] | None = None
         for a in out.sent:
-            self.engine.commanded(a.command.actuator, a.command.value)
+            c = a.command
+            self.engine.commanded(c.actuator, c.value)
+            if c.value > 0.0 or c.source != "safety":
+                continue
+            why = code
+            if why is None:
+                if codes is None:
+                    codes = {ev.subject: ev.data.get("code") for ev in out.events if ev.kind == "safety"}
+                found = codes.get(c.actuator)
+                why = Code(found) if isinstance(found, str) and found in Code.__members__ else None
+            if why in RESUME_ON_READING:
+                holder = self.engine.holder(c.actuator)
+                if holder is not None:
+                    self._unheld[c.actuator] = _Unheld(holder, why, now)
         return out
 
     def _guarded(self, cmd: Command, now: float) -> Outputs:
@@ -141,30 +193,80 @@ class Kaiser:
 
     def _guarded_into(self, out: Outputs, cmd: Command, now: float) -> None:
         verdict = self.guard.check(cmd, now)
-        self._unheld.pop(cmd.actuator, None)
+        if self._unheld:
+            self._unheld.pop(cmd.actuator, None)
         if isinstance(verdict, Allowed):
             out.sent.append(verdict)
             self.engine.commanded(verdict.command.actuator, verdict.command.value)
         else:
             out.blocked.append(verdict)
             out.events.append(self._block_event(verdict, now))
-            if cmd.hold and verdict.code == Code.DEVICE_OFFLINE:
-                # a `while` rule that is still true holds again when the board is back
-                self._unheld[cmd.actuator] = cmd
+            if cmd.hold and cmd.rule is not None and verdict.code in (RESUME_ON_DEVICE | RESUME_ON_READING):
+                # a `while` rule that is still true holds again when that is over
+                self._unheld[cmd.actuator] = _Unheld(cmd.rule, verdict.code, now)
 
     def _rehold(self, device: str, now: float) -> Outputs:
         """Re-send holds the guard refused while ``device`` was offline, for rules
         that still hold them."""
         out = Outputs()
-        held = {ref for refs in self.engine.holds().values() for ref in refs}
-        for ref, cmd in list(self._unheld.items()):
-            if ref.split(".", 1)[0] != device:
+        for ref, u in list(self._unheld.items()):
+            if u.code not in RESUME_ON_DEVICE or ref.split(".", 1)[0] != device:
                 continue
-            if ref in held and cmd.rule in self.engine.holds():
-                out.extend(self._guarded(cmd, now))
-            else:
+            cmd = self.engine.hold_command(ref) if self.engine.holding(u.rule, ref) else None
+            if cmd is None:
                 del self._unheld[ref]
+            else:
+                out.extend(self._guarded(cmd, now))
         return out
+
+    def _resume(self, readings: Sequence[Reading], now: float, out: Outputs) -> None:
+        """Take holds again that an emergency stop (now reset) or a lost sensor (now
+        fresh) ended: on a fresh reading of one of the rule's sensors, when the rule's
+        condition is true now. While a stop is latched nothing is tried."""
+        stale_after = self.deployment.safety.defaults.stale_after
+        fresh = {r.sensor for r in readings
+                 if not r.retained and freshness.value((r.value, r.ts, r.quality), now, stale_after) is not None}
+        if not fresh:
+            return
+        for ref, u in list(self._unheld.items()):
+            if u.code not in RESUME_ON_READING:
+                continue
+            if not self.engine.holding(u.rule, ref):
+                del self._unheld[ref]
+                continue
+            device = ref.split(".", 1)[0]
+            if self.guard.emergency_active(device):
+                continue
+            watched = self.guard.limits.entries.get(ref)
+            sensors = {*self.engine.rule_sensors(u.rule), *(watched.watched if watched is not None else ())}
+            if fresh.isdisjoint(sensors) or not self.engine.true_now(u.rule):
+                continue
+            cmd = self.engine.hold_command(ref)
+            if cmd is None:
+                del self._unheld[ref]
+                continue
+            if u.code is Code.EMERGENCY_STOP_ACTIVE:
+                reset = max(self._reset_at.get(device, 0.0), self._reset_at.get("all", 0.0))
+                why = f"held again after reset at {self._local(reset)}"
+                trigger_extra: dict[str, float | None] = {"held_again_after_reset_at": reset}
+            else:
+                seen = sorted(fresh & sensors)
+                why = f"held again: {', '.join(seen)} fresh again after the sensor was lost"
+                trigger_extra = {"held_again_after_sensor_loss_at": u.since}
+            cmd = Command(cmd.actuator, cmd.value, cmd.duration, cmd.source, cmd.rule, cmd.priority,
+                          f"{cmd.reason} ({why})", cmd.toggle, cmd.hold)
+            self._guarded_into(out, cmd, now)
+            trigger = {**self.engine.trigger(u.rule), **trigger_extra}
+            out.runs.append(RuleRun(u.rule, now, trigger, (f"{why}: set {ref} {cmd.value:g}",), "ran",
+                                    self.engine.version))
+
+    def _local(self, ts: float) -> str:
+        """An instant for people, in the deployment's time zone."""
+        try:
+            tz = ZoneInfo(self.deployment.tz)
+        except Exception:
+            tz = ZoneInfo("UTC")
+        return datetime.fromtimestamp(ts, tz).strftime("%Y-%m-%d %H:%M:%S %Z")
 
     @staticmethod
     def _block_event(b: Blocked, now: float) -> Event:
@@ -207,6 +309,29 @@ class Kaiser:
             if self._online.get(dev) is not True:
                 self._set_online_into(out, dev, True, now, "")
         self._decide_into(out, self.engine.receive, reading, now)
+        if self._unheld:
+            self._resume((reading,), now, out)
+        return out
+
+    def receive_many(self, readings: Sequence[Reading], now: float) -> Outputs:
+        """Readings that arrived together (the values of one ``sensor/batch`` message,
+        the readings of one test step): all are stored, in the guard and the rule
+        engine, before the rules are evaluated once. Of two readings of one ref the
+        later wins."""
+        out = Outputs() if self._started else self._begin(now)
+        if not readings:
+            return out
+        for reading in readings:
+            self.guard.reading(reading)
+        for reading in readings:
+            dev = reading.sensor.split(".", 1)[0]
+            if not reading.retained and dev in self.deployment.devices:
+                self._last_seen[dev] = now
+                if self._online.get(dev) is not True:
+                    self._set_online_into(out, dev, True, now, "")
+        self._decide_into(out, self.engine.receive_many, readings, now)
+        if self._unheld:
+            self._resume(readings, now, out)
         return out
 
     def device_seen(self, device: str, now: float) -> Outputs:
@@ -230,9 +355,11 @@ class Kaiser:
         return out
 
     def actuator_reported(self, ref: str, value: float, now: float) -> Outputs:
-        """The state the firmware reports for an actuator (duty 0.0-1.0)."""
+        """The state the firmware reports for an actuator (duty 0.0-1.0). A report of
+        an actuator on that an interlock forbids is corrected: the guard switches it
+        off (an OFF in ``sent`` and a safety event, code INTERLOCK)."""
         out = self._begin(now)
-        self.guard.actuator_reported(ref, value, now)
+        out.extend(self._from_guard(self.guard.actuator_reported(ref, value, now), now))
         dev = ref.split(".", 1)[0]
         if dev in self.deployment.devices:
             self._last_seen[dev] = now
@@ -249,13 +376,19 @@ class Kaiser:
     def emergency_stop(self, target: str, reason: str, who: str, now: float) -> Outputs:
         """Latch an emergency stop for ``"all"`` or one device."""
         out = self._begin(now)
-        out.extend(self._from_guard(self.guard.emergency_stop(target, reason, who, now)))
+        out.extend(self._from_guard(self.guard.emergency_stop(target, reason, who, now), now,
+                                    Code.EMERGENCY_STOP_ACTIVE))
         return out
 
     def reset(self, target: str, who: str, reason: str, now: float) -> Outputs:
-        """Release an emergency stop (turns nothing on)."""
+        """Release an emergency stop. Turns nothing on: a ``while`` rule that still
+        holds takes its actuators again on the next fresh reading of one of its sensors."""
         out = self._begin(now)
-        out.extend(self.guard.reset(target, who, reason, now))
+        done = self.guard.reset(target, who, reason, now)
+        for em in done.emergencies:
+            if not em.active:
+                self._reset_at[em.target] = now
+        out.extend(done)
         return out
 
     def tick(self, now: float) -> Outputs:
@@ -277,7 +410,7 @@ class Kaiser:
             for dev in gone:
                 seen = "never seen" if dev not in self._last_seen else f"no heartbeat or data for {after:g}s"
                 self._set_online_into(out, dev, False, now, seen)
-        out.extend(self._from_guard(self.guard.tick(now)))
+        out.extend(self._from_guard(self.guard.tick(now), now))
         self._decide_into(out, self.engine.tick, now)
         return out
 
@@ -347,6 +480,8 @@ class Kaiser:
             "guard": self.guard.snapshot(),
             "last_seen": dict(self._last_seen),
             "start": self._start,
+            "unheld": {ref: [u.rule, str(u.code), u.since] for ref, u in self._unheld.items()},
+            "reset_at": dict(self._reset_at),
         }
 
     def restore(self, data: dict[str, object]) -> None:
@@ -364,5 +499,9 @@ class Kaiser:
             start = data.get("start")
             if isinstance(start, int | float):
                 self._start = float(start)
+            self._unheld = {str(ref): _Unheld(str(u[0]), Code(str(u[1])), float(u[2]))
+                            for ref, u in dict(data.get("unheld") or {}).items()  # type: ignore[call-overload]
+                            if str(u[1]) in Code.__members__}
+            self._reset_at = {str(k): float(v) for k, v in dict(data.get("reset_at") or {}).items()}  # type: ignore[call-overload]
         except (TypeError, ValueError, AttributeError) as e:
             raise EngineError(f"cannot restore state: {e}") from e

@@ -17,7 +17,8 @@ Checks run in this fixed order; the first that fails decides (docs/safety.md):
  1. ``EMERGENCY_STOP_ACTIVE``   a latched stop for all boards or for the device
  2. ``ACTUATOR_NOT_CONFIGURED`` the actuator is in the device map
     -- an OFF that gets this far is always allowed --
- 3. ``PWM_OUT_OF_RANGE``        0.0-1.0 and the configured ``pwm`` range
+ 3. ``PWM_OUT_OF_RANGE``        0.0-1.0 and the configured ``pwm`` range (or clamped
+                                into it: ``out_of_range: clamp``)
  4. ``GPIO_CONFLICT``           the actuator's GPIO is not a sensor's on that device
  5. ``DEVICE_OFFLINE``          the device is online
  6. ``SENSOR_LOST``             ``on_sensor_loss`` (a watched sensor is silent or stale)
@@ -29,6 +30,10 @@ Checks run in this fixed order; the first that fails decides (docs/safety.md):
 
 ``CONFLICT`` is never produced here: it is the rule engine's arbitration (a rule
 lost to a higher-priority one), recorded before its command reaches the guard.
+
+Whether a reading may be used (quality, age) is engine.freshness, shared with the
+rule engine so the two never disagree. What happens to the actuators of a rule
+whose sensor is lost (``on_sensor_loss``) is decided here and only here.
 """
 
 from __future__ import annotations
@@ -40,26 +45,23 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import NamedTuple
 
+from engine import freshness
+from engine.actions import action_sensors
+from engine.conditions import kind_of, leaves
 from engine.model import (
-    USABLE_QUALITY,
     Action,
     Actuator,
     ActuatorLimits,
-    All,
     Allowed,
-    Any_,
     Blocked,
-    Change,
     Code,
     Command,
     Comparison,
     Condition,
     Deployment,
-    Difference,
     EmergencyOut,
     Event,
     Interlock,
-    Not,
     Outputs,
     Reading,
     SafetyDefaults,
@@ -102,8 +104,11 @@ class Entry:
     #: (interlock name, other actuator ref) for every never_together partner
     partners: tuple[tuple[str, str], ...] = ()
     only_if: tuple[Interlock, ...] = ()
-    #: sensor refs read by the conditions of rules that drive this actuator
+    #: sensor refs read by the conditions (and computed duties) of rules that drive this actuator
     watched: tuple[str, ...] = ()
+    #: sensor ref -> its freshness limit in seconds where a condition's ``fresh:`` sets
+    #: one (the shortest, when several do); the others use ``stale_after``
+    fresh: Mapping[str, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,19 +127,12 @@ class Limits:
     users: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
 
 
-def _condition_sensors(cond: Condition) -> Iterable[str]:
-    """Sensor refs a condition reads to decide. ``no_data_for`` is left out: it
-    *expects* silence, so silence must not block the rule it serves."""
-    if isinstance(cond, Comparison | Change):
-        yield cond.sensor
-    elif isinstance(cond, Difference):
-        yield cond.a
-        yield cond.b
-    elif isinstance(cond, All | Any_):
-        for item in cond.items:
-            yield from _condition_sensors(item)
-    elif isinstance(cond, Not):
-        yield from _condition_sensors(cond.item)
+def _condition_sensors(cond: Condition) -> Iterable[tuple[str, float | None]]:
+    """(sensor ref, ``fresh`` limit or None) a condition reads to decide, as each
+    condition kind says (``no_data_for`` is left out: it *expects* silence, so
+    silence must not block the rule it serves)."""
+    for leaf in leaves(cond):
+        yield from kind_of(leaf).watched(leaf)
 
 
 def _driven(actions: Iterable[Action]) -> Iterable[str]:
@@ -147,14 +145,19 @@ def compile_limits(deployment: Deployment) -> Limits:
     """Build the guard's tables. Limits naming unknown actuators are ignored here
     (``kaiser lint`` reports them)."""
     safety = deployment.safety
-    watched: dict[str, list[str]] = {}
+    stale_after = safety.defaults.stale_after
+    watched: dict[str, dict[str, float]] = {}  # actuator -> sensor -> freshness limit
     for rule in deployment.rules:
         if not rule.enabled:
             continue
-        sensors = list(dict.fromkeys(_condition_sensors(rule.condition)))
-        for ref in _driven((*rule.actions, *(rule.release or ()))):
-            bucket = watched.setdefault(ref, [])
-            bucket.extend(s for s in sensors if s not in bucket)
+        acts = (*rule.actions, *(rule.release or ()))
+        sensors = [*_condition_sensors(rule.condition),
+                   *((s, None) for a in acts for s in action_sensors(a))]
+        for ref in _driven(acts):
+            bucket = watched.setdefault(ref, {})
+            for s, limit in sensors:
+                lim = stale_after if limit is None else limit
+                bucket[s] = min(bucket.get(s, lim), lim)
     partners: dict[str, list[tuple[str, str]]] = {}
     only_if: dict[str, list[Interlock]] = {}
     for lock in safety.interlocks:
@@ -173,13 +176,15 @@ def compile_limits(deployment: Deployment) -> Limits:
             pins = {act.gpio} | ({act.aux_gpio} if act.aux_gpio is not None else set())
             gpio_sensors = tuple(s.ref for s in dev.sensors if s.gpio in pins)
             locks = tuple(only_if.get(act.ref, ()))
+            mine = watched.get(act.ref, {})
             entry = Entry(
                 actuator=act,
                 limits=safety.actuators.get(act.ref) or ActuatorLimits(actuator=act.ref),
                 gpio_sensors=gpio_sensors,
                 partners=tuple(partners.get(act.ref, ())),
                 only_if=locks,
-                watched=tuple(watched.get(act.ref, ())),
+                watched=tuple(mine),
+                fresh={s: lim for s, lim in mine.items() if lim != stale_after},
             )
             entries[act.ref] = entry
             needed.update(entry.watched)
@@ -261,18 +266,7 @@ class GuardState:
 # Sentences
 
 
-def _span(seconds: float, up: bool = False) -> str:
-    """``40 s``, ``6m 10s``, ``2h 5m`` for people; ``up`` rounds up (time to go)."""
-    s = math.ceil(seconds - 1e-9) if up else math.floor(seconds + 1e-9)
-    s = max(0, int(s))
-    if s < 120:
-        return f"{s} s"
-    if s < 7200:
-        m, r = divmod(s, 60)
-        return f"{m}m {r}s" if r else f"{m}m"
-    h, r = divmod(s, 3600)
-    m = r // 60
-    return f"{h}h {m}m" if m else f"{h}h"
+_span = freshness.span
 
 
 def _rate(count: int, per: float) -> str:
@@ -297,33 +291,27 @@ def _emergency_sentence(ref: str, latch: Latch, now: float) -> str:
     )
 
 
-def _stale_at(state: GuardState, defaults: SafetyDefaults, sensor: str) -> float | None:
+def _limit(entry: Entry, defaults: SafetyDefaults, sensor: str) -> float:
+    return entry.fresh.get(sensor, defaults.stale_after) if entry.fresh else defaults.stale_after
+
+
+def _stale_at(state: GuardState, defaults: SafetyDefaults, sensor: str, limit: float | None = None) -> float | None:
     """When ``sensor`` is (or becomes) lost; None while unknowable (no start yet)."""
-    r = state.readings.get(sensor)
-    if r is None:
-        return None if state.start is None else state.start + defaults.stale_after
-    if r[2] not in USABLE_QUALITY:
-        return r[1]
-    return r[1] + defaults.stale_after
+    return freshness.lost_since(state.readings.get(sensor), state.start,
+                                defaults.stale_after if limit is None else limit)
 
 
 def _lost_sensor(
     state: GuardState, defaults: SafetyDefaults, entry: Entry, now: float
 ) -> tuple[str, str] | None:
-    """The first watched sensor that is lost at ``now``, with a sentence part."""
+    """The first watched sensor that is lost at ``now`` (engine.freshness), with a
+    sentence part."""
     for s in entry.watched:
-        r = state.readings.get(s)
-        if r is None:
-            if state.start is not None and now - state.start >= defaults.stale_after - EPS:
-                return s, f"sensor {s} has not reported since start ({_span(now - state.start)} ago)"
-            continue
-        if r[2] not in USABLE_QUALITY:
-            return s, f"sensor {s} reports quality {r[2]}"
-        if now - r[1] >= defaults.stale_after - EPS:
-            return s, (
-                f"sensor {s} is stale (last reading {_span(now - r[1])} ago; "
-                f"stale_after is {format_duration(defaults.stale_after)})"
-            )
+        limit = _limit(entry, defaults, s)
+        why = freshness.why_lost(s, state.readings.get(s), state.start, now, limit,
+                                 "stale_after" if limit == defaults.stale_after else "fresh")
+        if why is not None:
+            return s, why
     return None
 
 
@@ -334,11 +322,12 @@ def _fresh_value(
     r = state.readings.get(sensor)
     if r is None:
         return None, f"{sensor} has not reported"
-    if r[2] not in USABLE_QUALITY:
+    if not freshness.has_value(r):
         return None, f"{sensor} reports quality {r[2]}"
-    if now - r[1] >= defaults.stale_after - EPS:
+    v = freshness.value(r, now, defaults.stale_after)
+    if v is None:
         return None, f"{sensor} is stale (last reading {_span(now - r[1])} ago)"
-    return r[0], ""
+    return v, ""
 
 
 def _compare(c: Comparison, x: float) -> bool:
@@ -391,10 +380,10 @@ def _only_if_due(state: GuardState, defaults: SafetyDefaults, entry: Entry) -> f
         r = state.readings.get(c.sensor)
         if r is None:
             t = state.start
-        elif r[2] not in USABLE_QUALITY or not _compare(c, r[0]):
+        elif not freshness.has_value(r) or not _compare(c, r[0]):
             t = r[1]
         else:
-            t = r[1] + defaults.stale_after
+            t = freshness.lost_at(r[1], defaults.stale_after)
         if t is not None and (due is None or t < due):
             due = t
     return due
@@ -447,9 +436,15 @@ def _decide(
         return Blocked(cmd, Code.PWM_OUT_OF_RANGE, f"{ref}: {value:g} is outside 0.0-1.0"), None
     if lim.pwm is not None and not lim.pwm[0] <= value <= lim.pwm[1]:
         lo, hi = lim.pwm
-        return Blocked(
-            cmd, Code.PWM_OUT_OF_RANGE, f"{ref}: {value:g} is outside its pwm range {lo:g}-{hi:g}"
-        ), None
+        if lim.out_of_range != "clamp":
+            return Blocked(
+                cmd, Code.PWM_OUT_OF_RANGE, f"{ref}: {value:g} is outside its pwm range {lo:g}-{hi:g}"
+            ), None
+        clamped = lo if value < lo else hi
+        note = f"clamped {value:g} to {clamped:g} (pwm range {lo:g}-{hi:g}, out_of_range: clamp)"
+        cmd = Command(cmd.actuator, clamped, cmd.duration, cmd.source, cmd.rule, cmd.priority,
+                      f"{cmd.reason}; {note}" if cmd.reason else note, cmd.toggle, cmd.hold)
+        value = clamped
     # 4. GPIO
     if entry.gpio_sensors:
         return Blocked(
@@ -599,7 +594,7 @@ def _actuator_due(state: GuardState, defaults: SafetyDefaults, entry: Entry, st:
     if lim.max_runtime is not None and st.on_since is not None:
         times.append(st.on_since + lim.max_runtime)
     if entry.watched and lim.on_sensor_loss == "off":
-        times.extend(_stale_at(state, defaults, s) for s in entry.watched)
+        times.extend(_stale_at(state, defaults, s, _limit(entry, defaults, s)) for s in entry.watched)
     if entry.only_if:
         times.append(_only_if_due(state, defaults, entry))
     known = [t for t in times if t is not None]
@@ -731,11 +726,18 @@ class Guard:
                 if st is not None and st.lease is not None and st.lease.hold and st.renew_at is None:
                     self._store(ref, st._replace(renew_at=now))
 
-    def actuator_reported(self, ref: str, value: float, now: float) -> None:
-        """The firmware reported ``value`` (0.0-1.0) for actuator ``ref``."""
+    def actuator_reported(self, ref: str, value: float, now: float) -> Outputs:
+        """The firmware reported ``value`` (0.0-1.0) for actuator ``ref``.
+
+        Interlocks correct, not only block: a report of ``ref`` on while a
+        ``never_together`` partner is on, or while its ``only_if`` fails (someone
+        pressed its button), switches ``ref`` off: an OFF in ``.sent`` (source
+        "safety") and a safety event with code INTERLOCK."""
         self._touch(now)
-        if ref not in self._limits.entries or not isinstance(value, int | float) or math.isnan(value):
-            return
+        out = Outputs()
+        entry = self._limits.entries.get(ref)
+        if entry is None or not isinstance(value, int | float) or math.isnan(value):
+            return out
         st = self._state.actuators.get(ref, EMPTY)
         was_on = is_on(st)
         new = st._replace(reported=float(value), reported_at=now)
@@ -745,6 +747,22 @@ class Guard:
         elif was_on and not on:
             new = new._replace(off_since=now, on_since=None)
         self._store(ref, new)
+        if value > 0.0 and (entry.partners or entry.only_if):
+            why = self._interlock_violated(entry, now)
+            if why is not None:
+                self._emit_off(out, ref, f"{ref} switched off: reported on, but {why}", now, Code.INTERLOCK,
+                               "warning", reported=float(value))
+        return out
+
+    def _interlock_violated(self, entry: Entry, now: float) -> str | None:
+        """Why ``entry``'s actuator may not run next to what is on now, or None."""
+        for name, other in entry.partners:
+            ost = self._state.actuators.get(other)
+            if ost is not None and is_on(ost):
+                return f"interlock {name}: {other} is on (never together)"
+        if entry.only_if:
+            return _only_if_failure(self._state, self._limits.defaults, entry, now)
+        return None
 
     def reading(self, reading: Reading) -> None:
         """Remember the newest reading of each sensor (interlocks, sensor loss)."""

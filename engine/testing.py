@@ -3,9 +3,11 @@
 Each test drives ``Kaiser(deployment, assume_online=True)`` (the same compiled
 network and the same guard as ``kaiser run``) on a ManualClock that stops at every
 step and at every instant something is due (``next_due()``), so a ``for: 2m``
-fires at 120 s. An expectation matches a command (sent) or block within one second
-after its ``at`` whose fields include the ones given. A test runs until its last
-step or expectation, plus one second.
+fires at 120 s. A step's readings land together (``Kaiser.receive_many``): all are
+stored before the rules and the guard are evaluated. An expectation matches a
+command (sent) or block within one second after its ``at`` whose fields include
+the ones given (duties to 0.001). A test runs until its last step or expectation,
+plus one second.
 """
 
 from __future__ import annotations
@@ -28,12 +30,15 @@ from engine.model import (
     Outputs,
     Reading,
     RuleTest,
+    TestStep,
 )
 from engine.pipeline import Kaiser
 
 #: an expectation at ``at`` matches what happened in [at, at + WINDOW]
 WINDOW = 1.0
 EPS = 1e-6
+#: an expected duty matches a command's within this much
+DUTY_TOLERANCE = 0.001
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,6 +48,9 @@ class Happened:
     t: float
     kind: str  # "command" | "blocked" | "notify"
     item: Allowed | Blocked | Notification
+    #: caused by the test's own step (the OFFs of an ``emergency_stop:`` step):
+    #: matchable, but never "not expected"
+    own: bool = False
 
     def describe(self) -> str:
         return f"at {_secs(self.t):>6}  {self.kind:<8} {_describe_item(self.item)}"
@@ -133,7 +141,7 @@ def matches(e: Expectation, h: Happened) -> bool:
         if want == "toggle":
             if not c.toggle:
                 return False
-        elif not isinstance(want, int | float) or abs(c.value - float(want)) > 1e-9:
+        elif not isinstance(want, int | float) or abs(c.value - float(want)) > DUTY_TOLERANCE + 1e-9:
             return False
     if "for" in f:
         want_for = f["for"]
@@ -164,7 +172,7 @@ def judge(test: RuleTest, happened: list[Happened]) -> tuple[list[Expectation], 
     unexpected: list[Happened] = []
     if test.only_expected:
         unexpected = [h for i, h in enumerate(happened)
-                      if h.kind == "command" and i not in used and not _is_renewal(h)]
+                      if h.kind == "command" and i not in used and not _is_renewal(h) and not h.own]
     return missing, unexpected
 
 
@@ -172,9 +180,9 @@ def judge(test: RuleTest, happened: list[Happened]) -> tuple[list[Expectation], 
 # running
 
 
-def _record(out: Outputs, t: float, into: list[Happened]) -> None:
+def _record(out: Outputs, t: float, into: list[Happened], own: bool = False) -> None:
     for a in out.sent:
-        into.append(Happened(t, "command", a))
+        into.append(Happened(t, "command", a, own))
     for b in out.blocked:
         into.append(Happened(t, "blocked", b))
     for n in out.notifications:
@@ -232,17 +240,26 @@ def _drive(dep: Deployment, test: RuleTest, happened: list[Happened]) -> None:
         while i < len(steps) and start + steps[i].at <= now + EPS:
             step = steps[i]
             i += 1
-            for dev, online in step.devices.items():
-                out.extend(k.device_seen(dev, now) if online else k.device_offline(dev, now, "test step"))
-            for ref, value in step.actuators.items():
-                out.extend(k.actuator_reported(ref, value, now))
-            for ref, v in step.readings.items():
-                if v is None or not math.isfinite(v):
-                    out.extend(k.receive(Reading(ref, math.nan, now, quality="bad"), now))
-                else:
-                    out.extend(k.receive(Reading(ref, float(v), now), now))
+            apply_step(k, step, now, out, happened, rel)
         out.extend(k.tick(now))
         _record(out, rel, happened)
+
+
+def apply_step(k: Kaiser, step: TestStep, now: float, out: Outputs, happened: list[Happened], rel: float) -> None:
+    """One step, in this order: devices, reported actuator states, the emergency stop,
+    the reset, then the readings, which land together (``receive_many``)."""
+    for dev, online in step.devices.items():
+        out.extend(k.device_seen(dev, now) if online else k.device_offline(dev, now, "test step"))
+    for ref, value in step.actuators.items():
+        out.extend(k.actuator_reported(ref, value, now))
+    if step.emergency_stop is not None:
+        _record(k.emergency_stop(step.emergency_stop, "test step", "test", now), rel, happened, own=True)
+    if step.reset is not None:
+        out.extend(k.reset(step.reset, "test", "test step", now))
+    if step.readings:
+        readings = [Reading(ref, math.nan, now, quality="bad") if v is None or not math.isfinite(v)
+                    else Reading(ref, float(v), now) for ref, v in step.readings.items()]
+        out.extend(k.receive_many(readings, now))
 
 
 # --------------------------------------------------------------------------

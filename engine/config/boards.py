@@ -24,6 +24,8 @@ class Board:
     max_actuators: int
     #: pins on ADC1: analog probes read only there (ADC2 is taken by Wi-Fi)
     adc: frozenset[int] = frozenset()
+    #: pins wired to the SPI flash (also in ``reserved``): touching them crashes the board
+    flash: frozenset[int] = frozenset()
 
     def known(self, gpio: int) -> bool:
         return gpio in self.reserved or gpio in self.usable or gpio in self.input_only
@@ -51,7 +53,7 @@ BOARDS: dict[str, Board] = {
     "esp32dev": Board(
         name="esp32dev",
         title="ESP32 DevKit (esp32dev)",
-        reserved=frozenset({0, 1, 2, 3, 12, 13}),
+        reserved=frozenset({0, 1, 2, 3, 6, 7, 8, 9, 10, 11, 12, 13}),
         usable=frozenset({4, 5, 14, 15, 16, 17, 18, 19, 21, 22, 23, 25, 26, 27, 32, 33}),
         input_only=frozenset({34, 35, 36, 37, 38, 39}),
         i2c=(21, 22),
@@ -59,6 +61,7 @@ BOARDS: dict[str, Board] = {
         max_sensors=20,
         max_actuators=12,
         adc=frozenset({32, 33, 34, 35, 36, 37, 38, 39}),
+        flash=frozenset({6, 7, 8, 9, 10, 11}),
     ),
     "xiao_esp32c3": Board(
         name="xiao_esp32c3",

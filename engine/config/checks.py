@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import difflib
 import math
-import re
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -28,6 +27,7 @@ from engine.model import (
     Action,
     Actuator,
     ActuatorIs,
+    ActuatorLimits,
     All,
     Any_,
     At,
@@ -39,10 +39,9 @@ from engine.model import (
     Device,
     DeviceIs,
     Difference,
-    EmergencyStop,
     Every,
+    Follow,
     Interlock,
-    NoData,
     Not,
     Notify,
     Position,
@@ -64,6 +63,7 @@ UNKNOWN_DEVICE = "K403"
 UNKNOWN_RULE = "K404"
 UNKNOWN_TEMPLATE_REF = "K405"
 UNKNOWN_BLOCK_REASON = "K406"
+BAD_TEMPLATE_FORMAT = "K407"
 
 GPIO_CONFLICT = "K410"
 BUS_ADDRESS_CONFLICT = "K411"
@@ -82,6 +82,8 @@ FRACTIONAL_ON_OFF = "K422"
 BAD_PWM_LIMIT = "K423"
 FOR_OVER_MAX_RUNTIME = "K424"
 FOR_ON_OFF = "K425"
+DUTY_ON_SWITCH = "K426"
+MAP_OUTSIDE_PWM = "K427"
 
 OPPOSITE_STATES = "K430"
 INTERLOCK_TOGETHER = "K431"
@@ -112,8 +114,9 @@ UNKNOWN_CALIBRATION = "K472"
 
 INTERNAL = "K499"
 
-_REF_IN_TEXT = re.compile(r"\{([A-Za-z0-9_-]+(?:\.[A-Za-z0-9_-]+)+)\}")
 _ON_OFF_TYPES = ("pump", "relay")
+#: actuator types a computed duty may drive
+_DUTY_TYPES = ("pwm", "valve")
 
 # --------------------------------------------------------------------------
 # Entry point
@@ -146,6 +149,10 @@ class Gaps:
     #: ref targets): a duplicate device, or a device with its duplicate sensors and
     #: actuators added
     devices: tuple[Device, ...] = ()
+    #: names written in files the loader could not parse (YAML syntax errors): a test
+    #: naming one of them gets no K404 (one mistake, one finding); None: a file could
+    #: not even be read, so no rule name is known to be missing
+    rules: frozenset[str] | None = frozenset()
 
 
 NO_GAPS = Gaps()
@@ -382,29 +389,30 @@ def _span(lo: float, hi: float, unit: str) -> str:
 # 1. references
 
 
+def _lookup(ctx: _Context, kind: str, ref: str, pos: Position) -> None:
+    if kind == "sensor":
+        ctx.sensor(ref, pos)
+    elif kind == "actuator":
+        ctx.actuator(ref, pos)
+    elif kind == "device":
+        ctx.device(ref, pos)
+
+
 def _references(ctx: _Context) -> None:
+    from engine.actions import type_of
+    from engine.conditions import kind_of
+
     for _rule, c in _conditions(ctx):
-        if isinstance(c, Comparison | Change | NoData):
-            ctx.sensor(c.sensor, c.pos)
-        elif isinstance(c, Difference):
-            ctx.sensor(c.a, c.pos)
-            ctx.sensor(c.b, c.pos)
-        elif isinstance(c, DeviceIs):
-            ctx.device(c.device, c.pos)
-        elif isinstance(c, ActuatorIs):
-            ctx.actuator(c.actuator, c.pos)
+        if isinstance(c, All | Any_ | Not):
+            continue
+        for kind, ref in kind_of(c).refs(c):
+            _lookup(ctx, kind, ref, c.pos)
     for rule in ctx.dep.rules:
         for a, _ in _actions(rule):
-            if isinstance(a, SetActuator):
-                ctx.actuator(a.actuator, a.pos)
-            elif isinstance(a, EmergencyStop):
-                if a.target != "all":
-                    ctx.device(a.target, a.pos)
-            elif isinstance(a, Notify):
-                for ref in _REF_IN_TEXT.findall(a.text):
-                    if ref not in ctx.readings and ref not in ctx.actuators:
-                        hint = ctx._sensor_hint(ref) or ctx.suggest(ref, ctx.actuators)
-                        ctx.emit(UNKNOWN_TEMPLATE_REF, "warning", f"unknown ref {{{ref}}} in notify text", a.pos, hint)
+            for kind, ref in type_of(a).refs(a):
+                _lookup(ctx, kind, ref, a.pos)
+            if isinstance(a, Notify):
+                _template(ctx, a)
     safety = ctx.dep.safety
     for ref, limits in safety.actuators.items():
         ctx.actuator(ref, limits.pos if limits.pos != NOWHERE else safety.defaults.pos)
@@ -423,11 +431,29 @@ def _references(ctx: _Context) -> None:
     _test_references(ctx)
 
 
+def _template(ctx: _Context, a: Notify) -> None:
+    """Every ``{REF}`` of a notify text names a sensor or actuator; every
+    ``{REF:FORMAT}`` has a format a reading can be written with."""
+    from engine.actions import format_error, template_refs
+
+    for ref, spec, written in template_refs(a.text):
+        if ref not in ctx.readings and ref not in ctx.actuators and not ctx.unbuilt(ref):
+            hint = ctx._sensor_hint(ref) or ctx.suggest(ref, ctx.actuators)
+            ctx.emit(UNKNOWN_TEMPLATE_REF, "error", f"unknown ref {{{ref}}} in notify text: it would be sent "
+                     "as written", a.pos, hint)
+        if spec:
+            why = format_error(spec)
+            if why is not None:
+                ctx.emit(BAD_TEMPLATE_FORMAT, "error", f"{written} in notify text: {spec!r} cannot format a "
+                         f"reading ({why})", a.pos, "use a number format such as {north.air_temp:.1f} or :.0f")
+
+
 def _test_references(ctx: _Context) -> None:
     codes = [c.value for c in Code]
+    missing = ctx.gaps.rules
     for test in ctx.dep.tests:
         for name in test.rules:
-            if name not in ctx.rules:
+            if name not in ctx.rules and missing is not None and name not in missing:
                 ctx.emit(UNKNOWN_RULE, "error", f"test {test.name!r} names unknown rule {name!r}", test.pos,
                          did_you_mean(name, ctx.rules))
         for step in test.steps:
@@ -437,6 +463,9 @@ def _test_references(ctx: _Context) -> None:
                 ctx.device(name, step.pos)
             for ref in step.actuators:
                 ctx.actuator(ref, step.pos)
+            for target in (step.emergency_stop, step.reset):
+                if target is not None and target != "all":
+                    ctx.device(target, step.pos)
         for exp in test.expect:
             act_ref = exp.fields.get("actuator")
             if isinstance(act_ref, str):
@@ -509,7 +538,10 @@ def _pin(ctx: _Context, b: Board, gpio: int, what: str, pos: Position, *, actuat
     free -= used
     kind = "output pins" if actuator else "pins"
     hint = f"free {kind} on this board: {pin_ranges(sorted(free))}" if free else f"no free {kind} left on this board"
-    if gpio in b.reserved:
+    if gpio in b.flash:
+        ctx.emit(RESERVED_PIN, "error", f"{what}: GPIO {gpio} is reserved on {b.name}: it is wired to the SPI flash "
+                 f"({pin_ranges(sorted(b.flash))}), and using it crashes the board", pos, hint)
+    elif gpio in b.reserved:
         ctx.emit(RESERVED_PIN, "error", f"{what}: GPIO {gpio} is reserved on {b.name} (boot strapping, flash or serial)",
                  pos, hint)
     elif not b.known(gpio):
@@ -588,6 +620,9 @@ def _values(ctx: _Context) -> None:
                 continue
             act = ctx.actuators.get(a.actuator)
             lim = limits.get(a.actuator)
+            if isinstance(a.state, Follow):
+                _computed_duty(ctx, a, a.state, act, lim)
+                continue
             if a.state == "toggle":
                 continue
             v = float(a.state)
@@ -597,11 +632,17 @@ def _values(ctx: _Context) -> None:
                 continue
             if lim is not None and lim.pwm is not None and v > 0.0:
                 lo, hi = lim.pwm
-                if not lo <= v <= hi:
+                if not lo <= v <= hi and lim.out_of_range == "clamp":
+                    ctx.emit(VALUE_OUTSIDE_PWM, "warning",
+                             f"set: {_fmt(v)} on {a.actuator} is outside its pwm range [{_fmt(lo)}, {_fmt(hi)}]: "
+                             f"the safety guard sends {_fmt(lo if v < lo else hi)} instead (out_of_range: clamp)",
+                             a.pos, f"write set: {_fmt(lo if v < lo else hi)}", related=lim.pos)
+                elif not lo <= v <= hi:
                     ctx.emit(VALUE_OUTSIDE_PWM, "error",
                              f"set: {_fmt(v)} on {a.actuator} is outside its pwm range [{_fmt(lo)}, {_fmt(hi)}]: "
                              "the safety guard blocks it every time", a.pos,
-                             f"use a value between {_fmt(lo)} and {_fmt(hi)}, or widen the range", related=lim.pos)
+                             f"use a value between {_fmt(lo)} and {_fmt(hi)}, widen the range, or let the guard "
+                             "clamp it (out_of_range: clamp)", related=lim.pos)
             if act is not None and act.type in _ON_OFF_TYPES and 0.0 < v < 1.0:
                 state = "on" if v >= 0.5 else "off"
                 ctx.emit(FRACTIONAL_ON_OFF, "warning",
@@ -615,6 +656,23 @@ def _values(ctx: _Context) -> None:
                 ctx.emit(FOR_OVER_MAX_RUNTIME, "warning",
                          f"`for: {format_duration(a.for_)}` on {a.actuator} is longer than its max_runtime "
                          f"({format_duration(lim.max_runtime)}): the guard turns it off early", a.pos, related=lim.pos)
+
+
+def _computed_duty(ctx: _Context, a: SetActuator, f: Follow, act: Actuator | None, lim: ActuatorLimits | None) -> None:
+    """``set: {follow: ...}``: a pwm or valve actuator (a duty means nothing to a relay
+    or pump), and map duties the guard does not block."""
+    if act is not None and act.type not in _DUTY_TYPES:
+        ctx.emit(DUTY_ON_SWITCH, "error", f"a computed duty on {act.type} {a.actuator}: only a pwm or valve "
+                 "actuator takes a duty", f.pos, "switch it with set: on/off, or drive a pwm actuator", related=act.pos)
+    if lim is None or lim.pwm is None or lim.out_of_range == "clamp":
+        return
+    lo, hi = lim.pwm
+    outside = [d for _, d in f.points if d > 0.0 and not lo <= d <= hi]
+    if outside:
+        ctx.emit(MAP_OUTSIDE_PWM, "warning",
+                 f"the map of {a.actuator} reaches {_fmt(outside[0])}, outside its pwm range [{_fmt(lo)}, {_fmt(hi)}]: "
+                 "the guard blocks those duties", f.pos,
+                 "keep the map's duties inside the range, or add out_of_range: clamp to its limits", related=lim.pos)
 
 
 # --------------------------------------------------------------------------
@@ -1002,7 +1060,13 @@ def _interactions(ctx: _Context) -> None:
                 continue
             if not isinstance(a, SetActuator) or a.state == "toggle":
                 continue
-            v = float(a.state)
+            if isinstance(a.state, Follow):
+                duties = [d for _, d in a.state.points]
+                if min(duties) <= 0.0:
+                    continue  # on or off depending on the reading: nothing to say statically
+                v = max(duties)
+            else:
+                v = float(a.state)
             if whole:
                 groups[(a.actuator, rule.priority)].append(_Drive(rule, a, v))
             if v > 0.0:

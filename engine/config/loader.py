@@ -69,12 +69,12 @@ SENSOR_KEYS = ("gpio", "type", "calibration", "i2c_address", "onewire_address", 
 ACTUATOR_KEYS = ("gpio", "type", "aux_gpio", "critical", "inverted_logic", "default_state", "subzone")
 SAFETY_KEYS = ("defaults", "actuators", "interlocks")
 DEFAULTS_KEYS = ("offline_after", "stale_after", "max_switches_per_minute", "lease")
-LIMIT_KEYS = ("max_runtime", "min_off", "max_starts", "on_sensor_loss", "pwm", "rate_limit")
+LIMIT_KEYS = ("max_runtime", "min_off", "max_starts", "on_sensor_loss", "pwm", "out_of_range", "rate_limit")
 INTERLOCK_KEYS = ("name", "never_together", "actuator", "only_if")
 RULE_KEYS = ("name", "description", "priority", "cooldown", "enabled", "when", "then", "while",
              "hold", "release")
 TEST_KEYS = ("name", "start", "steps", "expect", "only_expected", "rules")
-STEP_KEYS = ("at", "readings", "devices", "actuators")
+STEP_KEYS = ("at", "readings", "devices", "actuators", "emergency_stop", "reset")
 EXPECT_KINDS = ("command", "blocked", "notify", "no_command")
 DEFAULT_TEST_START = datetime(2026, 1, 1, tzinfo=UTC).timestamp()
 YAML_SUFFIXES = (".yaml", ".yml")
@@ -134,6 +134,9 @@ class _Loader:
     gap_items: set[Position] = field(default_factory=set)
     gap_conditions: set[Position] = field(default_factory=set)
     gap_refs: set[str] = field(default_factory=set)
+    #: names written in files that could not be parsed (a YAML syntax error): a test
+    #: naming one of them is not told the rule is unknown; None: a file was unreadable
+    gap_names: set[str] | None = field(default_factory=set)
     extra_devices: list[Device] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -142,6 +145,22 @@ class _Loader:
             self.zone: ZoneInfo | None = ZoneInfo(self.tz)
         except (ZoneInfoNotFoundError, ValueError):
             self.zone = None
+
+    def unparsed(self, path: Path, codes: set[str]) -> None:
+        """A file that could not be parsed: remember the names written in it, so that
+        a test naming one of its rules gets no second finding (K404) for the same
+        mistake. A file that could not even be read (K100, K103, K104) hides every name."""
+        if self.gap_names is None:
+            return
+        if not codes & _SYNTAX_CODES:
+            self.gap_names = None
+            return
+        try:  # read_yaml read it already: a regular UTF-8 file of at most 2 MB
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError):
+            self.gap_names = None
+            return
+        self.gap_names.update(_NAME_IN_TEXT.findall(text))
 
     def named(self, kind: str) -> _Named:
         return self.names.setdefault(kind, _Named())
@@ -487,8 +506,13 @@ class _Loader:
                 pwm = None
         if loss is None:
             loss = "off"
+        out_of_range = ctx.choice(v["out_of_range"], "'out_of_range'", ("block", "clamp")) \
+            if "out_of_range" in v else "block"
+        if "out_of_range" in v and "pwm" not in v:
+            ctx.error("K203", "'out_of_range' goes with a 'pwm: [low, high]' range", v["out_of_range"].pos,
+                      hint="add pwm: [low, high], or remove out_of_range")
         return ActuatorLimits(ref, max_runtime, min_off, max_starts, loss, pwm, rate_limit,  # type: ignore[arg-type]
-                              kpos)
+                              kpos, out_of_range or "block")  # type: ignore[arg-type]
 
     def interlock(self, node: YNode) -> None:
         """Into the model when whole and uniquely named; into the checks whatever was built."""
@@ -580,6 +604,7 @@ class _Loader:
         priority = ctx.integer(v["priority"], "'priority'") if "priority" in v else 0
         cooldown = ctx.duration(v["cooldown"], "'cooldown'") if "cooldown" in v else 0.0
         enabled = ctx.boolean(v["enabled"], "'enabled'") if "enabled" in v else True
+        self._misplaced_actions(m, v)
         edge = "when" in v or "then" in v
         level = "while" in v or "hold" in v or "release" in v
         if edge and level:  # reported; both parts are still checked, as two rules
@@ -652,6 +677,20 @@ class _Loader:
                     ctx.error("K204", "'wait' is not allowed in 'hold' (a hold is a state, not a "
                               "sequence)", act.pos, hint="use 'release' or a when/then rule")
         return Rule("", kind, condition or All((), m.pos), actions, release, pos=m.pos), whole_condition
+
+    def _misplaced_actions(self, m: YMap, v: dict[str, YNode]) -> None:
+        """``while`` + ``then`` (or ``when`` + ``hold``): one mistake, one finding. The
+        actions are then checked as the rule's ``hold`` (``then``)."""
+        if "while" in v and "then" in v and not {"when", "hold"} & v.keys():
+            self.ctx.error("K205", "a while rule uses hold:, not then:", m.keys["then"],
+                           hint="write hold: (the actuators stay as set while the condition holds), "
+                           "or when: instead of while: (run the actions once when it turns true)")
+            v["hold"] = v.pop("then")
+        elif "when" in v and "hold" in v and not {"while", "then", "release"} & v.keys():
+            self.ctx.error("K205", "a when rule uses then:, not hold:", m.keys["hold"],
+                           hint="write then: (run the actions once when it turns true), or while: instead "
+                           "of when: (hold the actuators while it holds)")
+            v["then"] = v.pop("hold")
 
     def _claim_rule(self, name: str | None, v: dict[str, YNode]) -> bool:
         """Claim a valid rule name (K301 when it is taken): True when it was free."""
@@ -796,11 +835,17 @@ class _Loader:
                                   lambda n: _float_state(actuator_state(n, ctx, "an actuator state",
                                                                         allow_toggle=False))) \
             if "actuators" in v else {}
+        stop = self._stop_target(v["emergency_stop"], "'emergency_stop'") if "emergency_stop" in v else None
+        reset = self._stop_target(v["reset"], "'reset'") if "reset" in v else None
         if at is None:  # the step is left out; its refs are still checked
             for kind, refs in (("sensor", readings), ("device", devices), ("actuator", actuators)):
                 ctx.probes.extend((kind, ref, m.pos) for ref in refs)
             return None
-        return TestStep(at, readings, devices, actuators, m.pos)
+        return TestStep(at, readings, devices, actuators, m.pos, stop, reset)
+
+    def _stop_target(self, node: YNode, what: str) -> str | None:
+        """``all`` or a device name (lint checks that it exists)."""
+        return self.ctx.ref(node, what, "device")
 
     def expectation(self, node: YNode, start: float) -> Expectation | None:
         ctx = self.ctx
@@ -875,7 +920,8 @@ class _Loader:
 
     def gaps(self) -> Gaps:
         return Gaps(frozenset(self.gap_items), frozenset(self.gap_conditions), frozenset(self.gap_refs),
-                    tuple(self.ctx.probes), tuple(self.extra_devices))
+                    tuple(self.ctx.probes), tuple(self.extra_devices),
+                    rules=None if self.gap_names is None else frozenset(self.gap_names))
 
 
 @dataclass(frozen=True)
@@ -928,6 +974,11 @@ def _float_state(v: object) -> float | None:
     return v if isinstance(v, float) else None
 
 
+#: a file whose text could be read, but not parsed as YAML
+_SYNTAX_CODES = frozenset({"K101", "K102", "K105", "K106"})
+#: ``name: x`` / ``- name: "x"`` anywhere in a file (block or flow style)
+_NAME_IN_TEXT = re.compile(r"""(?:^|[\s{,-])name\s*:\s*["']?([a-z0-9_-]+)""", re.MULTILINE)
+
 _WIN_DRIVE = re.compile(r"^[A-Za-z]:[\\/]")
 
 
@@ -971,7 +1022,10 @@ def load(path: str | os.PathLike[str], tz: str = "UTC") -> Loaded:
         name = os.fspath(f)
         names.append(name)
         try:
+            before = len(out)
             tree = read_yaml(f, name, out)
+            if tree is None and any(d.is_error for d in out[before:]):
+                loader.unparsed(f, {d.code for d in out[before:]})
             loader.file(tree)
         except Exception as e:  # a loader bug must not crash the server
             out.append(Diagnostic("K199", "error", f"internal error while loading this file: "

@@ -171,6 +171,9 @@ def safety_schema() -> dict[str, Any]:
                         "on_sensor_loss": {"enum": ["off", "hold", "on"]},
                         "pwm": {"type": "array", "items": {"type": "number", "minimum": 0, "maximum": 1},
                                 "minItems": 2, "maxItems": 2},
+                        "out_of_range": {"enum": ["block", "clamp"], "default": "block",
+                                         "description": "a duty outside pwm: block it, or send the "
+                                                        "nearest bound"},
                     },
                 },
             },
@@ -265,6 +268,9 @@ def tests_schema() -> dict[str, Any]:
             "actuators": {"type": "object", "propertyNames": {"$ref": "#/$defs/actuator_ref"},
                           "additionalProperties": {"anyOf": [{"enum": ["on", "off"]},
                                                              {"type": "number", "minimum": 0, "maximum": 1}]}},
+            "emergency_stop": {"description": "latch an emergency stop: all or a device",
+                               "$ref": "#/$defs/device_ref"},
+            "reset": {"description": "reset an emergency stop: all or a device", "$ref": "#/$defs/device_ref"},
         },
     }
     defs["step"] = step

@@ -316,6 +316,10 @@ def _compose(text: str) -> Any:
     return YAML(typ="safe", pure=True).compose(text)
 
 
+#: a time of day written without quotes after a key (``after: 07:00``, ``at: 6:30``)
+_UNQUOTED_TIME = re.compile(r"""(?<=[:\s{,])\s*(?<!["'])\b(\d{1,2}:\d{2})\b(?!["':\d])""")
+
+
 def _syntax_diagnostic(e: BaseException, text: str, file: str) -> Diagnostic:
     mark = getattr(e, "problem_mark", None) or getattr(e, "context_mark", None)
     problem = str(getattr(e, "problem", None) or "")
@@ -358,6 +362,12 @@ def _syntax_diagnostic(e: BaseException, text: str, file: str) -> Diagnostic:
             where = f" that starts at line {cmark.line + 1}, column {cmark.column + 1}"
         msg = f"{msg} ({context}{where})"
     hint = ""
+    clock = _UNQUOTED_TIME.search(src)
+    if clock is not None and ("found unexpected ':'" in msg or clock.start() <= col <= clock.end() + 1):
+        # {after: 07:00} in flow style: a colon inside a plain scalar is a syntax error
+        t = clock.group(1)
+        return Diagnostic("K101", "error", f"YAML syntax error: an unquoted time {t}: {msg}", pos,
+                          hint=f'quote the time: "{t}"')
     if any(s in msg for s in ("mapping values are not allowed", "did not find expected key",
                                "expected <block end>", "could not find expected ':'",
                                "did not find expected '-' indicator")):

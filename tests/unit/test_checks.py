@@ -157,7 +157,8 @@ def test_did_you_mean() -> None:
 
 def test_board_tables_match_protocol() -> None:
     esp = BOARDS["esp32dev"]
-    assert {0, 1, 2, 3, 12, 13} == esp.reserved
+    # PROTOCOL.md's reserved pins, plus 6-11, which drive the SPI flash
+    assert {0, 1, 2, 3, 12, 13} | esp.flash == esp.reserved and esp.flash == set(range(6, 12))
     assert set(range(34, 40)) == esp.input_only
     assert (esp.max_sensors, esp.max_actuators) == (20, 12)
     xiao = board("XIAO_ESP32C3")

@@ -45,9 +45,11 @@ def test_not_is_pushed_to_the_leaves() -> None:
     assert C.dnf(Any_(())) == []  # never true
 
 
-def test_negated_comparison_is_true_without_data() -> None:
-    test = C.leaf_test(Comparison("n.t", "above", 5.0), negated=True)
-    assert test == {"$or": [{"ok": 0}, {"$lte": {"v": 5.0}}]}
+def test_negated_comparison_needs_data_too() -> None:
+    # strict negation (three-valued logic): an unknown reading satisfies neither side
+    assert C.leaf_test(Comparison("n.t", "above", 5.0), negated=True) == {"$and": [{"ok": 1}, {"$lte": {"v": 5.0}}]}
+    assert C.leaf_test(Comparison("n.t", "above", 5.0), negated=False) == {"$and": [{"ok": 1}, {"$gt": {"v": 5.0}}]}
+    assert C.leaf_test(Comparison("n.t", "above", 5.0, for_=10.0), negated=True) == {"st": 0}
 
 
 def test_huge_expansions_are_refused_per_rule() -> None:

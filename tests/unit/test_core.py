@@ -32,6 +32,7 @@ from engine.model import (
     TimeWindow,
     Wait,
 )
+from engine.freshness import TICK
 from engine.reference import ReferenceEngine
 
 T0 = 1_780_000_000.0  # 2026-05-28T20:26:40Z, a Thursday
@@ -137,11 +138,14 @@ def test_hysteresis_latches_until_h_back(make) -> None:
     assert [(c.actuator, c.value) for c in off] == [("north.fan", 0.0)]
 
 
-def test_staleness_ends_a_hold(make) -> None:
+def test_a_stale_reading_keeps_a_hold_it_is_unknown_not_false(make) -> None:
     e = make(dep(level("heat", Comparison("north.temp", "below", 16.0), fan()), stale_after=300.0))
     e.receive(r("north.temp", 10, 0), T0)
-    assert e.next_due() == T0 + 300
-    d = e.tick(T0 + 300)
+    assert e.next_due() == T0 + 300 + TICK  # exactly stale_after old is still fresh
+    assert not e.tick(T0 + 300)
+    assert not e.tick(T0 + 300 + TICK)  # unknown: the hold stays (the guard decides on_sensor_loss)
+    assert e.holds() == {"heat": ["north.fan"]}
+    d = e.receive(r("north.temp", 20, 400), T0 + 400)  # known again, and false: released
     assert [(c.actuator, c.value) for c in d.commands] == [("north.fan", 0.0)]
     assert d.runs[0].outcome == "released"
 

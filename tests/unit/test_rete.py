@@ -37,14 +37,20 @@ def test_unchanged_facts_touch_nothing_and_unknown_facts_are_ignored() -> None:
     net.close()
 
 
-def test_negation_of_a_missing_value_is_true() -> None:
+def test_negation_of_a_missing_reading_is_not_true_but_of_a_device_or_actuator_is() -> None:
+    # unknown is not false: "not above 5" needs a reading that is at most 5; devices
+    # and actuators not known yet are "not online" / "not on"
     net = Network(prog(Not(Comparison("n.t", "above", 5.0)), Not(DeviceIs("n", True)),
                        Not(ActuatorIs("n.fan", True))))
-    assert net.is_true("r0") and net.is_true("r1") and net.is_true("r2")
+    assert not net.is_true("r0") and net.is_true("r1") and net.is_true("r2")
+    net.set_fact("s:n.t", {"ok": 1, "v": 4.0})
+    assert net.is_true("r0")
     net.set_fact("s:n.t", {"ok": 1, "v": 6.0})
     net.set_fact("d:n", {"st": 1})
     net.set_fact("a:n.fan", {"st": 1})
     assert not net.is_true("r0") and not net.is_true("r1") and not net.is_true("r2")
+    net.set_fact("s:n.t", {"ok": 0, "v": 0})
+    assert not net.is_true("r0")
 
 
 def test_values_with_exponents_and_ranges_are_accepted() -> None:

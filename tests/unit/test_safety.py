@@ -25,6 +25,7 @@ from engine.model import (
     Sensor,
     SetActuator,
 )
+from engine.freshness import TICK
 from engine.safety import Guard, guard
 
 T0 = 1_780_000_000.0
@@ -228,9 +229,10 @@ def test_only_if_needs_a_fresh_good_reading_that_holds() -> None:
     assert blocked_code(g.check(on("north.pump"), T0 + 2)) is Code.INTERLOCK
     g.reading(Reading("tank.level", 40.0, T0 + 3))
     assert isinstance(g.check(on("north.pump", duration=1800), T0 + 3), Allowed)
-    # stale after defaults.stale_after (5m): a running pump is switched off by tick
-    assert g.next_due() == T0 + 303
-    out = g.tick(T0 + 303)
+    # stale once older than defaults.stale_after (5m): a running pump is switched off by tick
+    assert g.next_due() == T0 + 303 + TICK
+    assert not g.tick(T0 + 303).sent  # exactly 5m old is still fresh
+    out = g.tick(T0 + 303 + TICK)
     assert [a.command.value for a in out.sent] == [0.0]
     assert out.events[0].data["code"] == "INTERLOCK"
     assert blocked_code(g.check(on("north.pump"), T0 + 304)) is Code.INTERLOCK
@@ -262,11 +264,11 @@ def test_sensor_loss_off_switches_off_and_blocks_rules_until_fresh() -> None:
     assert g.limits.entries["north.pump"].watched == ("north.soil",)
     g.reading(Reading("north.soil", 20.0, T0))
     assert isinstance(g.check(on("north.pump", hold=True), T0), Allowed)
-    # renewals at half the lease keep it fresh; the sensor goes stale at 300 s
-    while (t := g.next_due()) is not None and t < T0 + 300:
+    # renewals at half the lease keep it on; the reading is still fresh at exactly 300 s
+    while (t := g.next_due()) is not None and t <= T0 + 300:
         assert all(a.command.value == 1.0 for a in g.tick(t).sent)
-    assert g.next_due() == T0 + 300
-    out = g.tick(T0 + 300)
+    assert g.next_due() == T0 + 300 + TICK
+    out = g.tick(T0 + 300 + TICK)
     assert [a.command.value for a in out.sent] == [0.0]
     assert out.events[0].data["code"] == "SENSOR_LOST"
     v = g.check(on("north.pump"), T0 + 310)

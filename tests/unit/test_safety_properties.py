@@ -62,6 +62,7 @@ def actuator_limits(draw: st.DrawFn, ref: str) -> ActuatorLimits:
         on_sensor_loss=draw(st.sampled_from(["off", "hold", "on"])),
         pwm=pwm,
         rate_limit=draw(st.none() | st.tuples(st.integers(1, 5), st.sampled_from([10.0, 60.0, 120.0]))),
+        out_of_range=draw(st.sampled_from(["block", "clamp"])),
     )
 
 
@@ -83,7 +84,8 @@ def deployments(draw: st.DrawFn) -> Deployment:
                                only_if=Comparison("a.s1", "above", 10.0)))
     rules = []
     if draw(st.booleans()):
-        rules.append(Rule("r", "level", Comparison("b.s2", "below", 5.0),
+        rules.append(Rule("r", "level", Comparison("b.s2", "below", 5.0,
+                                                   fresh=draw(st.sampled_from([None, None, 20.0, 900.0]))),
                           (SetActuator(draw(st.sampled_from(REFS)), 1.0),)))
     defaults = SafetyDefaults(stale_after=draw(st.sampled_from([30.0, 120.0, 600.0])),
                               lease=draw(st.sampled_from([10.0, 60.0])))
@@ -132,20 +134,27 @@ class Reference:
         self.online: dict[str, bool] = {}
         self.assume_online = assume_online
         self.readings: dict[str, tuple[float, float, str]] = {}
-        self.watched: dict[str, set[str]] = {}
+        #: actuator -> sensor -> freshness limit (a condition's fresh, else stale_after)
+        self.watched: dict[str, dict[str, float]] = {}
         for rule in d.rules:
             for act in rule.actions:
                 assert isinstance(act, SetActuator) and isinstance(rule.condition, Comparison)
-                self.watched.setdefault(act.actuator, set()).add(rule.condition.sensor)
+                c = rule.condition
+                limit = self.defaults.stale_after if c.fresh is None else c.fresh
+                mine = self.watched.setdefault(act.actuator, {})
+                mine[c.sensor] = min(mine.get(c.sensor, limit), limit)
 
     def limits(self, ref: str) -> ActuatorLimits:
         return self.d.safety.actuators.get(ref) or ActuatorLimits(ref)
 
-    def fresh(self, sensor: str, now: float, start: float) -> bool:
+    def fresh(self, sensor: str, now: float, start: float, limit: float | None = None) -> bool:
+        """Not older than the limit (a reading exactly that old is still fresh; the
+        clock resolution is 1 ms; lenient by 1 us either side of that)."""
+        limit = self.defaults.stale_after if limit is None else limit
         r = self.readings.get(sensor)
         if r is None:
-            return now - start < self.defaults.stale_after - 1e-6
-        return r[2] in USABLE_QUALITY and now - r[1] < self.defaults.stale_after - 1e-6
+            return now - start < limit + 0.001 + 1e-6
+        return r[2] in USABLE_QUALITY and now - r[1] < limit + 0.001 + 1e-6
 
     def violations(self, cmd: Command, now: float, start: float) -> list[str]:
         """Every limit an allowed non-OFF ``cmd`` at ``now`` would break."""
@@ -188,8 +197,8 @@ class Reference:
                 r = self.readings.get(lock.only_if.sensor)
                 if r is None or not self.fresh(lock.only_if.sensor, now, start) or not r[0] > 10.0:
                     bad.append("only_if")
-        watched = self.watched.get(ref, set())
-        if any(not self.fresh(s, now, start) for s in watched):
+        watched = self.watched.get(ref, {})
+        if any(not self.fresh(s, now, start, limit) for s, limit in watched.items()):
             if lim.on_sensor_loss == "off":
                 bad.append("sensor lost (off)")
             elif lim.on_sensor_loss == "hold" and (not running or v != t.value):
@@ -217,7 +226,8 @@ class Reference:
                 continue
             if lim.max_runtime is not None and t.on_since is not None and now - t.on_since >= lim.max_runtime - 1e-6:
                 bad.append(f"{ref} ran past max_runtime")
-            if lim.on_sensor_loss == "off" and any(not self.fresh(s, now, start) for s in self.watched.get(ref, ())):
+            if lim.on_sensor_loss == "off" and any(not self.fresh(s, now, start, limit)
+                                                   for s, limit in self.watched.get(ref, {}).items()):
                 bad.append(f"{ref} runs with a lost sensor")
             for lock in self.d.safety.interlocks:
                 if lock.actuator == ref and lock.only_if is not None:
