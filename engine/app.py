@@ -26,15 +26,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from engine import codec
+from engine import __version__, codec
 from engine.adapters.mqtt import MqttLink
 from engine.adapters.store import Store
 from engine.adapters.ws import ControlRefused, Hub
 from engine.clock import Clock, SystemClock
 from engine.config.settings import Settings
 from engine.devices import DeviceTracker, Reply, tokens_from_env
-from engine.diagnostics import Diagnostic, render
+from engine.diagnostics import Diagnostic
 from engine.errors import ConfigError, KaiserError, StoreError
+from engine.gitops import Commit, Refusal, refusal_json
 from engine.model import (
     Allowed,
     Blocked,
@@ -45,6 +46,7 @@ from engine.model import (
     Outputs,
     Reading,
 )
+from engine.puller import Puller, state_dir
 from engine.routing import Router, Unmapped
 from engine.units import parse_duration
 
@@ -222,6 +224,13 @@ class Server:
         #: observers (the demo's live view): called with every step's Outputs / every reading
         self.output_taps: list[Callable[[Outputs, float], None]] = []
         self.reading_taps: list[Callable[[Reading], None]] = []
+        #: the last version tried (start, reload, pull mode): for /health and `kaiser status`
+        self.last_reload: dict[str, Any] | None = None
+        #: pull mode (docs/gitops.md): the rules come from a git branch, not the watcher
+        self.gitops: Puller | None = None
+        if settings.gitops.enabled and rules_dir is None:
+            self.gitops = Puller(self, settings.gitops, state_dir(settings.store.path, self.kaiser_id), self.clock.now)
+            self.watch_enabled = False
 
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
@@ -229,6 +238,8 @@ class Server:
         state, connect MQTT, open the WebSocket port."""
         from engine.pipeline import Kaiser
 
+        if self.gitops is not None:  # the commit that ran last, or the branch head
+            self.rules_dir = await self.gitops.startup(self.rules_dir)
         deployment, diagnostics, version = load_rules(self.rules_dir, self.tz)
         errors = _errors(diagnostics)
         if errors:
@@ -246,10 +257,11 @@ class Server:
         await self._start_mqtt()
         if self.ws_enabled:
             from engine import auth
+            from engine.adapters.ws_sync import SyncHub
 
             w = self.settings.websocket
             keys = auth.configured_keys(w.token_env, w.tokens_env)  # ConfigError when malformed
-            self.hub = Hub(
+            self.hub = SyncHub(
                 self.ws_listen,
                 keys=keys,
                 max_clients=w.max_clients,
@@ -264,6 +276,8 @@ class Server:
             if keys is None:  # control always needs a key: a new one, in the token file
                 self.hub.keys = auth.local_key(auth.token_path(self.settings.store.path, self.hub.port))
         self._tasks.append(asyncio.create_task(self._timer_loop(), name="kaiser-timers"))
+        if self.gitops is not None:  # cancelled in stop() with the other tasks (git is killed)
+            self._tasks.append(asyncio.create_task(self.gitops.run(), name="kaiser-gitops"))
         _tune_gc()
         if self.watch_enabled and self.rules_dir.exists():
             from engine.adapters.watch import watch_rules
@@ -391,11 +405,17 @@ class Server:
         if self.tracker is not None:
             self.store.put_state(DEVICES_KEY, self.tracker.snapshot(), immediate=immediate)
 
-    def _record_version(self, version: Version, ok: bool, now: float, errors: Iterable[str] = ()) -> None:
+    def _record_version(self, version: Version, ok: bool, now: float, errors: Iterable[str] = (), *,
+                        rules_dir: Path | None = None, commit: Commit | None = None) -> None:
         assert self.store is not None
+        errors = list(errors)
+        sha = commit.sha if commit is not None else version.git_commit
         self.store.config_version(
-            version.id, version.hash, version.git_commit, now, str(self.rules_dir), version.files, ok, list(errors)
+            version.id, version.hash, sha, now, str(rules_dir or self.rules_dir), version.files, ok, errors,
+            author=commit.author if commit else "", message=commit.message if commit else "",
         )
+        self.last_reload = {"version": version.id, "git_commit": sha, "ok": ok, "at": now, "errors": errors[:20],
+                            "commit": commit.describe() if commit else None}
 
     # ------------------------------------------------------------------ MQTT in
     def _on_mqtt_state(self, up: bool) -> None:
@@ -823,44 +843,64 @@ class Server:
     async def reload(self) -> bool:
         """Load+check+compile the rules dir; only an error-free version replaces the
         running one. Returns True when the new version runs."""
+        return await self.reload_from(self.rules_dir)
+
+    async def reload_from(self, rules_dir: Path, commit: Commit | None = None) -> bool:
+        """:meth:`reload` from ``rules_dir`` (pull mode: the worktree of ``commit``),
+        which becomes the rules dir when its version runs. Returns True when it runs."""
         async with self._reload_lock:
             now = self.clock.now()
             try:
-                deployment, diagnostics, version = await asyncio.to_thread(load_rules, self.rules_dir, self.tz)
+                deployment, diagnostics, version = await asyncio.to_thread(load_rules, rules_dir, self.tz)
             except Exception as exc:
                 diagnostics, version, deployment = [
-                    Diagnostic("K900", "error", f"cannot load the rules: {exc}")], version_of(self.rules_dir), None
+                    Diagnostic("K900", "error", f"cannot load the rules: {exc}")], version_of(rules_dir), None
             errors = _errors(diagnostics)
             if self.version is not None and version.hash == self.version.hash and not errors:
+                if commit is not None and rules_dir != self.rules_dir:  # another commit, the same rules
+                    self.rules_dir, self.version = rules_dir, version
+                    self._record_version(version, ok=True, now=now, commit=commit)
                 return True  # nothing changed (an editor touched a file)
             if errors or deployment is None:
-                self.metrics.reload_failures += 1
-                text = render(errors)
-                log.error("reload refused, version %s keeps running:\n%s",
-                          self.version.id if self.version else "?", text)
-                self._record_version(version, ok=False, now=now, errors=[d.text() for d in errors])
-                self._event(Event(now, "reload", "warning", "",
-                                  f"reload refused: {len(errors)} error(s); the running rules stay",
-                                  {"errors": [d.text() for d in errors], "version": version.id}))
+                self._refused(version, [d.text() for d in errors], now, f"reload refused: {len(errors)} error(s)",
+                              rules_dir, commit)
                 return False
             try:
                 out = self.kaiser.reload(deployment, now)
             except Exception as exc:
-                self.metrics.reload_failures += 1
-                log.exception("reload failed in the engine; the running rules stay")
-                self._event(Event(now, "reload", "warning", "", f"reload failed: {exc}", {"version": version.id}))
-                self._record_version(version, ok=False, now=now, errors=[str(exc)])
+                log.exception("reload failed in the engine")
+                self._refused(version, [str(exc)], now, f"reload failed: {exc}", rules_dir, commit)
                 return False
+            self.rules_dir = rules_dir
             self._install(deployment, version)
             self.metrics.reloads += 1
-            self._record_version(version, ok=True, now=now)
+            self._record_version(version, ok=True, now=now, commit=commit)
             self._event(Event(now, "reload", "info", "", f"rules version {version.id} running",
-                              {"version": version.id, "warnings": [d.text() for d in diagnostics]}))
+                              {"version": version.id, "warnings": [d.text() for d in diagnostics],
+                               **({"commit": commit.sha, "author": commit.author, "subject": commit.subject}
+                                  if commit else {})}))
             if out:
                 self._apply(out, now)
             self._save_snapshot(immediate=True)
             self.poke()
             return True
+
+    def _refused(self, version: Version, errors: list[str], now: float, message: str, rules_dir: Path,
+                 commit: Commit | None = None, data: dict[str, Any] | None = None) -> None:
+        """A version that does not replace the running one: counted, logged with every
+        finding, recorded in config_versions, announced as a ``system`` event."""
+        self.metrics.reload_failures += 1
+        log.error("%s; version %s keeps running:\n%s", message, self.version.id if self.version else "?",
+                  "\n".join(errors))
+        self._record_version(version, ok=False, now=now, errors=errors, rules_dir=rules_dir, commit=commit)
+        extra = {"commit": commit.sha, "author": commit.author, "subject": commit.subject} if commit else {}
+        self._event(Event(now, "reload", "warning", "", f"{message}; the running rules stay",
+                          {"errors": errors, "version": version.id, **extra, **(data or {})}))
+
+    def refuse(self, rules_dir: Path, refusal: Refusal) -> None:
+        """Pull mode refused a commit before any reload (lint errors, failing rule tests)."""
+        self._refused(version_of(rules_dir), list(refusal.findings), self.clock.now(), refusal.text(), rules_dir,
+                      refusal.commit, {"gitops": refusal_json(refusal)})
 
     # ------------------------------------------------------------------ control
     async def _control(self, msg: dict[str, Any], operator: str = "server") -> dict[str, Any]:
@@ -907,6 +947,13 @@ class Server:
                 b = blocked[-1]
                 raise ControlRefused(f"blocked {b.code}: {b.reason}")
             return {"ok": True, "sent": [_command_json(a, "", None) for a in out.sent]}
+        if kind == "sync":  # pull mode: fetch now (`kaiser sync`)
+            if self.gitops is None:
+                raise ControlRefused("pull mode is off: kaiser.toml has no [gitops] repo")
+            result = await self.gitops.sync()
+            if not result.get("ok"):
+                raise ControlRefused("\n".join([str(result.get("message")), *result.get("findings", [])[:20]]))
+            return result
         raise ControlRefused(f"unknown control {kind!r}")
 
     # ------------------------------------------------------------------ health
@@ -926,6 +973,12 @@ class Server:
                         for esp, b in (self.tracker.boards.items() if self.tracker else ())},
             "boards": self.tracker.summary() if self.tracker else {},
             "uptime_s": round(self.clock.monotonic() - self._started_at, 1),
+            "version": __version__,
+            "rules_dir": str(self.rules_dir),
+            "last_reload": self.last_reload,
+            "latches": [{"target": x.target, "reason": x.reason, "who": x.who, "since": x.ts}
+                        for x in (self.kaiser.guard.latches() if self.kaiser is not None else ())],
+            "gitops": self.gitops.health() if self.gitops is not None else None,
         }
 
     def prometheus(self) -> str:
@@ -962,6 +1015,8 @@ class Server:
             metric("websocket_clients", len(self.hub.clients), "connected WebSocket clients", "gauge")
             metric("websocket_slow_dropped_total", self.hub.slow_dropped, "slow clients dropped")
         metric("uptime_seconds", round(self.clock.monotonic() - self._started_at, 1), "seconds since start", "gauge")
+        if self.gitops is not None:
+            lines.extend(self.gitops.metrics())
         return "\n".join(lines) + "\n"
 
 

@@ -26,6 +26,9 @@ COMMANDS: dict[str, str] = {
     "why": "engine.commands:cmd_why",
     "history": "engine.commands:cmd_history",
     "query": "engine.commands:cmd_query",
+    "status": "engine.commands:cmd_status",
+    "sync": "engine.commands:cmd_sync",
+    "export-history": "engine.commands:cmd_export_history",
     "calibrate": "sensors.calibration:cmd_calibrate",
 }
 
@@ -78,7 +81,11 @@ def build_parser() -> argparse.ArgumentParser:
     sp = sub.add_parser("plan", help="replay stored telemetry through new rules; print what would differ")
     cfg(sp)
     sp.add_argument("path", nargs="?", default=None)
-    sp.add_argument("--since", default="24h")
+    sp.add_argument("--since", default="24h", help="how much of the store to replay (default 24h)")
+    sp.add_argument("--rev", default=None, metavar="REF",
+                    help="the rules at this git revision (pull mode's clone, or the repository PATH is in)")
+    sp.add_argument("--history", default=None, metavar="FILE.parquet",
+                    help="replay a file of `kaiser export-history` instead of the store (CI)")
 
     sp = sub.add_parser("estop", help="emergency stop (latched) through the running server")
     cfg(sp)
@@ -103,6 +110,19 @@ def build_parser() -> argparse.ArgumentParser:
     sp = sub.add_parser("query", help="read-only SQL against the store")
     cfg(sp)
     sp.add_argument("sql")
+
+    sp = sub.add_parser("status", help="what the running server runs: version, commit, last reload, boards, "
+                                       "emergency latches")
+    cfg(sp)
+    sp.add_argument("--format", choices=["table", "json"], default="table")
+
+    sp = sub.add_parser("sync", help="pull mode: fetch the branch now and apply a new commit that passes")
+    cfg(sp)
+
+    sp = sub.add_parser("export-history", help="readings and commands of the store as Parquet (for plan --history)")
+    cfg(sp)
+    sp.add_argument("--since", default="7d")
+    sp.add_argument("file", metavar="FILE.parquet")
 
     sp = sub.add_parser("calibrate", help="two-point calibration: print the calibration block")
     sp.add_argument("type", help="ph or ec")

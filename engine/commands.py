@@ -12,6 +12,7 @@ import logging
 import os
 import signal
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.parse
@@ -20,6 +21,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from engine import history
+from engine.adapters.git import GitError
 from engine.adapters.store import QueryResult, Store
 from engine.app import Server, _errors, _state_text, load_rules, version_of
 from engine.config.settings import Settings, load_settings
@@ -68,7 +71,7 @@ async def _serve(settings: Settings) -> int:
     with contextlib.suppress(NotImplementedError):
         loop.add_signal_handler(signal.SIGTERM, stop.set)
         loop.add_signal_handler(signal.SIGINT, stop.set)
-        loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(server.reload()))
+        loop.add_signal_handler(signal.SIGHUP, lambda: _hangup(server, loop))
     try:
         await server.start()
     except ConfigError as exc:
@@ -85,6 +88,14 @@ async def _serve(settings: Settings) -> int:
     finally:
         await server.stop()
     return 0
+
+
+def _hangup(server: Server, loop: asyncio.AbstractEventLoop) -> None:
+    """SIGHUP: in pull mode fetch now (docs/gitops.md), else reload the rules dir."""
+    if server.gitops is not None:
+        server.gitops.wake()
+    else:
+        loop.create_task(server.reload())
 
 
 # ---- talking to the running server
@@ -329,37 +340,48 @@ def cmd_why(args: argparse.Namespace) -> int:
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
-    """``kaiser plan [PATH] --since 24h``: replay stored readings through the rules
-    at PATH on a virtual clock; print the commands that would differ from what was sent."""
+    """``kaiser plan [PATH] [--since 24h] [--rev REF] [--history FILE]``: replay stored
+    readings through the rules at PATH (or at git revision REF) on a virtual clock;
+    print the commands that would differ from what was sent. Lease renewals and the
+    OFFs of emergency stops are not compared. ``--history``: the readings and
+    commands of a file ``kaiser export-history`` wrote, instead of the store."""
     from engine.pipeline import Kaiser
 
     settings = _settings(args)
     if settings is None:
         return 2
-    rules = Path(args.path) if args.path else settings.kaiser.rules
-    deployment, diagnostics, version = load_rules(rules, settings.kaiser.tz)
+    rev, history_file = getattr(args, "rev", None), getattr(args, "history", None)
+    with tempfile.TemporaryDirectory(prefix="kaiser-plan-") as tmp:
+        if rev:
+            try:
+                rules, label = _rules_at(settings, rev, getattr(args, "path", None), Path(tmp))
+            except GitError as exc:
+                print(f"kaiser: --rev {rev}: {exc}", file=sys.stderr)
+                return 1
+        else:
+            rules = Path(args.path) if args.path else settings.kaiser.rules
+            label = str(rules)
+        deployment, diagnostics, version = load_rules(rules, settings.kaiser.tz)
     errors = _errors(diagnostics)
     if errors:
         print(render(errors), file=sys.stderr)
         return 1
     try:
-        since = _since(args.since)
-        readings = run_query(settings, (
-            "SELECT sensor, value, epoch(ts), quality, unit, retained FROM readings "
-            f"WHERE ts >= to_timestamp({since}) ORDER BY ts"))
-        sent = run_query(settings, (
-            "SELECT epoch(ts), actuator, value FROM commands WHERE outcome = 'sent' "
-            f"AND ts >= to_timestamp({since}) ORDER BY ts"))
+        if history_file:
+            hist = history.read(Path(history_file))
+        else:
+            hist = history.from_store(lambda sql: run_query(settings, sql), _since(args.since),
+                                      source=f"the store, last {args.since}")
     except (StoreError, KaiserError, ValueError) as exc:
         print(f"kaiser: {exc}", file=sys.stderr)
         return 1
-    stored = [Reading(s, float(v), float(t), q or "good", u or "", bool(r)) for s, v, t, q, u, r in readings.rows]
+    stored = hist.readings
     # boards count as online: the replay is about what the rules decide, not who was reachable
-    kaiser = Kaiser(deployment, assume_online=True, start=stored[0].ts if stored else since)
-    planned = replay(kaiser, stored, until=time.time())
-    actual = [(float(t), a, float(v)) for t, a, v in sent.rows]
+    kaiser = Kaiser(deployment, assume_online=True, start=stored[0].ts if stored else hist.since)
+    planned = replay(kaiser, stored, until=hist.until)
+    actual = [(c.ts, c.actuator, c.value) for c in hist.sent if not history.is_routine(c.source, c.reason, c.value)]
     only_new, only_old = diff_commands(planned, actual)
-    print(f"plan: rules {rules} (version {version.id}) over {len(readings.rows)} readings since {args.since}")
+    print(f"plan: rules {label} (version {version.id}) over {len(stored)} readings from {hist.source}")
     if not only_new and not only_old:
         print(f"no difference: {len(planned)} command(s), the same as were sent")
         return 0
@@ -371,15 +393,37 @@ def cmd_plan(args: argparse.Namespace) -> int:
     return 0
 
 
+def _rules_at(settings: Settings, rev: str, path: str | None, into: Path) -> tuple[Path, str]:
+    """The rules folder at git revision ``rev``, written below ``into``: from the
+    repository PATH is in when given, else from pull mode's clone when there is one,
+    else from the repository of ``[kaiser] rules``. -> (folder, label). Raises GitError."""
+    from engine.adapters import git
+    from engine.puller import state_dir
+
+    clone = state_dir(settings.store.path, settings.kaiser.id) / "repo.git"
+    if path is None and settings.gitops.enabled and (clone / "HEAD").exists():
+        sha = git.resolve(rev, git_dir=clone)
+        rules = git.export(sha, settings.gitops.path, into / sha[:12], git_dir=clone)
+    else:
+        top, prefix = git.repo_of(Path(path) if path else settings.kaiser.rules)
+        sha = git.resolve(rev, cwd=top)
+        rules = git.export(sha, prefix, into / sha[:12], cwd=top)
+    if not rules.exists():
+        raise git.GitError(f"commit {sha[:12]} has no {rules.relative_to(into / sha[:12])}")
+    return rules, f"{rev} ({sha[:12]})"
+
+
 def replay(kaiser: Any, readings: list[Reading], until: float | None = None) -> list[tuple[float, str, float]]:
     """Feed stored readings through a fresh Kaiser on a virtual clock: the clock stops
     at every due instant, so timers fire on time; then runs on to ``until``. Returns
-    the commands it would send as (ts, actuator, value)."""
+    the commands it would send as (ts, actuator, value), lease renewals and
+    emergency OFFs left out (engine.history.is_routine)."""
     out: list[tuple[float, str, float]] = []
     t_now = readings[0].ts if readings else 0.0
 
     def collect(o: Outputs) -> None:
-        out.extend((t_now, a.command.actuator, a.command.value) for a in o.sent)
+        out.extend((t_now, a.command.actuator, a.command.value) for a in o.sent
+                   if not history.is_routine(a.command.source, a.command.reason, a.command.value))
 
     def run_until(t: float) -> None:
         nonlocal t_now
@@ -422,14 +466,146 @@ def diff_commands(
     return only_new, left
 
 
+def cmd_export_history(args: argparse.Namespace) -> int:
+    """``kaiser export-history [--since 7d] FILE.parquet``: the readings and commands of
+    the store over the last D, as a file ``kaiser plan --history`` replays (CI)."""
+    settings = _settings(args)
+    if settings is None:
+        return 2
+    try:
+        since = _since(args.since)
+    except (KaiserError, ValueError) as exc:
+        print(f"kaiser: bad --since: {exc}", file=sys.stderr)
+        return 2
+    until = time.time()
+    try:
+        hist = history.from_store(lambda sql: run_query(settings, sql), since, until,
+                                  source=f"kaiser {settings.kaiser.id}, last {args.since}")
+        history.write(hist, Path(args.file), {"kaiser.id": settings.kaiser.id})
+    except (StoreError, KaiserError) as exc:
+        print(f"kaiser: {exc}", file=sys.stderr)
+        return 1
+    print(f"{args.file}: {len(hist.readings)} readings and {len(hist.commands)} commands "
+          f"({len(hist.sent)} sent) over the last {args.since}")
+    return 0
+
+
+def cmd_sync(args: argparse.Namespace) -> int:
+    """``kaiser sync``: pull mode fetches now; prints what became of the branch head
+    (exit 1 when it was refused or the fetch failed)."""
+    return _control_cli(args, {"type": "sync"})
+
+
+def _health(settings: Settings, timeout: float = 5.0) -> dict[str, Any]:
+    """The running server's ``GET /health``. Raises OSError or ValueError."""
+    w = settings.websocket
+    host = w.host if w.host not in ("0.0.0.0", "::", "") else "127.0.0.1"
+    with urllib.request.urlopen(f"http://{host}:{w.port}/health", timeout=timeout) as r:
+        data = json.loads(r.read())
+    if not isinstance(data, dict):
+        raise ValueError("/health did not answer a JSON object")
+    return data
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    """``kaiser status [--format table|json]``: version and commit that run, the last
+    reload or refused commit, pull mode, boards and emergency latches, from the
+    running server's /health."""
+    settings = _settings(args)
+    if settings is None:
+        return 2
+    try:
+        health = _health(settings)
+    except (OSError, ValueError) as exc:
+        w = settings.websocket
+        print(f"kaiser: no server answers on {w.host}:{w.port}: {exc}", file=sys.stderr)
+        return 1
+    if getattr(args, "format", "table") == "json":
+        print(json.dumps(health, indent=2, default=str))
+        return 0
+    for line in status_lines(health, settings.kaiser.tz, time.time()):
+        print(line)
+    return 0
+
+
+def status_lines(h: dict[str, Any], tz: str, now: float) -> list[str]:
+    """``kaiser status`` for people, from a /health answer (times in ``tz``)."""
+    import datetime as dt
+    from zoneinfo import ZoneInfo
+
+    zone = ZoneInfo(tz)
+
+    def when(ts: object) -> str:
+        if not isinstance(ts, int | float) or not ts:
+            return "never"
+        t = dt.datetime.fromtimestamp(ts, zone).strftime("%Y-%m-%d %H:%M:%S")
+        return f"{t} ({_ago(now - ts)} ago)"
+
+    mqtt, store = h.get("mqtt") or {}, h.get("store") or {}
+    out = [f"kaiser {h.get('version', '?')} ({h.get('kaiser_id')}): {h.get('status')}, "
+           f"up {_ago(float(h.get('uptime_s') or 0))}; MQTT {'connected' if mqtt.get('connected') else 'NOT connected'}"
+           f" ({mqtt.get('url')}); store {'ok' if store.get('ok') else 'FAILING: ' + str(store.get('last_error'))}"]
+    commit = h.get("git_commit")
+    out.append(f"rules:       version {h.get('rules_version')}"
+               + (f", commit {str(commit)[:12]}" if commit else ", not from git") + f" ({h.get('rules_dir')})")
+    last = h.get("last_reload") or {}
+    if last:
+        what = "loaded" if last.get("ok") else "REFUSED"
+        out.append(f"last reload: {what} version {last.get('version')} at {when(last.get('at'))}"
+                   + (f", commit {last['commit']}" if last.get("commit") else ""))
+        out.extend(f"               {e}" for e in (last.get("errors") or [])[:10])
+    g = h.get("gitops")
+    if g:
+        run = g.get("running") or {}
+        out.append(f"pull mode:   {g.get('repo')} branch {g.get('branch')} folder {g.get('path')}, "
+                   f"every {g.get('interval_s'):g} s" + ("" if g.get("require_tests") else ", tests not required"))
+        out.append("  running:   " + (f"{run.get('short')} by {run.get('author')}: {run.get('subject')} "
+                                      f"(since {when(g.get('running_since'))})" if run else "the local rules folder"))
+        out.append(f"  fetched:   {when(g.get('last_fetch'))}, head {str(g.get('head') or '?')[:12]}")
+        if g.get("last_error"):
+            out.append(f"  FAILING:   {g.get('failures')} fetch(es) in a row: {g.get('last_error')} "
+                       f"(next try in {g.get('next_fetch_in_s')} s)")
+        r = g.get("last_refused")
+        if r:
+            c = r.get("commit") or {}
+            out.append(f"  refused:   {r.get('short')} by {c.get('author')}: {c.get('subject')} at {when(r.get('at'))}"
+                       f" ({r.get('gate')}: {r.get('summary')})")
+            out.extend(f"               {f}" for f in (r.get("findings") or [])[:10])
+    devices = h.get("devices") or {}
+    boards = h.get("boards") or {}
+    listed = ", ".join(f"{d} {s}" for d, s in sorted(devices.items())) or "none heard yet"
+    out.append(f"boards:      {listed}" + (f"; {boards.get('unknown')} unknown" if boards.get("unknown") else ""))
+    latches = h.get("latches") or []
+    if not latches:
+        out.append("latches:     no emergency stop")
+    for x in latches:
+        out.append(f"latches:     EMERGENCY STOP {x.get('target')} by {x.get('who') or '?'} since "
+                   f"{when(x.get('since'))}: {x.get('reason')}")
+    return out
+
+
+def _ago(seconds: float) -> str:
+    s = max(0, int(seconds))
+    if s < 120:
+        return f"{s} s"
+    if s < 7200:
+        return f"{s // 60} min"
+    if s < 172800:
+        return f"{s // 3600} h {s % 3600 // 60} min"
+    return f"{s // 86400} d"
+
+
 __all__ = [
     "Server",
     "cmd_estop",
+    "cmd_export_history",
     "cmd_history",
     "cmd_plan",
     "cmd_query",
     "cmd_reset",
     "cmd_run",
+    "cmd_status",
+    "cmd_sync",
     "cmd_why",
     "diff_commands",
     "load_rules",

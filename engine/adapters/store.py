@@ -134,6 +134,10 @@ _DDL_EXTRA = (
         path VARCHAR, files JSON, ok BOOLEAN, errors JSON)""",
     """CREATE TABLE IF NOT EXISTS state (
         key VARCHAR PRIMARY KEY, value JSON, updated_at TIMESTAMPTZ)""",
+    # pull mode (docs/gitops.md) names who made a commit and why; stores from
+    # before it gain the columns, empty for their rows
+    "ALTER TABLE config_versions ADD COLUMN IF NOT EXISTS author VARCHAR",
+    "ALTER TABLE config_versions ADD COLUMN IF NOT EXISTS message VARCHAR",
 )
 
 #: the newest reading of every sensor, kept up to date by every flush (one row a
@@ -366,10 +370,16 @@ class Store:
         files: Sequence[str],
         ok: bool,
         errors: Sequence[str] = (),
+        *,
+        author: str = "",
+        message: str = "",
     ) -> None:
+        """``author`` and ``message``: of the git commit (pull mode), else empty."""
         self._extra.append((
-            "INSERT INTO config_versions VALUES (?, ?, ?, to_timestamp(?), ?, ?, ?, ?)",
-            (version, hash_, git_commit, loaded_at, path, _dumps(list(files)), ok, _dumps(list(errors))),
+            "INSERT INTO config_versions (version, hash, git_commit, loaded_at, path, files, ok, errors, author, "
+            "message) VALUES (?, ?, ?, to_timestamp(?), ?, ?, ?, ?, ?, ?)",
+            (version, hash_, git_commit, loaded_at, path, _dumps(list(files)), ok, _dumps(list(errors)),
+             author or None, message or None),
         ))
 
     def put_state(self, key: str, value: object, immediate: bool = False) -> None:
