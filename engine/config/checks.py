@@ -1138,7 +1138,11 @@ def _state(v: float) -> str:
 
 def _tests(ctx: _Context) -> None:
     driven = {a.actuator for r in ctx.dep.rules for a, _ in _actions(r) if isinstance(a, SetActuator)}
+    # the guard itself switches these off: interlock partners (a board reporting one on
+    # next to the other is corrected) and only_if actuators
+    interlocked = {ref for il in ctx.dep.safety.interlocks for ref in (*il.never_together, il.actuator) if ref}
     for test in ctx.dep.tests:
+        stops = any(step.emergency_stop is not None for step in test.steps)
         if not test.expect and not test.only_expected and ctx.complete(test):
             ctx.emit(TEST_EXPECTS_NOTHING, "warning", f"test {test.name!r} expects nothing and can never fail",
                      test.pos, "add expect: [...], or only_expected: true to assert that no command is sent")
@@ -1151,8 +1155,9 @@ def _tests(ctx: _Context) -> None:
             last = max(last, step.at)
         for exp in test.expect:
             ref = exp.fields.get("actuator")
+            off = exp.fields.get("set") == 0.0
             if (exp.kind == "command" and isinstance(ref, str) and ref in ctx.actuators and ref not in driven
-                    and not ctx.partial):
+                    and not ctx.partial and not (off and (stops or ref in interlocked))):
                 ctx.emit(EXPECT_UNREACHABLE, "warning",
                          f"no rule sets {ref}, so this expected command can never come", exp.pos)
 

@@ -8,6 +8,7 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from engine.core import BaseEngine, Engine
+from engine.freshness import TICK
 from engine.model import (
     Actuator,
     All,
@@ -32,7 +33,6 @@ from engine.model import (
     TimeWindow,
     Wait,
 )
-from engine.freshness import TICK
 from engine.reference import ReferenceEngine
 
 T0 = 1_780_000_000.0  # 2026-05-28T20:26:40Z, a Thursday

@@ -1,5 +1,10 @@
 """Rete and the reference evaluator decide the same, for random rules and inputs.
 
+The inputs include what makes a condition *unknown* (bad and stale qualities, NaN,
+readings going stale, never-reported sensors), so the three-valued logic is
+compared too; comparisons carry ``count`` and ``fresh``; actions include computed
+duties; readings also arrive in batches (``receive_many``).
+
 Default profile: a few hundred examples; KAISER_HYPOTHESIS_PROFILE=thorough runs thousands.
 """
 
@@ -29,6 +34,7 @@ from engine.model import (
     Difference,
     EmergencyStop,
     Every,
+    Follow,
     NoData,
     Not,
     Notify,
@@ -49,7 +55,7 @@ EXAMPLES = 3000 if THOROUGH else 250
 DEVICES = ("d0", "d1")
 SENSORS = tuple(f"{d}.s{i}" for d in DEVICES for i in range(3))
 ACTUATORS = tuple(f"{d}.a{i}" for d in DEVICES for i in range(2))
-VALUES = (-1.0, 0.0, 4.5, 5.0, 5.5, 9.0, 10.0, 10.5, 1e-05, 20.0)
+VALUES = (-1.0, 0.0, 4.5, 5.0, 5.5, 9.0, 10.0, 10.5, 1e-05, 20.0, float("nan"))
 T0 = 1_780_000_000.0  # a Unix time (2026-05-28), UTC
 
 thresholds = st.sampled_from((0.0, 5.0, 10.0))
@@ -69,7 +75,9 @@ def comparison(draw: st.DrawFn) -> Condition:
     op = draw(ops)
     return Comparison(draw(st.sampled_from(SENSORS)), op, draw(comparison_value(op)),
                       for_=draw(st.sampled_from((0.0, 0.0, 5.0, 30.0))),
-                      hysteresis=draw(st.sampled_from((0.0, 0.0, 1.0))))
+                      hysteresis=draw(st.sampled_from((0.0, 0.0, 1.0))),
+                      count=draw(st.sampled_from((0, 0, 0, 2, 3))),
+                      fresh=draw(st.sampled_from((None, None, None, 15.0, 80.0))))
 
 
 @st.composite
@@ -105,8 +113,11 @@ conditions = st.recursive(
     max_leaves=5,
 )
 
+follow = st.builds(Follow, st.sampled_from(SENSORS),
+                   st.sampled_from((((0.0, 0.1), (10.0, 0.9)), ((4.5, 0.0), (5.5, 0.5), (20.0, 1.0)))),
+                   st.sampled_from((0.05, 0.3)))
 set_actions = st.builds(SetActuator, st.sampled_from(ACTUATORS),
-                        st.sampled_from((0.0, 1.0, 0.5, "toggle")), st.sampled_from((None, 10.0)))
+                        st.one_of(st.sampled_from((0.0, 1.0, 0.5, "toggle")), follow), st.sampled_from((None, 10.0)))
 actions = st.lists(
     st.one_of(
         set_actions, set_actions,
@@ -150,10 +161,18 @@ def deployment(rs: tuple[Rule, ...]) -> Deployment:
 @dataclass(frozen=True)
 class Step:
     dt: float
-    kind: str  # reading | retained | device | actuator | tick
+    kind: str  # reading | retained | batch | device | actuator | tick
     ref: str
     value: float
     quality: str = "good"
+    more: tuple[tuple[str, float, str], ...] = ()  # batch: the other readings
+
+
+batch = st.builds(Step, st.sampled_from((0.0, 1.0, 7.0)), st.just("batch"), st.sampled_from(SENSORS),
+                  st.sampled_from(VALUES), st.sampled_from(("good", "good", "bad")),
+                  st.lists(st.tuples(st.sampled_from(SENSORS), st.sampled_from(VALUES),
+                                     st.sampled_from(("good", "good", "stale"))), min_size=1, max_size=3)
+                  .map(tuple))
 
 
 steps = st.lists(
@@ -162,6 +181,7 @@ steps = st.lists(
                   st.sampled_from(VALUES), st.sampled_from(("good", "good", "good", "bad", "stale"))),
         st.builds(Step, st.sampled_from((0.0, 3.0)), st.just("retained"), st.sampled_from(SENSORS),
                   st.sampled_from(VALUES)),
+        batch,
         st.builds(Step, st.sampled_from((0.0, 5.0, 30.0)), st.just("device"), st.sampled_from(DEVICES),
                   st.sampled_from((0.0, 1.0))),
         st.builds(Step, st.sampled_from((0.0, 5.0)), st.just("actuator"), st.sampled_from(ACTUATORS),
@@ -179,6 +199,9 @@ def _apply(e: BaseEngine, s: Step, now: float) -> Decisions:
         return e.receive(Reading(s.ref, s.value, now, s.quality), now)
     if s.kind == "retained":
         return e.receive(Reading(s.ref, s.value, now - 5.0, retained=True), now)
+    if s.kind == "batch":
+        readings = [Reading(s.ref, s.value, now, s.quality), *(Reading(r, v, now, q) for r, v, q in s.more)]
+        return e.receive_many(readings, now)
     if s.kind == "device":
         return e.device_state(s.ref, s.value > 0, now)
     if s.kind == "actuator":

@@ -691,3 +691,53 @@ def test_top_level_devices_and_rules_without_their_section(tmp_path: Path) -> No
         ("K201", (1, 1), "is 'north' a device? devices go under 'devices:'"),
         ("K201", (3, 1), "rules go under 'rules:', one list for all of them"),
     ]
+
+
+def test_issue_10_syntax(tmp_path: Path) -> None:
+    dep, diags = load(tmp_path, {"d.yaml": DEVICES, "r.yaml": """\
+safety:
+  actuators:
+    north.vent: {pwm: [0.1, 0.9], out_of_range: clamp}
+rules:
+  - name: vent
+    while: {sensor: north.air_temp, above: 24, count: 3, fresh: 2m}
+    hold:
+      - {actuator: north.vent, set: {follow: north.air_temp, map: [[24, 0.2], [30, 1.0]], step: 0.1}}
+tests:
+  - name: stop and reset
+    steps:
+      - {at: 10s, emergency_stop: all}
+      - {at: 20s, reset: north, readings: {north.air_temp: 25}}
+    expect:
+      - {at: 25s, command: {actuator: north.vent, set: 0.25}}
+"""})
+    assert diags == []
+    assert dep.safety.actuators["north.vent"].out_of_range == "clamp"
+    rule = dep.rules[0]
+    assert rule.condition == Comparison("north.air_temp", "above", 24.0, pos=rule.condition.pos, count=3, fresh=120.0)
+    act = rule.actions[0]
+    assert isinstance(act, SetActuator) and not isinstance(act.state, float | str)
+    assert act.state.points == ((24.0, 0.2), (30.0, 1.0)) and act.state.step == 0.1
+    steps = dep.tests[0].steps
+    assert (steps[0].emergency_stop, steps[0].reset, steps[1].emergency_stop, steps[1].reset) == \
+        ("all", None, None, "north")
+
+
+def test_a_when_rule_with_hold_is_one_finding(tmp_path: Path) -> None:
+    _, diags = load(tmp_path, {"d.yaml": DEVICES, "r.yaml": """\
+rules:
+  - name: fan
+    when: {sensor: north.air_temp, above: 24}
+    hold:
+      - {actuator: north.fan, set: on}
+"""})
+    assert [(d.code, d.message) for d in diags] == [("K205", "a when rule uses then:, not hold:")]
+
+
+def test_out_of_range_needs_a_pwm_range(tmp_path: Path) -> None:
+    _, diags = load(tmp_path, {"d.yaml": DEVICES, "r.yaml": """\
+safety:
+  actuators:
+    north.fan: {out_of_range: clamp}
+"""})
+    assert [d.code for d in diags] == ["K203"]

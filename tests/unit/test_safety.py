@@ -6,6 +6,7 @@ import json
 
 import pytest
 
+from engine.freshness import TICK
 from engine.model import (
     Actuator,
     ActuatorLimits,
@@ -25,7 +26,6 @@ from engine.model import (
     Sensor,
     SetActuator,
 )
-from engine.freshness import TICK
 from engine.safety import Guard, guard
 
 T0 = 1_780_000_000.0
@@ -573,3 +573,47 @@ def test_emergency_stop_by_esp_id() -> None:
     assert out.emergencies[0].target == "tank" and g.emergency_active("tank")
     assert [e.target for e in g.reset("ESP_T", "bob", "dry", T0 + 1).emergencies] == ["tank"]
     assert not g.emergency_active("tank")
+
+
+# --------------------------------------------------------------------------
+# issue 10: clamp, correction, freshness
+
+
+def test_out_of_range_clamp_sends_the_nearest_bound_and_says_so() -> None:
+    lim = {"north.vent": ActuatorLimits("north.vent", pwm=(0.1, 0.8), out_of_range="clamp")}
+    g = make(limits=lim)  # type: ignore[arg-type]
+    v = g.check(Command("north.vent", 0.95, reason="rule x"), T0)
+    assert isinstance(v, Allowed) and v.command.value == 0.8
+    assert v.command.reason == "rule x; clamped 0.95 to 0.8 (pwm range 0.1-0.8, out_of_range: clamp)"
+    v = g.check(Command("north.vent", 0.05), T0 + 1)
+    assert isinstance(v, Allowed) and v.command.value == 0.1
+    assert isinstance(g.check(off("north.vent"), T0 + 2), Allowed)  # OFF is never clamped up
+    assert g.commanded("north.vent") == 0.0
+    # outside 0.0-1.0 is no duty at all: still blocked
+    assert blocked_code(g.check(Command("north.vent", 1.5), T0 + 3)) is Code.PWM_OUT_OF_RANGE
+    # the pure function clamps the same way
+    v2, _ = guard(Command("north.vent", 1.0), g.state, g.limits, T0 + 4)
+    assert isinstance(v2, Allowed) and v2.command.value == 0.8
+
+
+def test_a_reported_partner_on_is_switched_off_by_the_guard() -> None:
+    g = make(interlocks=(Interlock("heat-or-vent", never_together=("north.heater", "north.fan")),))
+    assert isinstance(g.check(on("north.heater"), T0), Allowed)
+    out = g.actuator_reported("north.fan", 1.0, T0 + 1)
+    assert [(a.command.actuator, a.command.value, a.command.source) for a in out.sent] == [("north.fan", 0.0, "safety")]
+    assert out.events[0].data["code"] == "INTERLOCK" and "north.heater is on" in out.events[0].message
+    assert not g.is_on("north.fan") and g.is_on("north.heater")
+    assert not g.actuator_reported("north.fan", 0.0, T0 + 2).sent
+    assert not g.actuator_reported("north.heater", 1.0, T0 + 3).sent  # nothing else on: fine
+
+
+def test_guard_and_engine_share_one_freshness_rule() -> None:
+    from engine import freshness
+
+    g = make(interlocks=(Interlock("needs", actuator="north.pump", only_if=Comparison("tank.level", "above", 10.0)),))
+    g.reading(Reading("tank.level", 40.0, T0))
+    assert isinstance(g.check(on("north.pump"), T0 + 300), Allowed)  # exactly stale_after old: fresh
+    assert blocked_code(g.check(on("north.fan"), T0 + 300 + TICK)) is None
+    assert blocked_code(g.check(on("north.pump"), T0 + 300 + TICK)) is Code.INTERLOCK
+    assert freshness.value((40.0, T0, "good"), T0 + 300, 300.0) == 40.0
+    assert freshness.value((40.0, T0, "good"), T0 + 300 + TICK, 300.0) is None

@@ -48,3 +48,22 @@ def test_config_errors_exit_2_with_positions(capsys: pytest.CaptureFixture[str])
     assert run(SCEN / "broken") == 2
     err = capsys.readouterr().err
     assert "broken.yaml:8:11" in err and "house.nope" in err
+
+
+def test_issue_10_scenarios_pass(capsys: pytest.CaptureFixture[str]) -> None:
+    # emergency_stop/reset steps, a step's readings landing together, unknown
+    # readings, interlock correction, computed and clamped duties, count, fresh
+    assert run(SCEN / "issue10") == 0
+    assert "10 passed, 0 failed" in capsys.readouterr().out
+
+
+def test_the_own_offs_of_an_emergency_stop_step_are_not_unexpected() -> None:
+    from engine.model import Actuator, Deployment, Device, Expectation, RuleTest, TestStep
+    from engine.testing import run_test
+
+    dep = Deployment(devices={"h": Device("h", "ESP_H", actuators=(Actuator("h", "fan", 5, "relay"),))})
+    test = RuleTest("stop", 0.0, (TestStep(10.0, emergency_stop="all"), TestStep(20.0, reset="h")),
+                    (Expectation(20.0, "no_command", {"actuator": "h.fan"}),), only_expected=True)
+    res = run_test(dep, test)
+    assert res.passed, (res.missing, res.unexpected)
+    assert [(h.t, h.kind, h.own) for h in res.happened] == [(10.0, "command", True)]
