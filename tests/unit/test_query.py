@@ -107,7 +107,7 @@ POSITIONS = [
     "WITH a AS (SELECT * FROM {f}) SELECT * FROM a", "SELECT * FROM commands WHERE EXISTS (FROM {f})",
     "SELECT * FROM commands, LATERAL (SELECT * FROM {f})", "SELECT 1 UNION ALL SELECT count(*) FROM {f}",
     "DESCRIBE SELECT * FROM {f}", "SUMMARIZE SELECT * FROM {f}", "EXPLAIN SELECT * FROM {f}",
-    "SELECT list_transform([1], x -> (SELECT count(*) FROM {f}))",
+    "SELECT list_transform([1], lambda x: (SELECT count(*) FROM {f}))",
     "WITH RECURSIVE r(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM r, {f} WHERE n < 2) SELECT * FROM r",
 ]
 
