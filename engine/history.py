@@ -18,7 +18,8 @@ order; its key-value metadata says what it is (``kaiser.format``:
 
 Reading the store goes through ``query`` (the running server's ``/query``, or the
 file read-only: engine.commands.run_query), a page of at most :data:`PAGE` rows at
-a time, keyed on the time stamp: nothing is cut off at the query row limit.
+a time, keyed on (time stamp, rowid): nothing is cut off at the query row limit,
+and readings that share a time stamp keep the order they arrived in.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.adapters.query import QueryResult
-from engine.errors import KaiserError, StoreError
+from engine.errors import KaiserError
 from engine.model import Reading
 
 FORMAT = "kaiser-history/1"
@@ -84,36 +85,29 @@ def is_routine(source: str, reason: str, value: float) -> bool:
 
 Query = Callable[[str], QueryResult]
 
-_READINGS = ("SELECT epoch_us(ts) AS us, sensor, value, quality, unit, retained FROM readings "
-             "WHERE ts >= to_timestamp({since}) AND ts < to_timestamp({until}) AND epoch_us(ts) >= {cursor} "
-             "ORDER BY us, sensor, value, quality, unit, retained LIMIT {limit}")
-_COMMANDS = ("SELECT epoch_us(ts) AS us, actuator, value, outcome, source, rule, reason, duration FROM commands "
-             "WHERE ts >= to_timestamp({since}) AND ts < to_timestamp({until}) AND epoch_us(ts) >= {cursor} "
-             "ORDER BY us, actuator, value, outcome, source, rule, reason, duration LIMIT {limit}")
+_READINGS = ("SELECT epoch_us(ts) AS us, rowid AS rid, sensor, value, quality, unit, retained FROM readings "
+             "WHERE ts >= to_timestamp({since}) AND ts < to_timestamp({until}) AND {after} "
+             "ORDER BY us, rid LIMIT {limit}")
+_COMMANDS = ("SELECT epoch_us(ts) AS us, rowid AS rid, actuator, value, outcome, source, rule, reason, duration "
+             "FROM commands WHERE ts >= to_timestamp({since}) AND ts < to_timestamp({until}) AND {after} "
+             "ORDER BY us, rid LIMIT {limit}")
 
 
 def pages(query: Query, template: str, since: float, until: float, page: int = PAGE) -> Iterator[list[tuple[Any, ...]]]:
-    """Every row of ``template`` over [since, until), in pages, each row once.
-
-    Keyset paging on the microsecond time stamp (the first column): the next page
-    starts at the last time stamp seen and skips the rows of it already given.
-    Rows are ordered by every column, so rows that tie are identical and any of
-    them may be skipped. Raises StoreError."""
-    cursor, skip = 0, 0
+    """Every row of ``template`` over [since, until), in pages, each row once, in
+    the order they were stored (time stamp, then insertion: readings of one
+    second keep their order). Keyset paging on (time stamp in microseconds,
+    rowid), the first two columns. Raises StoreError."""
+    after = "TRUE"
     while True:
-        limit = page + skip
-        if limit > 2 * page:
-            raise StoreError(f"more than {page} rows share one time stamp; cannot page through them")
-        res = query(template.format(since=repr(float(since)), until=repr(float(until)), cursor=cursor, limit=limit))
+        res = query(template.format(since=repr(float(since)), until=repr(float(until)), after=after, limit=page))
         rows = [tuple(r) for r in res.rows]
-        if len(rows) > skip:
-            yield rows[skip:]
-        if len(rows) < limit:
+        if rows:
+            yield rows
+        if len(rows) < page:
             return
-        last = int(rows[-1][0])
-        # the rows of ``last`` given so far: all of this page's when it started there too
-        skip = len(rows) if last == cursor else sum(1 for r in rows if int(r[0]) == last)
-        cursor = last
+        us, rid = int(rows[-1][0]), int(rows[-1][1])
+        after = f"(epoch_us(ts) > {us} OR (epoch_us(ts) = {us} AND rowid > {rid}))"
 
 
 def from_store(query: Query, since: float, until: float | None = None, source: str = "store") -> History:
@@ -122,11 +116,11 @@ def from_store(query: Query, since: float, until: float | None = None, source: s
     h = History(since, until, source=source)
     for rows in pages(query, _READINGS, since, until):
         h.readings.extend(Reading(s, float(v), us / 1e6, q or "good", u or "", bool(r))
-                          for us, s, v, q, u, r in rows if v is not None)
+                          for us, _rid, s, v, q, u, r in rows if v is not None)
     for rows in pages(query, _COMMANDS, since, until):
         h.commands.extend(Sent(us / 1e6, a, float(v), src or "", why or "", rule or "",
                                None if d is None else float(d), outcome or "sent")
-                          for us, a, v, outcome, src, rule, why, d in rows)
+                          for us, _rid, a, v, outcome, src, rule, why, d in rows)
     return h
 
 

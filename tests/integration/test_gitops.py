@@ -317,3 +317,39 @@ async def test_no_rules_anywhere_refuses_to_start(gitops_settings: Settings, tmp
     with pytest.raises(ConfigError, match="no rules to start with"):
         await server.start()
     await server.stop()
+
+
+async def test_export_history_through_the_running_server_and_plan_it_in_ci(
+        server: Server, board: Board, tmp_path: Path, rules_dir: Path) -> None:
+    """What CI does: the history of production as a file, replayed through the
+    rules of a pull request; only real differences are listed."""
+    await board.heartbeat(SOUTH)
+    for c in (20, 30, 21, 31):
+        await board.reading(NORTH, 4, "ds18b20", c * 16)
+        await asyncio.sleep(0.15)
+    await board.expect(lambda t, p: t.endswith(f"{SOUTH}/actuator/5/command"))
+    await asyncio.sleep(0.3)
+    file = tmp_path / "prod.parquet"
+    code, out = await _cli(server, tmp_path, "cmd_export_history", since="1h", file=str(file))
+    assert code == 0 and "4 readings" in out, out
+    from engine import history
+
+    h = history.read(file)
+    assert [r.value for r in h.readings] == [20.0, 30.0, 21.0, 31.0]
+    assert [c.actuator for c in h.sent] == ["south.fan", "south.fan"]
+    # the same rules: no difference; a higher threshold: both fan commands gone
+    code, out = await _cli(server, tmp_path, "cmd_plan", path=str(rules_dir), since="24h", rev=None,
+                           history=str(file))
+    assert code == 0 and "no difference" in out, out
+    hotter = tmp_path / "hotter"
+    hotter.mkdir()
+    (hotter / "devices.yaml").write_text((rules_dir / "devices.yaml").read_text())
+    (hotter / "rules.yaml").write_text(RULES.format(threshold=35))
+    code, out = await _cli(server, tmp_path, "cmd_plan", path=str(hotter), since="24h", rev=None,
+                           history=str(file))
+    assert code == 0 and "0 new, 2 gone" in out, out
+    # with the server stopped, the file is read directly
+    await server.stop()
+    again = tmp_path / "again.parquet"
+    code, out = await _cli(server, tmp_path, "cmd_export_history", since="1h", file=str(again))
+    assert code == 0 and len(history.read(again).readings) == 4, out
