@@ -114,8 +114,7 @@ class Hub:
     checked and returns a result dict, or raises ControlRefused. ``health()`` ->
     JSON-able dict, ``metrics()`` -> Prometheus text, ``query``: runs ``/query``
     (closed by ``stop()``; ``query_timeout`` seconds per query). ``keys``: the
-    control keys (``token``: one key named "shared", for tests); without any,
-    control and ``/query`` are refused.
+    control keys (engine/auth.py); without any, control and ``/query`` are refused.
     """
 
     def __init__(
@@ -123,7 +122,6 @@ class Hub:
         listen: str = "127.0.0.1:8765",
         *,
         keys: Keyring | None = None,
-        token: str | None = None,
         max_clients: int = 100,
         on_control: ControlHandler | None = None,
         health: Callable[[], dict[str, Any]] | None = None,
@@ -137,7 +135,7 @@ class Hub:
         host, _, port = listen.rpartition(":")
         self.host = host or "127.0.0.1"
         self.port = int(port or 8765)
-        self.keys = keys if keys is not None else (Keyring.of({"shared": token}) if token else None)
+        self.keys = keys
         self.max_clients = max_clients
         self.on_control = on_control
         self.health = health or (lambda: {"ok": True})
