@@ -9,11 +9,12 @@ RATE_LIMIT, or the guard's code), ``runs``/``notifications`` from the rules,
 ``emergencies`` to publish. Nothing reaches ``sent`` without ``Guard.check``
 (or the guard's own server-originated commands).
 
-Holds the guard ended (an emergency stop, a lost sensor) or refused (the board
-offline) are taken again when that is over: after a reset or once the sensor is
-fresh, on the next fresh reading of one of the rule's sensors, if the rule's
-condition is true then; after an offline spell, when the board is back. A reset
-itself switches nothing on.
+Holds the guard ended (an emergency stop, a lost sensor) or refused for a while
+(an emergency stop, a lost sensor, min_off, max_starts, rate_limit; the board
+offline) are taken again when that is over: on the next fresh reading of one of
+the rule's sensors (after a reset, once the sensor is fresh, once the time limit
+passed), if the rule's condition is true then; after an offline spell, when the
+board is back. A reset itself switches nothing on.
 """
 
 from __future__ import annotations
@@ -41,7 +42,8 @@ from engine.model import (
 )
 
 #: why a hold ended or was refused -> it is taken again on a fresh reading of its rule's sensors
-RESUME_ON_READING = frozenset({Code.EMERGENCY_STOP_ACTIVE, Code.SENSOR_LOST})
+RESUME_ON_READING = frozenset({Code.EMERGENCY_STOP_ACTIVE, Code.SENSOR_LOST, Code.MIN_OFF, Code.MAX_STARTS,
+                               Code.RATE_LIMIT})
 #: ... or when its board is back
 RESUME_ON_DEVICE = frozenset({Code.DEVICE_OFFLINE})
 
@@ -51,8 +53,12 @@ class _Unheld:
     """A hold the guard ended or refused, waiting to be taken again."""
 
     rule: str
-    code: Code
+    code: Code  # the latest refusal: decides what it waits for
     since: float
+    #: what ended the hold first (an emergency stop, a lost sensor): ``kaiser why`` says it
+    origin: Code | None = None
+    #: when it was last refused (not tried again in the same step)
+    last: float | None = None
 
 GuardFactory = Callable[[Deployment, bool, float | None], Any]
 
@@ -180,10 +186,10 @@ class Kaiser:
                     codes = {ev.subject: ev.data.get("code") for ev in out.events if ev.kind == "safety"}
                 found = codes.get(c.actuator)
                 why = Code(found) if isinstance(found, str) and found in Code.__members__ else None
-            if why in RESUME_ON_READING:
+            if why in (Code.EMERGENCY_STOP_ACTIVE, Code.SENSOR_LOST):
                 holder = self.engine.holder(c.actuator)
                 if holder is not None:
-                    self._unheld[c.actuator] = _Unheld(holder, why, now)
+                    self._unheld[c.actuator] = _Unheld(holder, why, now, why)
         return out
 
     def _guarded(self, cmd: Command, now: float) -> Outputs:
@@ -193,8 +199,7 @@ class Kaiser:
 
     def _guarded_into(self, out: Outputs, cmd: Command, now: float) -> None:
         verdict = self.guard.check(cmd, now)
-        if self._unheld:
-            self._unheld.pop(cmd.actuator, None)
+        prev = self._unheld.pop(cmd.actuator, None) if self._unheld else None
         if isinstance(verdict, Allowed):
             out.sent.append(verdict)
             self.engine.commanded(verdict.command.actuator, verdict.command.value)
@@ -203,7 +208,10 @@ class Kaiser:
             out.events.append(self._block_event(verdict, now))
             if cmd.hold and cmd.rule is not None and verdict.code in (RESUME_ON_DEVICE | RESUME_ON_READING):
                 # a `while` rule that is still true holds again when that is over
-                self._unheld[cmd.actuator] = _Unheld(cmd.rule, verdict.code, now)
+                same = prev is not None and prev.rule == cmd.rule
+                self._unheld[cmd.actuator] = _Unheld(
+                    cmd.rule, verdict.code, prev.since if same else now,  # type: ignore[union-attr]
+                    prev.origin if same else verdict.code, now)  # type: ignore[union-attr]
 
     def _rehold(self, device: str, now: float) -> Outputs:
         """Re-send holds the guard refused while ``device`` was offline, for rules
@@ -229,7 +237,7 @@ class Kaiser:
         if not fresh:
             return
         for ref, u in list(self._unheld.items()):
-            if u.code not in RESUME_ON_READING:
+            if u.code not in RESUME_ON_READING or u.last == now:
                 continue
             if not self.engine.holding(u.rule, ref):
                 del self._unheld[ref]
@@ -245,14 +253,17 @@ class Kaiser:
             if cmd is None:
                 del self._unheld[ref]
                 continue
-            if u.code is Code.EMERGENCY_STOP_ACTIVE:
+            if u.origin is Code.EMERGENCY_STOP_ACTIVE:
                 reset = max(self._reset_at.get(device, 0.0), self._reset_at.get("all", 0.0))
                 why = f"held again after reset at {self._local(reset)}"
                 trigger_extra: dict[str, float | None] = {"held_again_after_reset_at": reset}
-            else:
+            elif u.origin is Code.SENSOR_LOST:
                 seen = sorted(fresh & sensors)
                 why = f"held again: {', '.join(seen)} fresh again after the sensor was lost"
                 trigger_extra = {"held_again_after_sensor_loss_at": u.since}
+            else:
+                why = f"held again after {u.origin or u.code} refused it at {self._local(u.since)}"
+                trigger_extra = {"held_again_after_refusal_at": u.since}
             cmd = Command(cmd.actuator, cmd.value, cmd.duration, cmd.source, cmd.rule, cmd.priority,
                           f"{cmd.reason} ({why})", cmd.toggle, cmd.hold)
             self._guarded_into(out, cmd, now)
@@ -480,7 +491,8 @@ class Kaiser:
             "guard": self.guard.snapshot(),
             "last_seen": dict(self._last_seen),
             "start": self._start,
-            "unheld": {ref: [u.rule, str(u.code), u.since] for ref, u in self._unheld.items()},
+            "unheld": {ref: [u.rule, str(u.code), u.since, None if u.origin is None else str(u.origin)]
+                       for ref, u in self._unheld.items()},
             "reset_at": dict(self._reset_at),
         }
 
@@ -499,7 +511,9 @@ class Kaiser:
             start = data.get("start")
             if isinstance(start, int | float):
                 self._start = float(start)
-            self._unheld = {str(ref): _Unheld(str(u[0]), Code(str(u[1])), float(u[2]))
+            self._unheld = {str(ref): _Unheld(str(u[0]), Code(str(u[1])), float(u[2]),
+                                              Code(str(u[3])) if len(u) > 3 and str(u[3]) in Code.__members__
+                                              else None)
                             for ref, u in dict(data.get("unheld") or {}).items()  # type: ignore[call-overload]
                             if str(u[1]) in Code.__members__}
             self._reset_at = {str(k): float(v) for k, v in dict(data.get("reset_at") or {}).items()}  # type: ignore[call-overload]

@@ -219,3 +219,22 @@ def test_a_batch_lands_before_rules_and_guard_decide() -> None:
         out = k.receive_many([Reading(ref, values[ref], T0) for ref in order], T0)
         assert sent(out) == [("tank.pump", 1.0)], order
         assert not out.blocked
+
+
+def test_a_hold_refused_by_min_off_is_tried_again_on_a_later_reading() -> None:
+    k = Kaiser(dep(THERMOSTAT, limits=(ActuatorLimits("house.heater", min_off=180.0),)), assume_online=True)
+    k.receive(temp(12, 0), T0)
+    assert sent(k.receive(temp(17, 60), T0 + 60)) == [("house.heater", 0.0)]
+    out = k.receive(temp(15, 100), T0 + 100)  # cold again at once: anti short-cycling refuses it
+    assert [b.code for b in out.blocked] == [Code.MIN_OFF]
+    assert [b.code for b in k.receive(temp(15, 200), T0 + 200).blocked] == [Code.MIN_OFF]
+    out = k.receive(temp(15, 250), T0 + 250)
+    assert sent(out) == [("house.heater", 1.0)] and "held again after MIN_OFF" in out.sent[0].command.reason
+
+
+def test_a_hold_refused_by_an_interlock_waits_for_its_next_edge() -> None:
+    fan_on = Rule("air", "edge", Comparison("house.soil", "below", 20.0), (SetActuator("house.fan", 1.0, 600.0),))
+    k = Kaiser(dep(fan_on, THERMOSTAT, interlocks=(HEAT_OR_VENT,)), assume_online=True)
+    k.receive(Reading("house.soil", 10.0, T0), T0)
+    assert [b.code for b in k.receive(temp(12, 1), T0 + 1).blocked] == [Code.INTERLOCK]
+    assert not k.receive(temp(12, 2), T0 + 2).blocked  # no block per reading
