@@ -245,11 +245,11 @@ class Puller:
                         len(check.failed), commit.short)
         if judged is None and not first:
             if await self.host.reload_from(rules, commit):
-                return self._applied(commit, worktree)
+                return await self._applied(commit, worktree)
             # the server recorded why; remember the commit as refused
             judged = (Gate.RELOAD, "the reload refused it (see the log)", ())
         elif judged is None:
-            return self._applied(commit, worktree)
+            return await self._applied(commit, worktree)
         gate, summary, findings = judged
         refusal = Refusal(commit, self._now(), gate, summary, findings, self.policy)
         self.state.refuse(refusal)
@@ -264,13 +264,13 @@ class Puller:
         return {"ok": False, "outcome": "refused", "message": refusal.text(), "commit": sha,
                 "findings": list(findings)}
 
-    def _applied(self, commit: Commit, worktree: Path) -> dict[str, Any]:
+    async def _applied(self, commit: Commit, worktree: Path) -> dict[str, Any]:
         old, self._running_dir = self._running_dir, worktree
         self.state.applied(commit, self._now())
-        self._save()
+        self._save()  # before the old worktree goes: a crash in between restarts on the new one
         log.info("pull mode: commit %s runs", commit.describe())
         if old is not None and old != worktree:
-            asyncio.get_running_loop().create_task(self.mirror.remove(old))
+            await self.mirror.remove(old)
         return {"ok": True, "outcome": "applied", "commit": commit.sha, "message": f"commit {commit.describe()} runs"}
 
     async def _check(self, worktree: Path) -> Check:
