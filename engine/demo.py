@@ -238,7 +238,8 @@ class SimBoard:
         value = physical(sensor, q, hour, self.actuators, self.rng)
         wire, raw, value = raw_reading(sensor, quantity, value)
         out = self.twin.reading(sensor.gpio, now, raw=raw if raw is not None else round(value),
-                                value=value, sensor_type=wire)
+                                value=value, sensor_type=wire, onewire_address=sensor.onewire_address,
+                                i2c_address=sensor.i2c_address)
         self.readings += len(out)
         return out
 

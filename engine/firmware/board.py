@@ -453,17 +453,25 @@ class Board:
 
     # ------------------------------------------------------------- readings
     def reading(self, gpio: int, now: float, *, raw: float | None = None, value: float | None = None,
-                sensor_type: str | None = None, quality: str = "good", unit: str = "") -> list[Outgoing]:
+                sensor_type: str | None = None, quality: str = "good", unit: str = "",
+                onewire_address: str | None = None, i2c_address: int | None = None) -> list[Outgoing]:
         """The board measured ``gpio``: the ``sensor/{gpio}/data`` it publishes, or
         [] while it may not publish data or has no such active sensor.
-        ``sensor_type`` picks one value of a multi-value chip (sht31_humidity ...)."""
-        return self._collect(lambda: self._reading(gpio, now, raw, value, sensor_type, quality, unit))
+        ``sensor_type`` picks one value of a multi-value chip (sht31_humidity ...),
+        ``onewire_address`` / ``i2c_address`` one of several sensors on the gpio."""
+        return self._collect(lambda: self._reading(gpio, now, raw, value, sensor_type, quality, unit,
+                                                   onewire_address, i2c_address))
 
     def _reading(self, gpio: int, now: float, raw: float | None, value: float | None,
-                 sensor_type: str | None, quality: str, unit: str) -> None:
+                 sensor_type: str | None, quality: str, unit: str, onewire: str | None,
+                 i2c: int | None) -> None:
         self._advance(now)
         for s in self.sensor_list:
             if s.gpio != gpio or not s.active:
+                continue
+            if onewire and s.onewire_address.upper() != onewire.upper():
+                continue
+            if i2c is not None and s.i2c_address and s.i2c_address != i2c:
                 continue
             wire = self._wire_type(s, sensor_type)
             if wire is None:

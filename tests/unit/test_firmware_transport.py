@@ -259,3 +259,15 @@ def test_json_helpers_extract() -> None:
     assert ajson.extract_bool({"a": 2}, "a") is True
     assert ajson.extract_bool({"a": 1.0}, "a") is None
     assert ajson.extract_string({"s": 5}, "s") is None
+
+
+def test_reading_picks_one_of_several_sensors_on_a_gpio() -> None:
+    b = new_board("current", ESP, now=T0)
+    b.connect(T0)
+    b.receive(topic("system/heartbeat/ack"), ACK, T0)
+    b.receive(topic("config"), enc({"correlation_id": "c", "sensors": [
+        {"gpio": 4, "sensor_type": "ds18b20", "sensor_name": "a", "onewire_address": "28FF641E8516034A"},
+        {"gpio": 4, "sensor_type": "ds18b20", "sensor_name": "b", "onewire_address": "28FF0B2A91160577"}]}), T0)
+    (o,) = b.reading(4, T0 + 1, raw=300, onewire_address="28FF0B2A91160577")
+    assert json.loads(o.payload)["onewire_address"] == "28FF0B2A91160577"
+    assert b.reading(4, T0 + 1, raw=300, onewire_address="28FF000000000000") == []
