@@ -253,7 +253,7 @@ class Server:
         self._install(deployment, version)
         self._restore()
         now = self.clock.now()
-        self._record_version(version, ok=True, now=now)
+        self._record_version(version, ok=True, now=now, commit=self.gitops.state.running if self.gitops else None)
         await self._start_mqtt()
         if self.ws_enabled:
             from engine import auth
