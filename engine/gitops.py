@@ -17,8 +17,8 @@ exponentially from the interval up to :data:`MAX_BACKOFF` and never stop anythin
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
 
@@ -262,10 +262,6 @@ def commit_json(c: Commit) -> dict[str, Any]:
     return {**_commit_json(c), "short": c.short}
 
 
-def with_findings(r: Refusal, findings: Sequence[str]) -> Refusal:
-    return replace(r, findings=tuple(findings)[:MAX_FINDINGS])
-
-
 __all__ = [
     "MAX_BACKOFF",
     "Check",
@@ -275,6 +271,7 @@ __all__ = [
     "Refusal",
     "Step",
     "backoff",
+    "commit_json",
     "redact",
     "refusal_json",
     "verdict",

@@ -92,6 +92,7 @@ class Puller:
         self._wake = asyncio.Event()
         self._waiters: list[asyncio.Future[dict[str, Any]]] = []
         self._running_dir: Path | None = None  # the worktree the server runs from
+        self._ensured = False  # the clone exists and points at settings.repo
 
     # ------------------------------------------------------------------ files
     @property
@@ -201,7 +202,9 @@ class Puller:
         """Fetch; deploy the head when it is new. Returns what ``kaiser sync`` prints."""
         now = self._now()
         try:
-            await self.mirror.ensure()
+            if not self._ensured or self.state.failures:
+                await self.mirror.ensure()
+                self._ensured = True
             head = await self.mirror.fetch()
         except (GitError, OSError) as exc:
             message = redact(str(exc))

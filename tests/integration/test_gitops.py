@@ -169,7 +169,9 @@ async def test_pull_mode_applies_good_commits_refuses_bad_ones_and_rides_out_a_d
         pushed = time.monotonic()
         await until(lambda: running(server) == good)
         took = time.monotonic() - pushed
-        assert took < INTERVAL + 5.0, took
+        # one interval at most until the fetch, then the checks (a child process: ~1 s) and the reload
+        print(f"applied {took:.2f} s after the push")
+        assert took < INTERVAL + 8.0, took
         assert not await fan_on_for(board, 29, timeout=1.0)  # the new threshold runs
         ev = await _next(ws, lambda e: e["data"].get("kind") == "reload" and e["data"]["data"].get("commit") == good)
         assert "running" in ev["data"]["message"]
