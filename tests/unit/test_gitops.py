@@ -120,7 +120,8 @@ def test_the_state_survives_a_restart_and_garbage_is_ignored() -> None:
     assert back.running == s.running and back.running_since == 10.0
     assert back.refused == s.refused and back.last_refused == s.last_refused
     assert back.step(B, POLICY) is Step.REFUSED
-    for junk in (None, [], {"version": 99}, {"version": 1, "running": {"sha": 3}, "refused": [{"at": "x"}, 5]}):
+    junks: list[object] = [None, [], {"version": 99}, {"version": 1, "running": {"sha": 3}, "refused": [{"at": "x"}, 5]}]
+    for junk in junks:
         assert PullState.from_json(junk).running is None
 
 
@@ -431,3 +432,26 @@ def test_status_says_what_runs_what_was_refused_and_what_is_latched() -> None:
     health["latches"] = []
     text = "\n".join(status_lines(health, "Europe/Berlin", 1200.0))
     assert "pull mode" not in text and "no emergency stop" in text and "01:16:40" in text
+
+
+def test_sighup_fetches_in_pull_mode_and_reloads_otherwise() -> None:
+    from types import SimpleNamespace
+
+    from engine.commands import _hangup
+
+    woken: list[bool] = []
+    reloaded: list[bool] = []
+
+    async def reload() -> bool:
+        reloaded.append(True)
+        return True
+
+    async def scenario() -> None:
+        loop = asyncio.get_running_loop()
+        _hangup(SimpleNamespace(gitops=SimpleNamespace(wake=lambda: woken.append(True)), reload=reload),  # type: ignore[arg-type]
+                loop)
+        _hangup(SimpleNamespace(gitops=None, reload=reload), loop)  # type: ignore[arg-type]
+        await asyncio.sleep(0)
+
+    asyncio.run(scenario())
+    assert woken == [True] and reloaded == [True]
