@@ -26,10 +26,21 @@ from zoneinfo import ZoneInfo
 from engine import actions as A
 from engine import compiler as C
 from engine import freshness
-from engine.conditions import FALSE, TRUE, LeafState, Truth, kind_of, leaves, sensors_of, truth_of
+from engine.conditions import (
+    FALSE,
+    TRUE,
+    UNKNOWN,
+    LeafState,
+    Truth,
+    kind_of,
+    leaves,
+    sensors_of,
+    truth_of,
+)
 from engine.errors import EngineError
 from engine.model import (
     Action,
+    All,
     Blocked,
     Code,
     Command,
@@ -48,6 +59,8 @@ from engine.model import (
 )
 
 SNAPSHOT_VERSION = 1
+#: the network's fact of a sensor with no usable reading
+_UNKNOWN_SENSOR = {"ok": 0, "v": 0}
 
 
 @dataclass(frozen=True, slots=True)
@@ -238,9 +251,6 @@ class BaseEngine:
         """The latest value of a sensor ref (any quality), or None."""
         r = self._readings.get(ref)
         return None if r is None else r[0]
-
-    def _stale_at(self, ref: str) -> float | None:
-        return self.lost_at(ref)
 
     def _store_reading(self, r: Reading, now: float) -> None:
         v = C.normalise(r.value)
@@ -780,6 +790,8 @@ class Engine(BaseEngine):
         self._pulses: list[str] = []
         self._heap: list[tuple[float, str]] = []
         self._due: dict[str, float] = {}
+        self._unknowable: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {}  # rule -> (facts, atom keys)
+        self._scratch = LeafState(All(()))  # stateless leaves evaluate with it
         super().__init__(deployment, start=start, version=version or self._program.digest())
         self._build_atoms()
 
@@ -829,8 +841,9 @@ class Engine(BaseEngine):
 
     # ------------------------------------------------------------------ facts
     def _sensor_fact(self, ref: str, now: float) -> set[str]:
-        v = self.usable(ref, now)
-        self._schedule(f"stale:{ref}", self.lost_at(ref) if v is not None else None)
+        r = self._readings.get(ref)
+        v = freshness.value(r, now, self._stale_after)
+        self._schedule(f"stale:{ref}", None if v is None else freshness.lost_at(r[1], self._stale_after))  # type: ignore[index]
         if not self._net.mentions(f"s:{ref}"):
             return set()
         fields: dict[str, object] = {"ok": 1, "v": v} if v is not None else {"ok": 0, "v": 0}
@@ -852,13 +865,36 @@ class Engine(BaseEngine):
         return self._net.is_true(rule)
 
     def _false(self, rule: str) -> bool:
+        # not true, and no leaf of it unknown: false (the common case, two-valued);
+        # otherwise fold the condition with three-valued logic
+        unknowable = self._unknowable.get(rule)
+        if unknowable is None:
+            unknowable = self._unknowable[rule] = self._unknowable_of(self._rules[rule].condition)
+        facts, atoms = unknowable
+        if all(self._net.fact(f) != _UNKNOWN_SENSOR for f in facts) and \
+                all(self._atoms[k].value != UNKNOWN for k in atoms if k in self._atoms):
+            return True
         now = self._now if self._now is not None else 0.0
         return truth_of(self._rules[rule].condition, lambda leaf: self._leaf_truth(leaf, now)) == FALSE
+
+    def _unknowable_of(self, c: Condition) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        """The sensor facts and clock-side leaves of a condition that may be unknown."""
+        facts: dict[str, None] = {}
+        atoms: dict[str, None] = {}
+        for leaf in leaves(c):
+            kind = kind_of(leaf)
+            if not kind.sensors(leaf):
+                continue
+            if kind.native(leaf):
+                facts[kind.fact(leaf)] = None
+            else:
+                atoms[kind.key(leaf)] = None
+        return tuple(facts), tuple(atoms)
 
     def _leaf_truth(self, leaf: Condition, now: float) -> Truth:
         kind = kind_of(leaf)
         if kind.native(leaf):
-            return kind.evaluate(leaf, LeafState(leaf), self, now, False)[0]
+            return kind.evaluate(leaf, self._scratch, self, now, False)[0]
         atom = self._atoms.get(kind.key(leaf))
         return atom.value if atom is not None else FALSE
 
@@ -958,6 +994,7 @@ class Engine(BaseEngine):
         return sorted(facts)
 
     def _truth_reload(self, dep: Deployment, now: float) -> None:
+        self._unknowable = {}
         self._program = C.compile_program(dep)
         self.version = self._program.digest()
         self._net.load(self._program)

@@ -24,6 +24,7 @@ from __future__ import annotations
 import math
 
 from engine.model import USABLE_QUALITY
+from engine.units import format_duration
 
 #: a reading turns unknown this long after it is exactly ``limit`` old (seconds)
 TICK = 0.001
@@ -60,10 +61,11 @@ def lost_since(sample: Sample | None, start: float | None, limit: float) -> floa
     ``lost_at`` for a good one, ``start`` + limit when it never reported. None when
     that cannot be known yet (never reported and no start)."""
     if sample is None:
-        return None if start is None else lost_at(start, limit)
-    if not has_value(sample):
+        return None if start is None else start + limit + TICK
+    v = sample[0]
+    if v is None or v != v or sample[2] not in USABLE_QUALITY:  # no usable value: lost since it came
         return sample[1]
-    return lost_at(sample[1], limit)
+    return sample[1] + limit + TICK
 
 
 def why_lost(ref: str, sample: Sample | None, start: float | None, now: float, limit: float,
@@ -71,8 +73,6 @@ def why_lost(ref: str, sample: Sample | None, start: float | None, now: float, l
     """A sentence part when the sensor is lost at ``now`` ("sensor x is stale (...)"),
     else None. ``setting`` names where the limit comes from (``stale_after`` or
     ``fresh``)."""
-    from engine.units import format_duration
-
     if sample is None:
         if start is not None and now >= lost_at(start, limit):
             return f"sensor {ref} has not reported since start ({span(now - start)} ago)"

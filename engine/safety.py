@@ -306,10 +306,14 @@ def _lost_sensor(
 ) -> tuple[str, str] | None:
     """The first watched sensor that is lost at ``now`` (engine.freshness), with a
     sentence part."""
+    readings, fresh, stale_after = state.readings, entry.fresh, defaults.stale_after
     for s in entry.watched:
-        limit = _limit(entry, defaults, s)
-        why = freshness.why_lost(s, state.readings.get(s), state.start, now, limit,
-                                 "stale_after" if limit == defaults.stale_after else "fresh")
+        limit = fresh.get(s, stale_after) if fresh else stale_after
+        r = readings.get(s)
+        if r is not None and freshness.value(r, now, limit) is not None:
+            continue  # the common case: fresh
+        why = freshness.why_lost(s, r, state.start, now, limit,
+                                 "stale_after" if limit == stale_after else "fresh")
         if why is not None:
             return s, why
     return None
@@ -320,14 +324,14 @@ def _fresh_value(
 ) -> tuple[float | None, str]:
     """(value, "") when fresh and usable, else (None, why not)."""
     r = state.readings.get(sensor)
+    v = freshness.value(r, now, defaults.stale_after)
+    if v is not None:
+        return v, ""
     if r is None:
         return None, f"{sensor} has not reported"
     if not freshness.has_value(r):
         return None, f"{sensor} reports quality {r[2]}"
-    v = freshness.value(r, now, defaults.stale_after)
-    if v is None:
-        return None, f"{sensor} is stale (last reading {_span(now - r[1])} ago)"
-    return v, ""
+    return None, f"{sensor} is stale (last reading {_span(now - r[1])} ago)"
 
 
 def _compare(c: Comparison, x: float) -> bool:
@@ -594,7 +598,9 @@ def _actuator_due(state: GuardState, defaults: SafetyDefaults, entry: Entry, st:
     if lim.max_runtime is not None and st.on_since is not None:
         times.append(st.on_since + lim.max_runtime)
     if entry.watched and lim.on_sensor_loss == "off":
-        times.extend(_stale_at(state, defaults, s, _limit(entry, defaults, s)) for s in entry.watched)
+        readings, fresh, stale_after, start = state.readings, entry.fresh, defaults.stale_after, state.start
+        for s in entry.watched:
+            times.append(freshness.lost_since(readings.get(s), start, fresh.get(s, stale_after) if fresh else stale_after))
     if entry.only_if:
         times.append(_only_if_due(state, defaults, entry))
     known = [t for t in times if t is not None]
