@@ -273,13 +273,7 @@ class BaseEngine:
     # ------------------------------------------------------------------ public API
     def receive(self, reading: Reading, now: float) -> Decisions:
         """A sensor reading. Retained readings fill state but fire no edge."""
-        def apply() -> set[str]:
-            self._store_reading(reading, now)
-            if reading.sensor in self._followers:
-                self._moved.append(reading.sensor)
-            return self._on_sensor(reading.sensor, now, True)
-
-        return self._step(now, apply, fire=not reading.retained)
+        return self._step(now, lambda: self._land((reading,), now), fire=not reading.retained)
 
     def receive_many(self, readings: Sequence[Reading], now: float) -> Decisions:
         """Readings that arrived together (one test step, one ``sensor/batch``
@@ -291,20 +285,21 @@ class BaseEngine:
             if not group:
                 continue
 
-            def apply(group: list[Reading] = group) -> set[str]:
-                refs: dict[str, None] = {}
-                for r in group:
-                    self._store_reading(r, now)
-                    refs[r.sensor] = None
-                affected: set[str] = set()
-                for ref in refs:
-                    if ref in self._followers:
-                        self._moved.append(ref)
-                    affected |= self._on_sensor(ref, now, True)
-                return affected
-
-            out.extend(self._step(now, apply, fire=not group[0].retained))
+            out.extend(self._step(now, lambda group=group: self._land(group, now),  # type: ignore[misc]
+                                  fire=not group[0].retained))
         return out
+
+    def _land(self, readings: Sequence[Reading], now: float) -> set[str]:
+        """Store readings, then bring what reads them up to date; the rules to re-read."""
+        for r in readings:
+            self._store_reading(r, now)
+        refs = [readings[0].sensor] if len(readings) == 1 else list(dict.fromkeys(r.sensor for r in readings))
+        affected: set[str] = set()
+        for ref in refs:
+            if ref in self._followers:
+                self._moved.append(ref)
+            affected |= self._on_sensor(ref, now, True)
+        return affected
 
     def tick(self, now: float) -> Decisions:
         """Advance the clock: ``for:`` timers, windows, triggers, waits, staleness."""

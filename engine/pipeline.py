@@ -313,12 +313,7 @@ class Kaiser:
         """One sensor reading (already routed to its ref)."""
         out = Outputs() if self._started else self._begin(now)
         self.guard.reading(reading)
-        dev = reading.sensor.split(".", 1)[0]
-        # a retained reading is the broker's old copy: it says nothing about liveness
-        if not reading.retained and dev in self.deployment.devices:
-            self._last_seen[dev] = now
-            if self._online.get(dev) is not True:
-                self._set_online_into(out, dev, True, now, "")
+        self._alive(reading, now, out)
         self._decide_into(out, self.engine.receive, reading, now)
         if self._unheld:
             self._resume((reading,), now, out)
@@ -335,15 +330,20 @@ class Kaiser:
         for reading in readings:
             self.guard.reading(reading)
         for reading in readings:
-            dev = reading.sensor.split(".", 1)[0]
-            if not reading.retained and dev in self.deployment.devices:
-                self._last_seen[dev] = now
-                if self._online.get(dev) is not True:
-                    self._set_online_into(out, dev, True, now, "")
+            self._alive(reading, now, out)
         self._decide_into(out, self.engine.receive_many, readings, now)
         if self._unheld:
             self._resume(readings, now, out)
         return out
+
+    def _alive(self, reading: Reading, now: float, out: Outputs) -> None:
+        """A reading is a sign of life of its board; a retained one (the broker's old
+        copy) is none."""
+        dev = reading.sensor.split(".", 1)[0]
+        if not reading.retained and dev in self.deployment.devices:
+            self._last_seen[dev] = now
+            if self._online.get(dev) is not True:
+                self._set_online_into(out, dev, True, now, "")
 
     def device_seen(self, device: str, now: float) -> Outputs:
         """A heartbeat (or any message) from ``device`` (name or esp_id)."""
