@@ -42,7 +42,7 @@ class Step(Enum):
 class Gate(Enum):
     """Why a commit was refused."""
 
-    CHECKOUT = "checkout"  # it could not be checked out, or has no rules folder
+    CHECKOUT = "checkout"  # it has no rules folder at ``path``
     LINT = "lint"  # the rules have errors
     TESTS = "tests"  # a rule test failed (require_tests)
     RELOAD = "reload"  # the engine refused the checked version

@@ -235,13 +235,15 @@ class Puller:
         rules = self._rules(worktree)
         try:
             await self.mirror.checkout(sha, worktree)
-        except GitError as exc:
-            check = Check(problem=f"cannot check it out: {exc}", gate=Gate.CHECKOUT)
+        except GitError as exc:  # the disk, not the commit: tried again at the next fetch
+            message = f"cannot check out {commit.short}: {exc}"
+            log.warning("pull mode: %s", message)
+            await self.mirror.remove(worktree)
+            return {"ok": False, "outcome": "checkout failed", "message": message, "commit": sha}
+        if rules.is_dir():
+            check = await self._check(worktree)
         else:
-            if rules.is_dir():
-                check = await self._check(worktree)
-            else:
-                check = Check(problem=f"it has no folder {self.settings.path!r}", gate=Gate.CHECKOUT)
+            check = Check(problem=f"it has no folder {self.settings.path!r}", gate=Gate.CHECKOUT)
         judged = verdict(check, self.settings.require_tests)
         if judged is None and check.failed:
             log.warning("pull mode: %d rule test(s) of %s fail; applied anyway (require_tests = false)",
@@ -258,8 +260,8 @@ class Puller:
         self.state.refuse(refusal)
         self._save()
         if gate is not Gate.RELOAD:
-            if first:
-                log.error("%s; the running version stays:\n%s", refusal.text(), "\n".join(findings))
+            if first:  # nothing runs yet, and there is no store to record it in: the log says it
+                log.error("%s:\n%s", refusal.text(), "\n".join(findings))
             else:
                 self.host.refuse(rules, refusal)
         if worktree != self._running_dir:
