@@ -54,6 +54,18 @@ def _broker_class() -> Any:
             if tasks:
                 await asyncio.wait(tasks)
 
+        async def _publish_retained_messages_for_subscription(self, subscription: tuple[str, int],
+                                                              session: Any) -> None:
+            """At every connect amqtt 0.12 offers the new client the retained
+            messages of *every* filter any client has subscribed (``for topic in
+            self._subscriptions``), so a board got e.g. ``server/status`` without
+            subscribing to it. A client gets retained messages for its own
+            subscriptions only (MQTT 3.1.1, 3.3.1.3; Mosquitto): skip the others'."""
+            topic_filter = subscription[0]
+            holders = self._subscriptions.get(topic_filter, ())
+            if any(s.client_id == session.client_id for s, _ in holders):
+                await super()._publish_retained_messages_for_subscription(subscription, session)
+
     return QueueingBroker
 
 
