@@ -22,7 +22,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +36,9 @@ from engine.devices import DeviceTracker, Reply, tokens_from_env
 from engine.diagnostics import Diagnostic
 from engine.errors import ConfigError, KaiserError, StoreError
 from engine.gitops import Commit, Refusal, refusal_json
+from engine.metrics import Telemetry
+from engine.metrics import render as render_metrics
+from engine.metrics import summary as latency_summary
 from engine.model import (
     Allowed,
     Blocked,
@@ -51,6 +54,9 @@ from engine.routing import Router, Unmapped
 from engine.units import parse_duration
 
 log = logging.getLogger("kaiser")
+#: one line per command sent or blocked (its own logger: ``KAISER_LOG`` or a handler can quiet it)
+log_commands = logging.getLogger("kaiser.commands")
+BLOCK_LOG_EVERY = 60.0  # seconds: the same block (actuator, code, rule) is logged once, then counted
 
 STATE_KEY = "pipeline"
 DEVICES_KEY = "devices"  # what each board was sent (removals survive a restart)
@@ -126,6 +132,7 @@ class Sent:
     value: float
     ts: float
     responded: bool = False
+    by: str = ""  # the rule, or the source ("manual (by local (alice))", "safety", ...)
 
 
 @dataclass(slots=True)
@@ -199,6 +206,9 @@ class Server:
         self.watch_enabled = watch
         self.client_id = client_id or settings.mqtt.client_id
         self.metrics = Metrics()
+        self.telemetry = Telemetry()  # labelled counters, latest readings, latency (engine/metrics.py)
+        self._t_in: float | None = None  # perf_counter when the MQTT message being handled arrived
+        self._block_logged: dict[tuple[str, str, str], tuple[float, int]] = {}
         self.tracker: DeviceTracker | None = None  # acks, config, stops: engine/devices.py
         self.online: dict[str, bool] = {}  # esp id -> online, as the pipeline decides
         self.last_sent: dict[str, Sent] = {}
@@ -349,6 +359,8 @@ class Server:
         self.deployment = deployment
         self.router = Router(deployment)
         self.version = version
+        if self.kaiser is not None:  # one version id: rule runs carry the one config_versions names
+            self.kaiser.engine.version = version.id
         self._esp_to_device = {d.esp_id: d for d in deployment.devices.values()}
         self._encoded = {}  # (actuator, value, duration, toggle) -> (esp, gpio, message)
         tokens, problems = tokens_from_env(deployment)
@@ -426,6 +438,7 @@ class Server:
     def on_mqtt(self, topic: str, payload: bytes, retained: bool) -> None:
         """Every MQTT message: decode, route, drive the pipeline. Never raises."""
         now = self.clock.now()
+        self._t_in = t_in = time.perf_counter()
         self.metrics.messages += 1
         msg = codec.decode(topic, payload, retained=retained, received_at=now)
         try:
@@ -459,6 +472,8 @@ class Server:
             log.exception("handling %s failed", topic)
             self._event(Event(now, "error", "warning", getattr(msg, "esp_id", "") or "",
                               f"handling {topic} failed: {exc}"))
+        self._t_in = None
+        self.telemetry.ingest.observe(time.perf_counter() - t_in)
         self._check_due()
 
     def _check_due(self) -> None:
@@ -485,9 +500,10 @@ class Server:
             else:
                 unmapped.append(r)
         self._seen(esp, now, retained, tell_pipeline=not placed)
-        store, kaiser, hub = self.store, self.kaiser, self.hub
+        store, kaiser, hub, latest = self.store, self.kaiser, self.hub, self.telemetry.latest
         for r, gpio, raw in placed:
             self.metrics.readings += 1
+            latest[r.sensor] = r
             store.reading(r, esp, gpio, raw)
             for tap in self.reading_taps:
                 tap(r)
@@ -705,7 +721,13 @@ class Server:
         store, hub, mqtt, router = self.store, self.hub, self.mqtt, self.router
         assert store is not None and router is not None
         version = self.version.id if self.version else ""
+        telemetry, t_in = self.telemetry, self._t_in
         for em in out.emergencies:
+            if em.active:
+                log.warning("EMERGENCY STOP %s by %s: %s", em.target, em.who or "?", em.reason)
+            else:
+                log.warning("emergency stop %s reset by %s: %s (nothing is switched on)", em.target,
+                            em.who or "?", em.reason)
             self._publish_emergency(em.target, em.reason, em.active, now)
         gpio: int | None
         for a in out.sent:
@@ -726,12 +748,21 @@ class Server:
             if mqtt is not None:
                 mqtt.publish(msg)
             self.metrics.commands_sent += 1
-            self.last_sent[c.actuator] = Sent(c.value, now)
+            if t_in is not None:
+                telemetry.reading_to_command.observe(time.perf_counter() - t_in)
+            telemetry.command(c.actuator, "sent")
+            self.last_sent[c.actuator] = Sent(c.value, now, by=c.rule or c.source)
+            if log_commands.isEnabledFor(logging.INFO):
+                log_commands.info("sent %s %s%s by %s: %s", c.actuator, _state_text(c.value),
+                                  f" for {c.duration:g} s" if c.duration else "",
+                                  f"rule {c.rule}" if c.rule else c.source, c.reason or "-")
             store.command(now, a, esp, gpio, version)
             if hub is not None and hub.clients:
                 hub.publish(f"actuator_command/{esp}", "actuator_command", _command_json(a, esp, gpio), now)
         for b in out.blocked:
             self.metrics.commands_blocked += 1
+            telemetry.command(b.command.actuator, "blocked", str(b.code))
+            self._log_block(b, now)
             esp = self._esp_of(b.command.actuator) or ""
             gpio = None
             with contextlib.suppress(KeyError):
@@ -741,11 +772,14 @@ class Server:
                 hub.publish(f"safety/{esp or 'all'}", "safety", _command_json(b, esp, gpio), now)
         for run in out.runs:
             self.metrics.rule_runs += 1
+            telemetry.rule_run(run.rule, run.outcome, run.ts)
+            if run.config_version != version:  # runs of the reload step itself carry the network digest
+                run = replace(run, config_version=version)
             store.rule_run(run, (self.clock.now() - now) * 1000.0, version)
             if hub is not None and hub.clients:
                 hub.publish(f"logic_execution/{run.rule}", "logic_execution",
                             {"rule": run.rule, "trigger": dict(run.trigger), "actions": list(run.actions),
-                             "outcome": run.outcome, "config_version": run.config_version or version}, run.ts)
+                             "outcome": run.outcome, "config_version": version}, run.ts)
         for n in out.notifications:
             self.metrics.notifications += 1
             store.notification(n)
@@ -763,6 +797,24 @@ class Server:
         for tap in self.output_taps:
             tap(out, now)
         self._check_due()
+
+    def _log_block(self, b: Blocked, now: float) -> None:
+        """One log line per block; the same block again (actuator, code, rule) within
+        BLOCK_LOG_EVERY is counted and named in the next line instead."""
+        if not log_commands.isEnabledFor(logging.INFO):
+            return
+        c = b.command
+        key = (c.actuator, str(b.code), c.rule or c.source)
+        last = self._block_logged.get(key)
+        if last is not None and now - last[0] < BLOCK_LOG_EVERY:
+            self._block_logged[key] = (last[0], last[1] + 1)
+            return
+        again = f" ({last[1]} more like it since the last line)" if last is not None and last[1] else ""
+        if len(self._block_logged) > 10_000:
+            self._block_logged.clear()
+        self._block_logged[key] = (now, 0)
+        log_commands.info("blocked %s %s by %s: %s: %s%s", c.actuator, _state_text(c.value),
+                          f"rule {c.rule}" if c.rule else c.source, b.code, b.reason, again)
 
     def _publish_emergency(self, target: str, reason: str, active: bool, now: float) -> None:
         """A stop goes to the boards as both generations act on it; a reset sends
@@ -860,6 +912,10 @@ class Server:
                 if commit is not None and rules_dir != self.rules_dir:  # another commit, the same rules
                     self.rules_dir, self.version = rules_dir, version
                     self._record_version(version, ok=True, now=now, commit=commit)
+                elif self.last_reload is not None and not self.last_reload.get("ok", True):
+                    # the refused edit was undone: the running version is what the files say again
+                    log.info("rules OK again: the files are version %s, which runs", version.id)
+                    self._record_version(version, ok=True, now=now, commit=commit)
                 return True  # nothing changed (an editor touched a file)
             if errors or deployment is None:
                 self._refused(version, [d.text() for d in errors], now, f"reload refused: {len(errors)} error(s)",
@@ -871,9 +927,18 @@ class Server:
                 log.exception("reload failed in the engine")
                 self._refused(version, [str(exc)], now, f"reload failed: {exc}", rules_dir, commit)
                 return False
+            # the app's own reload event below names the version; the pipeline's names its network digest
+            out.events[:] = [e for e in out.events if e.kind != "reload"]
+            was_refused = self.last_reload is not None and not self.last_reload.get("ok", True)
+            old = self.version.id if self.version else "?"
             self.rules_dir = rules_dir
             self._install(deployment, version)
             self.metrics.reloads += 1
+            log.info("%sreload: rules version %s running (was %s)%s, %d devices, %d rules",
+                     "rules OK again: " if was_refused else "", version.id, old,
+                     f", commit {commit.describe()}" if commit else
+                     (f", git {version.git_commit[:12]}" if version.git_commit else ""),
+                     len(deployment.devices), len(deployment.rules))
             self._record_version(version, ok=True, now=now, commit=commit)
             self._event(Event(now, "reload", "info", "", f"rules version {version.id} running",
                               {"version": version.id, "warnings": [d.text() for d in diagnostics],
@@ -976,48 +1041,16 @@ class Server:
             "version": __version__,
             "rules_dir": str(self.rules_dir),
             "last_reload": self.last_reload,
+            "reload_ok": bool((self.last_reload or {}).get("ok", True)),
+            "latency": latency_summary(self),
             "latches": [{"target": x.target, "reason": x.reason, "who": x.who, "since": x.ts}
                         for x in (self.kaiser.guard.latches() if self.kaiser is not None else ())],
             "gitops": self.gitops.health() if self.gitops is not None else None,
         }
 
     def prometheus(self) -> str:
-        m = self.metrics
-        lines = []
-
-        def metric(name: str, value: float, help_: str, kind: str = "counter") -> None:
-            lines.append(f"# HELP kaiser_{name} {help_}")
-            lines.append(f"# TYPE kaiser_{name} {kind}")
-            lines.append(f"kaiser_{name} {value}")
-
-        metric("mqtt_messages_total", m.messages, "MQTT messages received")
-        metric("readings_total", m.readings, "sensor readings routed to the rules")
-        metric("malformed_total", m.malformed, "malformed MQTT payloads")
-        metric("unmapped_total", m.unmapped, "readings the device map does not place")
-        metric("commands_sent_total", m.commands_sent, "commands the guard allowed and published")
-        metric("commands_blocked_total", m.commands_blocked, "commands the guard blocked")
-        metric("rule_runs_total", m.rule_runs, "rule runs")
-        metric("events_total", m.events, "events recorded")
-        metric("heartbeats_total", m.heartbeats, "heartbeats answered")
-        metric("reloads_total", m.reloads, "successful reloads")
-        metric("reload_failures_total", m.reload_failures, "refused reloads")
-        metric("handler_errors_total", m.handler_errors, "internal errors while handling input")
-        metric("mqtt_connected", int(bool(self.mqtt and self.mqtt.connected)), "1 when connected", "gauge")
-        metric("devices_online", sum(1 for v in self.online.values() if v), "boards online", "gauge")
-        if self.tracker is not None:
-            metric("unknown_devices", len(self.tracker.unknown), "boards heard that the device map lacks", "gauge")
-            metric("unknown_devices_evicted_total", self.tracker.unknown_evicted,
-                   "unknown boards forgotten to keep the list bounded")
-        if self.store is not None:
-            metric("store_rows_written_total", self.store.rows_written, "rows written to DuckDB")
-            metric("store_pending_rows", self.store.pending(), "rows waiting for the next flush", "gauge")
-        if self.hub is not None:
-            metric("websocket_clients", len(self.hub.clients), "connected WebSocket clients", "gauge")
-            metric("websocket_slow_dropped_total", self.hub.slow_dropped, "slow clients dropped")
-        metric("uptime_seconds", round(self.clock.monotonic() - self._started_at, 1), "seconds since start", "gauge")
-        if self.gitops is not None:
-            lines.extend(self.gitops.metrics())
-        return "\n".join(lines) + "\n"
+        """``GET /metrics``: Prometheus text, labelled (engine/metrics.py)."""
+        return render_metrics(self)
 
 
 def _tune_gc() -> None:
