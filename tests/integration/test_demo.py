@@ -24,6 +24,11 @@ def test_demo_runs_the_example_greenhouse_and_prints_a_summary(capsys: pytest.Ca
     readings = int(summary.split(" readings")[0].split()[-1])
     assert readings > 20
     assert "commands sent" in summary and "rule runs" in summary
+    # the example runs boards of both generations, and no twin refuses anything of
+    # its device map config (kaiser lint's K485/K486 keep the map to what they take)
+    header = out.split("kaiser demo:")[1].split("\n")[0]
+    assert "current" in header and "legacy" in header
+    assert "refused" not in summary, summary
 
 
 def test_simulated_raw_values_come_back_through_the_sensor_libraries() -> None:
@@ -43,35 +48,79 @@ def test_simulated_raw_values_come_back_through_the_sensor_libraries() -> None:
         assert got == pytest.approx(value, abs=0.1), (sensor, q)
 
 
+SIM_DEVICES = """
+devices:
+  north:
+    esp_id: ESP_00A1B2
+    board: esp32dev
+    firmware: current
+    sensors:
+      air_temp: {gpio: 4, type: DS18B20, onewire_address: "28FF641E8D3C0C79"}
+    actuators:
+      heater: {gpio: 18, type: relay}
+  tank:
+    esp_id: ESP_00C3D4
+    board: esp32dev
+    firmware: legacy
+    sensors:
+      ph: {gpio: 32, type: ph}
+      water_temp: {gpio: 27, type: DS18B20}
+    actuators:
+      fill: {gpio: 19, type: valve, aux_gpio: 18}
+rules:
+  - name: heat-while-cool
+    while: {sensor: north.air_temp, below: 60}
+    hold:
+      - {actuator: north.heater, set: on}
+"""
+
+
 @pytest.mark.anyio
-async def test_simulate_runs_virtual_boards_against_a_broker(broker_url: str, kaiser_id: str, tmp_path: Path,
-                                                              rules_dir: Path) -> None:
+async def test_simulate_runs_boards_of_both_generations_against_a_running_server(
+        broker_url: str, kaiser_id: str, tmp_path: Path, clean_retained: None,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """What a user of ``kaiser simulate`` sees against a running server: the current
+    board registers (heartbeat acked) and answers the command a rule sends it, and
+    the readings of both generations' boards land in the store. (A legacy board's
+    first heartbeat comes only after 60 s of uptime: its readings are what tells.)"""
     import asyncio
-    import json
 
-    import aiomqtt
-
-    from engine.adapters.mqtt import parse_url
+    from engine.app import Server
+    from engine.config import load_deployment
     from engine.demo import cmd_simulate
 
-    toml = tmp_path / "kaiser.toml"
-    toml.write_text(f'[kaiser]\nid = "{kaiser_id}"\nrules = "{rules_dir}"\n[mqtt]\nurl = "{broker_url}"\n')
-    host, port = parse_url(broker_url)
-    seen: list[str] = []
-    async with aiomqtt.Client(host, port) as c:
-        await c.subscribe(f"kaiser/{kaiser_id}/esp/+/#")
+    from .conftest import make_settings
 
-        async def listen() -> None:
-            async for m in c.messages:
-                seen.append(m.topic.value)
-                json.loads(m.payload)
-
-        task = asyncio.create_task(listen())
-        args = __import__("argparse").Namespace(config=str(toml), rules=None, devices=4, rate=20.0, duration=2.0)
+    rules = tmp_path / "rules"
+    rules.mkdir()
+    (rules / "devices.yaml").write_text(SIM_DEVICES)
+    assert load_deployment(rules)[1] == []
+    server = Server(make_settings(kaiser_id, broker_url, rules, tmp_path / "kaiser.duckdb"), watch=False,
+                    websocket=False)
+    await server.start()
+    try:
+        toml = tmp_path / "kaiser.toml"
+        toml.write_text(f'[kaiser]\nid = "{kaiser_id}"\nrules = "{rules}"\n[mqtt]\nurl = "{broker_url}"\n')
+        args = argparse.Namespace(config=str(toml), rules=None, devices=2, rate=10.0, duration=6.0,
+                                  firmware="mixed")
         assert await asyncio.to_thread(cmd_simulate, args) == 0
-        await asyncio.sleep(0.2)
-        task.cancel()
-    # the device map's two boards first, then generic ones; heartbeats and readings from each
-    boards = {t.split("/")[3] for t in seen}
-    assert {"ESP_00A1B2", "ESP_00C3D4", "ESP_51000002", "ESP_51000003"} <= boards
-    assert any(t.endswith("/system/heartbeat") for t in seen) and any("/sensor/" in t for t in seen)
+        await asyncio.sleep(0.5)  # the store's flush interval is 0.1 s
+        assert server.store is not None
+
+        def rows(sql: str) -> list[tuple[object, ...]]:
+            assert server.store is not None
+            return server.store.query(sql).rows
+
+        readings = {str(sensor) for (sensor,) in rows("SELECT DISTINCT sensor FROM readings")}
+        assert {"north.air_temp", "tank.ph", "tank.water_temp"} <= readings, readings
+        online = rows("SELECT subject FROM events WHERE kind = 'device' AND message LIKE '%is online'")
+        assert {d for (d,) in online} == {"north", "tank"}
+        registered = rows("SELECT subject FROM events WHERE kind = 'device' AND message LIKE '%registered%'")
+        assert registered == [("north",)]  # its heartbeat was acked; legacy boards have no registration
+        answered = rows("SELECT actuator, command, success FROM command_responses")
+        assert ("north.heater", "ON", True) in answered, answered
+    finally:
+        await server.stop()
+    out = capsys.readouterr().out
+    answered_lines = [line for line in out.splitlines() if "commands answered" in line]
+    assert answered_lines and int(answered_lines[-1].split(",")[1].split()[0]) >= 1
