@@ -18,6 +18,7 @@ import contextlib
 import gc
 import hashlib
 import logging
+import os
 import subprocess
 import sys
 import time
@@ -227,6 +228,7 @@ class Server:
         self.kaiser: Any = None
         self.store: Store | None = None
         self.mqtt: MqttLink | None = None
+        self.ingest: Any = None  # engine.adapters.ingest.Ingest with KAISER_INGEST=process
         self.hub: Hub | None = None
         self.broker: Any = None
         self._esp_to_device: dict[str, Device] = {}
@@ -267,6 +269,7 @@ class Server:
         await self._start_mqtt()
         if self.ws_enabled:
             from engine import auth
+            from engine.adapters.rest import RestApi
             from engine.adapters.ws_sync import SyncHub
 
             w = self.settings.websocket
@@ -281,6 +284,7 @@ class Server:
                 query=self.store.query_pool(w.query_timeout, w.query_workers),
                 query_timeout=w.query_timeout,
                 now=self.clock.now,
+                http=RestApi(self, query_timeout=w.query_timeout).handle,  # /api/v1/ and the status page
             )
             await self.hub.start()
             if keys is None:  # control always needs a key: a new one, in the token file
@@ -305,11 +309,16 @@ class Server:
             await self.broker.start()
             url = self.broker.url
         now = self.clock.now()
+        # KAISER_INGEST=process: a reader process takes every board-to-server message
+        # (engine/adapters/ingest.py, docs/performance.md); aiomqtt only publishes
+        ingest = self.broker is None and ingest_mode(url)
+        subs = codec.subscriptions(self.kaiser_id)
         self.mqtt = MqttLink(
             url,
             self.client_id,
-            codec.subscriptions(self.kaiser_id),
+            [] if ingest else subs,
             self.on_mqtt,
+            unsubscribe=subs if ingest else (),
             will=codec.encode_server_status(self.kaiser_id, online=False, timestamp=now),
             on_connect=lambda: [codec.encode_server_status(self.kaiser_id, online=True, timestamp=self.clock.now())],
             on_state=self._on_mqtt_state,
@@ -317,8 +326,17 @@ class Server:
             password=self.settings.mqtt.password,
         )
         self._tasks.append(asyncio.create_task(self.mqtt.run(), name="kaiser-mqtt"))
+        if ingest:
+            from engine.adapters.ingest import Ingest
+            from engine.adapters.mqtt import parse_url
+
+            self.ingest = Ingest(*parse_url(url), f"{self.client_id}-ingest", subs, self.on_ingest,
+                                 username=self.settings.mqtt.username, password=self.settings.mqtt.password)
+            self._tasks.append(asyncio.create_task(self.ingest.run(), name="kaiser-ingest"))
         if not await self.mqtt.wait_connected(10):
             log.warning("MQTT broker %s not reachable yet; retrying in the background", url)
+        elif self.ingest is not None and not await self.ingest.wait_connected(10):
+            log.warning("the ingest reader is not connected to %s yet; retrying in the background", url)
 
     async def stop(self) -> None:
         """Clean shutdown: status offline published, snapshot saved, store flushed."""
@@ -332,6 +350,8 @@ class Server:
                     self.kaiser_id, online=False, timestamp=now, reason="graceful_shutdown")])
             except Exception as exc:  # shutting down anyway: flush the store regardless
                 log.warning("MQTT shutdown: %s", exc)
+        if self.ingest is not None:
+            await self.ingest.close()
         for t in self._tasks:
             t.cancel()
         for t in self._tasks:
@@ -468,13 +488,37 @@ class Server:
                 self._seen(msg.esp_id, now, retained)
                 self._event(Event(now, "zone", "info", msg.esp_id, f"zone ack from {msg.esp_id}: {msg.status}"))
         except Exception as exc:  # a bug must not stop the server: record and go on
-            self.metrics.handler_errors += 1
-            log.exception("handling %s failed", topic)
-            self._event(Event(now, "error", "warning", getattr(msg, "esp_id", "") or "",
-                              f"handling {topic} failed: {exc}"))
+            self._handler_failed(topic, getattr(msg, "esp_id", "") or "", exc, now)
         self._t_in = None
         self.telemetry.ingest.observe(time.perf_counter() - t_in)
         self._check_due()
+
+    def on_ingest(self, items: list[tuple[Any, ...]]) -> None:
+        """A batch from the ingest reader (engine/adapters/ingest.py), in the order the
+        broker delivered it: readings it decoded, ``("r", topic, esp_id, retained,
+        values)``, and every other message undecoded, ``("m", topic, payload,
+        retained)``. Never raises."""
+        make = codec.SensorValue._make
+        ingest_seconds = self.telemetry.ingest
+        for item in items:
+            if item[0] != "r":
+                self.on_mqtt(item[1], item[2], item[3])
+                continue
+            now = self.clock.now()
+            self._t_in = t_in = time.perf_counter()
+            self.metrics.messages += 1
+            try:
+                self._on_values(item[2], [make(v) for v in item[4]], item[3], now)
+            except Exception as exc:  # as on_mqtt: record and go on
+                self._handler_failed(item[1], item[2], exc, now)
+            self._t_in = None
+            ingest_seconds.observe(time.perf_counter() - t_in)
+        self._check_due()
+
+    def _handler_failed(self, topic: str, esp: str, exc: Exception, now: float) -> None:
+        self.metrics.handler_errors += 1
+        log.exception("handling %s failed", topic)
+        self._event(Event(now, "error", "warning", esp, f"handling {topic} failed: {exc}"))
 
     def _check_due(self) -> None:
         """Wake the timer loop when the pipeline's next due instant moved before the
@@ -488,12 +532,14 @@ class Server:
             self._wake.set()
 
     def _on_sensor_data(self, msg: codec.SensorData, now: float) -> None:
+        self._on_values(msg.esp_id, msg.values, msg.retained, now)
+
+    def _on_values(self, esp: str, values: Iterable[codec.SensorValue], retained: bool, now: float) -> None:
         assert self.router is not None and self.store is not None
-        esp = msg.esp_id
-        router, retained = self.router, msg.retained
+        router = self.router
         placed: list[tuple[Reading, int, float | None]] = []
         unmapped: list[Unmapped] = []
-        for v in msg.values:
+        for v in values:
             r = router.reading(esp, v, retained=retained)
             if isinstance(r, Reading):
                 placed.append((r, v.gpio, v.raw))
@@ -1027,8 +1073,13 @@ class Server:
         return {
             "status": "ok" if (self.mqtt and self.mqtt.connected) else "degraded",
             "kaiser_id": self.kaiser_id,
-            "mqtt": {"connected": bool(self.mqtt and self.mqtt.connected),
-                     "url": self.mqtt_url, "reconnects": self.mqtt.reconnects if self.mqtt else 0},
+            "mqtt": {"connected": bool(self.mqtt and self.mqtt.connected
+                                       and (self.ingest is None or self.ingest.connected)),
+                     "url": self.mqtt_url, "reconnects": self.mqtt.reconnects if self.mqtt else 0,
+                     "ingest": None if self.ingest is None else {
+                         "connected": self.ingest.connected, "pid": self.ingest.pid,
+                         "messages": self.ingest.received, "batches": self.ingest.batches,
+                         "restarts": self.ingest.restarts}},
             "store": {"path": self.settings.store.path, "ok": bool(store and not store.last_error),
                       "pending": store.pending() if store else 0, "rows_written": store.rows_written if store else 0,
                       "last_error": store.last_error if store else ""},
@@ -1051,6 +1102,21 @@ class Server:
     def prometheus(self) -> str:
         """``GET /metrics``: Prometheus text, labelled (engine/metrics.py)."""
         return render_metrics(self)
+
+
+def ingest_mode(url: str) -> bool:
+    """True when ``KAISER_INGEST=process`` asks for the ingest reader process
+    (engine/adapters/ingest.py). It speaks MQTT 5, which the embedded broker lacks."""
+    mode = os.environ.get("KAISER_INGEST", "").strip().lower()
+    if mode in ("", "inline", "off", "0"):
+        return False
+    if mode != "process":
+        log.warning("KAISER_INGEST=%s: expected process or inline; reading inline", mode)
+        return False
+    if url.startswith("mqtts://"):
+        log.warning("KAISER_INGEST=process does not speak TLS yet: reading inline")
+        return False
+    return True
 
 
 def _tune_gc() -> None:

@@ -199,13 +199,13 @@ def render(server: Server) -> str:
     x.family("actuator_commanded_value", "gauge", "last value the guard allowed and Kaiser sent, duty 0.0-1.0",
              [({"actuator": a.ref}, server.last_sent[a.ref].value) for a in actuators if a.ref in server.last_sent])
     x.family("commands_total", "counter", "commands by actuator and outcome (sent, blocked) with the guard's code",
-             sorted(({"actuator": a, "outcome": o, "code": c}, n) for (a, o, c), n in t.commands.items()))
+             [({"actuator": a, "outcome": o, "code": c}, n) for (a, o, c), n in sorted(t.commands.items())])
 
     # per rule
     x.family("rule_runs_total", "counter", "rule runs by rule and outcome (ran, released, skipped_cooldown, ...)",
-             sorted(({"rule": r, "outcome": o}, n) for (r, o), n in t.rule_runs.items()))
+             [({"rule": r, "outcome": o}, n) for (r, o), n in sorted(t.rule_runs.items())])
     x.family("rule_last_run_timestamp_seconds", "gauge", "when the rule last ran (Unix seconds)",
-             sorted(({"rule": r}, ts) for r, (ts, _) in t.last_run.items()))
+             [({"rule": r}, ts) for r, (ts, _) in sorted(t.last_run.items())])
 
     # per sensor
     latest = sorted(t.latest.items())

@@ -36,6 +36,7 @@ from websockets.http11 import Request, Response
 from websockets.protocol import State
 
 from engine.adapters.query import QueryBusy, QueryCancelled, QueryResult, QueryTimeout
+from engine.adapters.rest import Answer, HttpConnection
 from engine.auth import Keyring, operator
 from engine.errors import StoreError
 
@@ -57,6 +58,12 @@ class ControlRefused(Exception):
 #: ``on_control(msg, operator)``: ``operator`` names the key that opened it, plus
 #: the login the client reports ("local (alice)")
 ControlHandler = Callable[[dict[str, Any], str], Awaitable[dict[str, Any]]]
+
+
+#: ``http(method, path, args, body, operator)``: the REST views and the status page
+#: (engine/adapters/rest.py); None when the path is not theirs. ``operator`` names the
+#: control key the request carried (None: no valid key)
+HttpHandler = Callable[[str, str, dict[str, list[str]], bytes, "str | None"], Awaitable[Answer | None]]
 
 
 class QueryService(Protocol):
@@ -131,6 +138,7 @@ class Hub:
         queue_size: int = 1000,
         idle_timeout: float = 300.0,
         now: Callable[[], float] | None = None,
+        http: HttpHandler | None = None,
     ) -> None:
         host, _, port = listen.rpartition(":")
         self.host = host or "127.0.0.1"
@@ -145,6 +153,7 @@ class Hub:
         self.queue_size = queue_size
         self.idle_timeout = idle_timeout
         self._now = now or time.time
+        self.http = http
         self.clients: set[Client] = set()
         self._server: Server | None = None
         self.sent = 0
@@ -164,6 +173,7 @@ class Hub:
             close_timeout=2,
             # a /query answers inside the opening handshake: let it run to its limit
             open_timeout=self.query_timeout + 10,
+            create_connection=HttpConnection,  # POST /api/v1/emergency_stop and /reset too
         )
         sock = next(iter(self._server.sockets))
         self.port = int(sock.getsockname()[1])  # listen port 0 = any free port
@@ -214,6 +224,21 @@ class Hub:
     # ------------------------------------------------------------------ HTTP
     async def _process_request(self, conn: ServerConnection, request: Request) -> Response | None:
         url = urlparse(request.path)
+        method = getattr(request, "method", "GET")
+        if self.http is not None and (url.path in ("/", "/index.html") or url.path.startswith("/api/")):
+            args = parse_qs(url.query)
+            key = self._key(request, args)
+            who = operator(key, request.headers.get("X-Kaiser-Who")) if key is not None else None
+            try:
+                answer = await self.http(method, url.path, args, getattr(request, "body", b""), who)
+            except Exception as exc:
+                log.exception("%s %s failed", method, url.path)
+                return _respond(HTTPStatus.INTERNAL_SERVER_ERROR, {"error": f"internal error: {type(exc).__name__}"})
+            if answer is not None:
+                return _respond(HTTPStatus(answer.status), answer.body, answer.content_type, list(answer.headers))
+        if method != "GET":
+            return _respond(HTTPStatus.METHOD_NOT_ALLOWED, {"error": f"{method} {url.path}: GET only"},
+                            extra=[("Allow", "GET")])
         if url.path == "/ws":
             if len(self.clients) >= self.max_clients:
                 return _respond(HTTPStatus.SERVICE_UNAVAILABLE, {"error": "too many clients"})
@@ -227,17 +252,23 @@ class Hub:
             return _respond(HTTPStatus.OK, self.metrics(), "text/plain; version=0.0.4")
         if url.path == "/query" and self.query is not None:
             return await self._query(conn, request, url.query)
-        return _respond(HTTPStatus.NOT_FOUND, {"error": f"no such path {url.path}; try /ws, /health, /metrics"})
+        return _respond(HTTPStatus.NOT_FOUND, {"error": f"no such path {url.path}; try /, /api/v1/, /ws, "
+                                                         "/health, /metrics"})
 
-    async def _query(self, conn: ServerConnection, request: Request, query: str) -> Response:
-        assert self.query is not None
-        args = parse_qs(query)
+    def _key(self, request: Request, args: dict[str, list[str]]) -> str | None:
+        """The name of the control key an HTTP request carries (``Authorization:
+        Bearer T``, or ``?token=T``), None without a valid one."""
         auth = request.headers.get_all("Authorization")
         if auth:  # one header, "Bearer T"; several are refused
             given = auth[0][7:].strip() if len(auth) == 1 and auth[0][:7].lower() == "bearer " else ""
         else:
             given = (args.get("token") or [""])[0]
-        if self.keys is None or self.keys.identify(given) is None:
+        return self.keys.identify(given) if self.keys is not None else None
+
+    async def _query(self, conn: ServerConnection, request: Request, query: str) -> Response:
+        assert self.query is not None
+        args = parse_qs(query)
+        if self._key(request, args) is None:
             return _respond(HTTPStatus.UNAUTHORIZED, {"error": "missing or wrong token"},
                             extra=[("WWW-Authenticate", 'Bearer realm="kaiser"')])
         sql = (args.get("sql") or [""])[0]
