@@ -1,13 +1,15 @@
 """The ``kaiser`` command. Each subcommand lives with the code it drives; this
 module only parses arguments and imports lazily so ``kaiser lint`` stays fast.
 
-Exit codes: 0 ok, 1 failure (errors found, tests failed), 2 usage error.
+Exit codes: 0 ok, 1 failure (errors found, tests failed, an unknown name), 2 usage
+error, 141 when the reader of the output went away (``kaiser why x | head -1``).
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from collections.abc import Callable, Sequence
 
@@ -23,6 +25,8 @@ COMMANDS: dict[str, str] = {
     "plan": "engine.commands:cmd_plan",
     "estop": "engine.commands:cmd_estop",
     "reset": "engine.commands:cmd_reset",
+    "command": "engine.commands:cmd_command",
+    "init": "engine.init:cmd_init",
     "why": "engine.commands:cmd_why",
     "history": "engine.commands:cmd_history",
     "query": "engine.commands:cmd_query",
@@ -47,8 +51,14 @@ def build_parser() -> argparse.ArgumentParser:
     def cfg(sp: argparse.ArgumentParser) -> None:
         sp.add_argument("-c", "--config", default="kaiser.toml", help="kaiser.toml (default: ./kaiser.toml)")
 
+    def fmt(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--format", choices=["table", "json", "csv"], default=None,
+                        help="table (the default on a terminal), json or csv (the default elsewhere)")
+
     sp = sub.add_parser("run", help="run the server; SIGHUP or a file change reloads")
     cfg(sp)
+    sp.add_argument("--log-format", choices=["text", "json"], default=None,
+                    help="text (default, or $KAISER_LOG_FORMAT) or json: one object per line for log shippers")
 
     sp = sub.add_parser("demo", help="embedded broker, simulated boards, the example rules, a live view")
     cfg(sp)
@@ -91,25 +101,42 @@ def build_parser() -> argparse.ArgumentParser:
     cfg(sp)
     sp.add_argument("--device", default=None)
     sp.add_argument("--reason", required=True)
+    fmt(sp)
 
     sp = sub.add_parser("reset", help="reset an emergency stop (turns nothing on)")
     cfg(sp)
     sp.add_argument("--device", default=None)
     sp.add_argument("--reason", default="reset from CLI")
+    fmt(sp)
+
+    sp = sub.add_parser("command", help="a manual command through the running server's safety guard")
+    cfg(sp)
+    sp.add_argument("actuator", help="an actuator ref, e.g. north.fan")
+    sp.add_argument("state", help="on, off, toggle or a duty 0.0-1.0")
+    sp.add_argument("--for", dest="for_", default=None, metavar="D", help="how long, e.g. 10m (then off)")
+    sp.add_argument("--reason", default=None)
+    sp.add_argument("--priority", type=int, default=None, help="against rules (default 1000: above them)")
+    fmt(sp)
+
+    sp = sub.add_parser("init", help="write a small commented deployment (one board, two rules, one test)")
+    sp.add_argument("dir", metavar="DIR")
 
     sp = sub.add_parser("why", help="causal trace of an actuator's last commands and blocks")
     cfg(sp)
     sp.add_argument("actuator")
     sp.add_argument("-n", type=int, default=10)
+    fmt(sp)
 
     sp = sub.add_parser("history", help="readings of a sensor")
     cfg(sp)
     sp.add_argument("sensor")
     sp.add_argument("--since", default="1h")
+    fmt(sp)
 
     sp = sub.add_parser("query", help="read-only SQL against the store")
     cfg(sp)
     sp.add_argument("sql")
+    fmt(sp)
 
     sp = sub.add_parser("status", help="what the running server runs: version, commit, last reload, boards, "
                                        "emergency latches")
@@ -142,9 +169,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
-        return int(_resolve(COMMANDS[args.command])(args))
+        code = int(_resolve(COMMANDS[args.command])(args))
+        sys.stdout.flush()
+        return code
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # the reader left (`kaiser why x | head -1`): no traceback, and none at exit
+        # when Python flushes stdout again
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 141
 
 
 if __name__ == "__main__":

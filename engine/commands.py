@@ -1,6 +1,11 @@
-"""The ``kaiser`` commands that run or talk to the server: run, estop, reset, why,
-history, query, plan (engine/cli.py maps the names). ``engine.app`` holds the server
-itself; this module only parses, prints and calls it."""
+"""The ``kaiser`` commands that run or talk to the server: run, estop, reset, command,
+why, history, query, plan (engine/cli.py maps the names). ``engine.app`` holds the
+server itself; this module only parses, prints and calls it.
+
+Commands that print records take ``--format table|json|csv`` (engine/output.py:
+tables only on a terminal, times in ``[kaiser] tz``). A reference that names nothing
+(``kaiser history gh.soill``) exits 1 with "did you mean".
+"""
 
 from __future__ import annotations
 
@@ -21,7 +26,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from engine import history
+from engine import history, output
 from engine.adapters.git import GitError
 from engine.adapters.store import QueryResult, Store
 from engine.app import Server, _errors, _state_text, load_rules, version_of
@@ -35,12 +40,10 @@ log = logging.getLogger("kaiser")
 
 
 
-def _setup_logging() -> None:
-    level = os.environ.get("KAISER_LOG", "INFO").upper()
-    logging.basicConfig(level=getattr(logging, level, logging.INFO),
-                        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s")
-    # websockets logs every HTTP GET (/health, /query) as a "rejected" handshake
-    logging.getLogger("websockets").setLevel(logging.WARNING)
+def _setup_logging(fmt: str | None = None) -> None:
+    from engine import logs
+
+    logs.setup(fmt)
 
 
 def _settings(args: argparse.Namespace) -> Settings | None:
@@ -54,7 +57,7 @@ def _settings(args: argparse.Namespace) -> Settings | None:
 
 def cmd_run(args: argparse.Namespace) -> int:
     """``kaiser run``: the server until SIGTERM/Ctrl-C; SIGHUP reloads."""
-    _setup_logging()
+    _setup_logging(getattr(args, "log_format", None))
     settings = _settings(args)
     if settings is None:
         return 1
@@ -130,10 +133,37 @@ def _cli_token(settings: Settings) -> tuple[str | None, str]:
     return auth.read_token(path), str(path)
 
 
+def _known(settings: Settings) -> Any:
+    """The deployment at ``[kaiser] rules`` for "did you mean" (None when it cannot
+    be loaded: then every name is passed on and the server or the store judges)."""
+    from engine.config import load_deployment
+
+    rules = Path(settings.kaiser.rules)
+    if not rules.exists():
+        return None
+    try:
+        deployment, _ = load_deployment(rules, settings.kaiser.tz)
+    except Exception:
+        return None
+    return deployment
+
+
+def _unknown(kind: str, name: str, known: list[str]) -> int:
+    print(f"kaiser: unknown {kind} {name!r}{output.did_you_mean(name, known)}", file=sys.stderr)
+    return 1
+
+
 def _control_cli(args: argparse.Namespace, msg: dict[str, Any]) -> int:
     settings = _settings(args)
     if settings is None:
         return 2
+    deployment = _known(settings) if msg.get("device") or msg.get("actuator") else None
+    if deployment is not None:
+        if msg.get("device") and msg["device"] not in deployment.devices:
+            return _unknown("device", msg["device"], list(deployment.devices))
+        if msg.get("actuator") and deployment.actuator(msg["actuator"]) is None:
+            return _unknown("actuator", msg["actuator"], [a.ref for d in deployment.devices.values()
+                                                          for a in d.actuators])
     token, source = _cli_token(settings)
     if token:
         msg["token"] = token
@@ -155,8 +185,37 @@ def _control_cli(args: argparse.Namespace, msg: dict[str, Any]) -> int:
                   f"token the server writes at start ({source}: {'read' if token else 'not readable'})",
                   file=sys.stderr)
         return 1
-    print(json.dumps(reply.get("data", {}), indent=2))
+    data = reply.get("data", {})
+    fmt = output.choose(getattr(args, "format", None))
+    if fmt == "table":  # for people: one sentence
+        print(_control_sentence(msg, data))
+        return 0
+    data = {k: v for k, v in data.items() if k != "request"} | {"request": msg.get("type")}
+    if fmt == "json":
+        print(json.dumps(data, indent=2, default=str))
+    else:
+        cols = list(data)
+        output.emit(cols, [[json.dumps(data[c], default=str) if isinstance(data[c], dict | list) else data[c]
+                            for c in cols]], "csv", output.zone(settings.kaiser.tz))
     return 0
+
+
+def _control_sentence(msg: dict[str, Any], data: dict[str, Any]) -> str:
+    kind, target = msg.get("type"), data.get("target") or msg.get("device") or "all"
+    scope = "every board" if target == "all" else target
+    if kind == "emergency_stop":
+        return (f"EMERGENCY STOP latched for {scope}: {msg.get('reason')} "
+                f"(lift it with: kaiser reset{'' if target == 'all' else ' --device ' + target})")
+    if kind == "reset_emergency":
+        return f"emergency stop of {scope} reset; nothing was switched on"
+    if kind == "command":
+        sent = data.get("sent") or []
+        if not sent:
+            return f"{msg.get('actuator')}: nothing to send (already {msg.get('set')})"
+        return "; ".join(f"sent {c.get('actuator')} {_state_text(float(c.get('value') or 0))}"
+                         + (f" for {float(c['duration']):g} s" if c.get("duration") else "")
+                         + f" ({c.get('reason')})" for c in sent)
+    return json.dumps(data, indent=2, default=str)
 
 
 def cmd_estop(args: argparse.Namespace) -> int:
@@ -208,21 +267,11 @@ def run_query(settings: Settings, sql: str) -> QueryResult:
         store.close()
 
 
-def _print_table(res: QueryResult) -> None:
-    try:
-        from rich.console import Console
-        from rich.table import Table
-
-        t = Table(*res.columns, show_lines=False)
-        for row in res.rows:
-            t.add_row(*["" if v is None else str(v) for v in row])
-        Console().print(t)
-    except Exception:
-        print("\t".join(res.columns))
-        for row in res.rows:
-            print("\t".join("" if v is None else str(v) for v in row))
+def _print_records(res: QueryResult, args: argparse.Namespace, settings: Settings) -> None:
+    output.emit(res.columns, res.rows, output.choose(getattr(args, "format", None)),
+                output.zone(settings.kaiser.tz))
     if res.truncated:
-        print(f"(first {len(res.rows)} rows)")
+        print(f"kaiser: only the first {len(res.rows)} rows", file=sys.stderr)
 
 
 def cmd_query(args: argparse.Namespace) -> int:
@@ -235,7 +284,7 @@ def cmd_query(args: argparse.Namespace) -> int:
     except StoreError as exc:
         print(f"kaiser: {exc}", file=sys.stderr)
         return 1
-    _print_table(res)
+    _print_records(res, args, settings)
     return 0
 
 
@@ -253,6 +302,9 @@ def cmd_history(args: argparse.Namespace) -> int:
     except (KaiserError, ValueError) as exc:
         print(f"kaiser: bad --since: {exc}", file=sys.stderr)
         return 2
+    deployment = _known(settings)
+    if deployment is not None and deployment.sensor(str(args.sensor)) is None:
+        return _unknown("sensor", str(args.sensor), deployment.sensor_refs())
     sensor = str(args.sensor).replace("'", "''")
     sql = (f"SELECT ts, value, unit, quality, retained FROM readings WHERE sensor = '{sensor}' "
            f"AND ts >= to_timestamp({since}) ORDER BY ts")
@@ -262,18 +314,29 @@ def cmd_history(args: argparse.Namespace) -> int:
         print(f"kaiser: {exc}", file=sys.stderr)
         return 1
     if not res.rows:
-        print(f"no readings of {args.sensor} in the last {args.since}")
+        if deployment is None:  # no device map to judge the name by: ask the store
+            with contextlib.suppress(StoreError):
+                known = [str(r[0]) for r in run_query(settings, "SELECT sensor FROM latest_readings").rows]
+                if known and args.sensor not in known:
+                    return _unknown("sensor", str(args.sensor), known)
+        print(f"no readings of {args.sensor} in the last {args.since}", file=sys.stderr)
         return 0
-    _print_table(res)
+    _print_records(res, args, settings)
     return 0
 
 
 def cmd_why(args: argparse.Namespace) -> int:
     """``kaiser why ACTUATOR``: its last commands and blocks with rule, trigger facts,
-    guard reason and the firmware's answers."""
+    guard reason and the firmware's answers (``--format json|csv``: one record per
+    command)."""
     settings = _settings(args)
     if settings is None:
         return 2
+    deployment = _known(settings)
+    if deployment is not None and deployment.actuator(str(args.actuator)) is None:
+        return _unknown("actuator", str(args.actuator),
+                        [a.ref for d in deployment.devices.values() for a in d.actuators])
+    tz = output.zone(settings.kaiser.tz)
     ref = str(args.actuator).replace("'", "''")
     n = int(args.n)
     try:
@@ -281,7 +344,7 @@ def cmd_why(args: argparse.Namespace) -> int:
             "SELECT epoch(ts), outcome, value, duration, source, rule, reason, code, block_reason, config_version "
             f"FROM commands WHERE actuator = '{ref}' ORDER BY ts DESC LIMIT {n}"))
         if not cmds.rows:
-            print(f"no commands or blocks recorded for {args.actuator}")
+            print(f"no commands or blocks recorded for {args.actuator}", file=sys.stderr)
             return 0
         t0 = min(r[0] for r in cmds.rows) - 5
         runs = run_query(settings, (
@@ -306,37 +369,58 @@ def cmd_why(args: argparse.Namespace) -> int:
     except StoreError as exc:
         print(f"kaiser: {exc}", file=sys.stderr)
         return 1
-    print(f"why {args.actuator}: last {len(cmds.rows)} command(s), newest first")
+    records = []
     for ts, outcome, value, duration, source, rule, reason, code, block_reason, ver in cmds.rows:
-        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts))
-        dur = f" for {duration:.0f} s" if duration else ""
-        who = f"rule {rule}" if rule else source
-        head = f"{when}  {outcome.upper():7s} {_state_text(value)}{dur}  by {who} (config {ver})"
-        print(head)
-        if reason:
-            print(f"    because: {reason}")
-        if rule:
-            trig = [r for r in runs.rows if r[1] == rule and r[0] <= ts + 0.001]
-            if trig:
-                facts = trig[-1][2]
-                print(f"    trigger: {facts}")
-        if outcome == "blocked":
-            print(f"    guard: {code}: {block_reason}")
+        trig = [r for r in runs.rows if rule and r[1] == rule and r[0] <= ts + 0.001]
+        answers = [r for r in resp.rows if r[0] >= ts - 0.001] if outcome != "blocked" else []
+        a = answers[0] if answers else None
+        records.append({
+            "ts": float(ts), "outcome": outcome, "value": value, "duration": duration, "source": source,
+            "rule": rule, "reason": reason, "code": code, "block_reason": block_reason, "config_version": ver,
+            "trigger": trig[-1][2] if trig else None,
+            "firmware": None if a is None else f"{a[1]} {'ok' if a[3] else 'REFUSED'}: {a[4]}",
+        })
+    fmt = output.choose(getattr(args, "format", None))
+    if fmt in ("json", "csv"):
+        cols = list(records[0])
+        output.emit(cols, [[output.when(r["ts"], tz) if c == "ts" else r[c] for c in cols] for r in records],
+                    fmt, tz)
+        return 0
+    print(f"why {args.actuator}: last {len(records)} command(s), newest first (times {settings.kaiser.tz})")
+    for r in records:
+        dur = f" for {r['duration']:.0f} s" if r["duration"] else ""
+        who = f"rule {r['rule']}" if r["rule"] else r["source"]
+        print(f"{output.when(r['ts'], tz)}  {str(r['outcome']).upper():7s} {_state_text(r['value'])}{dur}  "
+              f"by {who} (config {r['config_version']})")
+        if r["reason"]:
+            print(f"    because: {r['reason']}")
+        if r["trigger"]:
+            print(f"    trigger: {r['trigger']}")
+        if r["outcome"] == "blocked":
+            print(f"    guard: {r['code']}: {r['block_reason']}")
         else:
-            answers = [r for r in resp.rows if r[0] >= ts - 0.001]
-            if answers:
-                a = answers[0]
-                print(f"    firmware: {a[1]} {'ok' if a[3] else 'REFUSED'}: {a[4]}")
-            else:
-                print("    firmware: no response recorded")
+            print(f"    firmware: {r['firmware'] or 'no response recorded'}")
     if status.rows:
         ts, state, value, emergency = status.rows[0]
         print(f"now reported: {'on' if state else 'off'} ({value:.2f}), emergency {emergency}")
     for ts, kind, message in evs.rows:
-        print(f"event {time.strftime('%H:%M:%S', time.localtime(ts))} {kind}: {message}")
+        print(f"event {output.when(ts, tz)} {kind}: {message}")
     for ts, kind, message in board.rows:
-        print(f"board {time.strftime('%H:%M:%S', time.localtime(ts))} {kind}: {message}")
+        print(f"board {output.when(ts, tz)} {kind}: {message}")
     return 0
+
+
+def cmd_command(args: argparse.Namespace) -> int:
+    """``kaiser command ACTUATOR STATE [--for D]``: a manual command through the
+    running server's guard (a block exits 1 with the guard's code)."""
+    msg: dict[str, Any] = {"type": "command", "actuator": args.actuator, "set": args.state}
+    if args.for_:
+        msg["for"] = args.for_
+    if args.reason:
+        msg["reason"] = args.reason
+    if args.priority is not None:
+        msg["priority"] = args.priority
+    return _control_cli(args, msg)
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
@@ -597,6 +681,7 @@ def _ago(seconds: float) -> str:
 
 __all__ = [
     "Server",
+    "cmd_command",
     "cmd_estop",
     "cmd_export_history",
     "cmd_history",
