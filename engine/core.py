@@ -284,7 +284,6 @@ class BaseEngine:
         for group in ([r for r in readings if r.retained], [r for r in readings if not r.retained]):
             if not group:
                 continue
-
             out.extend(self._step(now, lambda group=group: self._land(group, now),  # type: ignore[misc]
                                   fire=not group[0].retained))
         return out

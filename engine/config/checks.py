@@ -247,6 +247,7 @@ class _Context:
         for ref in [*self.readings, *self.actuators]:
             self._by_device[ref.partition(".")[0]].append(ref)
         self._hints: dict[tuple[str, str], str] = {}
+        self._quantities: frozenset[str] | None = None  # every sensor type's quantity names
 
     def suggest(self, ref: str, among: Mapping[str, object]) -> str:
         """The closest known ref of the same kind, preferring the same device."""
@@ -274,11 +275,27 @@ class _Context:
         self.out.append(Diagnostic(code, severity, message, pos, hint, related))
 
     def unbuilt(self, ref: str) -> bool:
-        """``ref`` is (under) a declared device, sensor or actuator the loader could not build."""
+        """``ref`` is (under) a declared device, sensor or actuator the loader could not
+        build. A quantity under an unbuilt sensor counts only when some sensor type
+        has a quantity of that name (``north.climate.temperaturex`` is a typo whatever
+        the chip)."""
         if not self.gaps.refs:
             return False
         parts = ref.split(".")
-        return any(".".join(parts[:n]) in self.gaps.refs for n in range(1, len(parts) + 1))
+        for n in range(1, len(parts) + 1):
+            if ".".join(parts[:n]) in self.gaps.refs:
+                return not (n == 2 and len(parts) == 3 and parts[2] not in self._quantity_names())
+        return False
+
+    def _quantity_names(self) -> frozenset[str]:
+        if self._quantities is None:
+            try:
+                from sensors import registry
+
+                self._quantities = frozenset(q.name for t in registry.types().values() for q in t.quantities)
+            except Exception:  # an unusable sensor registry must not stop lint
+                self._quantities = frozenset()
+        return self._quantities
 
     def complete(self, item: Rule | Interlock | RuleTest) -> bool:
         return item.pos not in self.gaps.items

@@ -98,7 +98,8 @@ def test_toml_schema_accepts_the_defaults() -> None:
 
 GOLDEN = REPO / "tests" / "golden"
 #: checks JSON Schema cannot express: low <= high, and triggers only in `when`
-SCHEMA_GAPS = {"pwm-limit-reversed.bad.yaml", "trigger-in-while.bad.yaml", "trigger-under-not.bad.yaml"}
+SCHEMA_GAPS = {"pwm-limit-reversed.bad.yaml", "trigger-in-while.bad.yaml", "trigger-under-not.bad.yaml",
+               "computed-duty-unsorted.bad.yaml"}  # a JSON Schema cannot say "sorted by x"
 
 
 def _golden(kind: str) -> list[Path]:
