@@ -380,7 +380,7 @@ def cmd_why(args: argparse.Namespace) -> int:
             "trigger": trig[-1][2] if trig else None,
             "firmware": None if a is None else f"{a[1]} {'ok' if a[3] else 'REFUSED'}: {a[4]}",
         })
-    fmt = output.choose(getattr(args, "format", None))
+    fmt = getattr(args, "format", None) or "table"  # a narrative, not a table: readable in a pipe too
     if fmt in ("json", "csv"):
         cols = list(records[0])
         output.emit(cols, [[output.when(r["ts"], tz) if c == "ts" else r[c] for c in cols] for r in records],

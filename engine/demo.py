@@ -9,9 +9,12 @@ device-map config in NVS, as installed boards are): a legacy board keeps only it
 sensors, a current board both halves; the server's own pushes come on top.
 
 ``demo`` starts an in-process MQTT broker, the server with the example rules and
-an in-memory store, one twin per device of the device map (both generations: see
-:func:`firmware_for`) and a live view. With ``--duration S`` it stops after S
-seconds, prints a summary and exits 0. No Mosquitto needed.
+a store of its own (:func:`demo_dir`, replaced at each start, kept afterwards so
+``kaiser why`` and ``kaiser history`` can look at what happened), one twin per
+device of the device map (both generations: see :func:`firmware_for`) and a live
+view on a terminal, a line per command, block and notification elsewhere. With
+``--duration S`` it stops after S seconds, prints a summary and what to try next,
+and exits 0. No Mosquitto needed.
 
 ``simulate --devices N --rate R [--firmware legacy|current|mixed]`` runs N twins
 against the configured broker: the device map's boards first, then generic ones
@@ -27,6 +30,7 @@ import contextlib
 import json
 import logging
 import math
+import os
 import random
 import sys
 import time
@@ -398,6 +402,43 @@ class LiveView:
                                               title="commands, blocks and events"))
 
 
+def demo_dir() -> Path:
+    """Where the demo keeps its store and a kaiser.toml naming it: ``$KAISER_DEMO_DIR``,
+    else ``$XDG_STATE_HOME/kaiser/demo`` (``~/.local/state/kaiser/demo``)."""
+    env = os.environ.get("KAISER_DEMO_DIR")
+    if env:
+        return Path(env)
+    state = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(state) / "kaiser" / "demo"
+
+
+def _prepare_store(settings: Settings, rules: Path) -> tuple[Path | None, str]:
+    """A fresh store file for this demo and a kaiser.toml beside it that the CLI can
+    be pointed at (``-c``) -> (that toml, the store path); in memory when the folder
+    cannot be written."""
+    d = demo_dir()
+    try:
+        d.mkdir(parents=True, exist_ok=True)
+        for name in ("kaiser.duckdb", "kaiser.duckdb.wal"):
+            (d / name).unlink(missing_ok=True)
+        toml = d / "kaiser.toml"
+        _write_toml(toml, settings, rules, settings.websocket.port)
+        return toml, str(d / "kaiser.duckdb")
+    except OSError as exc:
+        log.warning("demo store in memory: cannot write %s: %s", d, exc)
+        return None, ":memory:"
+
+
+def _write_toml(toml: Path, settings: Settings, rules: Path, port: int) -> None:
+    """The demo's kaiser.toml: its store, and its WebSocket port (while the demo runs
+    the CLI asks it; afterwards nothing answers there and the CLI reads the file)."""
+    toml.write_text(
+        "# written by `kaiser demo`: its store, for kaiser why / history / query after it ran\n"
+        f"[kaiser]\nid = {json.dumps(settings.kaiser.id)}\nrules = {json.dumps(str(rules.resolve()))}\n"
+        f"tz = {json.dumps(settings.kaiser.tz)}\n[mqtt]\nurl = \"embedded\"\n"
+        f"[store]\npath = \"kaiser.duckdb\"\n[websocket]\nlisten = \"127.0.0.1:{port}\"\n", encoding="utf-8")
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     """``kaiser demo [--duration S]``."""
     try:
@@ -420,7 +461,8 @@ async def _demo(settings: Settings, rules: Path, duration: float | None) -> int:
     from engine.adapters.broker import EmbeddedBroker
     from engine.app import Server
 
-    settings = replace(settings, store=StoreSettings(path=":memory:", flush_interval=0.5),
+    toml, store_path = _prepare_store(settings, rules)
+    settings = replace(settings, store=StoreSettings(path=store_path, flush_interval=0.5),
                        websocket=replace(settings.websocket) if settings.websocket else WebsocketSettings())
     interactive = sys.stdout.isatty()
     async with EmbeddedBroker() as broker:
@@ -439,21 +481,27 @@ async def _demo(settings: Settings, rules: Path, duration: float | None) -> int:
             await server.stop()
             return 1
         assert server.deployment is not None
+        if toml is not None and server.hub is not None and server.hub.port != settings.websocket.port:
+            with contextlib.suppress(OSError):
+                _write_toml(toml, settings, rules, server.hub.port)
         rng = random.Random(42)
         boards = make_boards(list(server.deployment.devices.values()), settings.kaiser.id, rng, time.time())
         n_slots = sum(len(b.slots()) for b in boards)
         fleet = Fleet(boards, settings.kaiser.id, broker.url, rate=max(5.0, n_slots / 1.0),
                       hours_per_second=0.75, start_hour=4.0)
         view = LiveView()
-        _tap(server, view)
+        _tap(server, view, echo=not interactive)
         stop = asyncio.Event()
         fleet_task = asyncio.create_task(fleet.run(stop))
         t0 = time.monotonic()
         hub_url = server.hub.url if server.hub else "(off)"
+        page = f"http://{server.hub.host}:{server.hub.port}/" if server.hub else None
         if not interactive:
             gens = ", ".join(f"{b.device.name} {b.generation}" for b in boards)
             print(f"kaiser demo: embedded broker {broker.url}, WebSocket {hub_url}, "
-                  f"{len(boards)} simulated boards ({gens}), {len(server.deployment.rules)} rules")
+                  f"{len(boards)} simulated boards ({gens}), {len(server.deployment.rules)} rules", flush=True)
+            if page:
+                print(f"kaiser demo: status page {page} (while the demo runs)", flush=True)
         try:
             if interactive:
                 from rich.live import Live
@@ -472,6 +520,7 @@ async def _demo(settings: Settings, rules: Path, duration: float | None) -> int:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(fleet_task, 5)
             m = server.metrics
+            busiest = _busiest(server)
             summary = {"seconds": round(time.monotonic() - t0, 1), "boards": len(boards),
                        "readings": m.readings, "commands": m.commands_sent, "blocked": m.commands_blocked,
                        "rule_runs": m.rule_runs, "events": m.events, "malformed": m.malformed}
@@ -488,7 +537,33 @@ async def _demo(settings: Settings, rules: Path, duration: float | None) -> int:
         refused = _board_refusals(b)
         if refused:
             console.print(f"  {b.device.name} ({b.generation} firmware) refused: {refused}")
+    for line in next_steps(toml, busiest, page, rules, duration is not None):
+        console.print(line)
     return 0
+
+
+def _busiest(server: Any) -> str | None:
+    """The actuator with the most commands sent (what ``kaiser why`` has most to say about)."""
+    counts: dict[str, int] = {}
+    for (actuator, outcome, _), n in server.telemetry.commands.items():
+        counts[actuator] = counts.get(actuator, 0) + n * (2 if outcome == "sent" else 1)
+    return max(counts, key=lambda a: counts[a]) if counts else None
+
+
+def next_steps(toml: Path | None, actuator: str | None, page: str | None, rules: Path, stopped: bool) -> list[str]:
+    """What a newcomer can try after the demo, as command lines."""
+    c = f" -c {toml}" if toml is not None else ""
+    out = ["", "what to try next:"]
+    if toml is not None:
+        out.append(f"  kaiser why {actuator or 'north.fan'}{c}    # why it switched: rule, trigger, guard, firmware")
+        out.append(f"  kaiser history north.air_temp{c} --since 1h")
+        out.append(f"  kaiser query{c} 'SELECT code, count(*) FROM commands GROUP BY code'")
+    if page:
+        out.append(f"  kaiser demo, then open {page}    # the status page (boards, sensors, actuators, "
+                   "events, emergency stop)" if stopped else f"  open {page}    # the status page")
+    out.append(f"  kaiser lint {rules} --strict    # every check CI runs on the YAML; kaiser test {rules} runs its tests")
+    out.append("  kaiser init my-greenhouse    # a small deployment of your own to start from")
+    return out
 
 
 def _board_refusals(b: SimBoard, limit: int = 4) -> str:
@@ -502,8 +577,14 @@ def _board_refusals(b: SimBoard, limit: int = 4) -> str:
     return "; ".join(seen[:limit]) + more
 
 
-def _tap(server: Any, view: LiveView) -> None:
-    """Mirror what the server does into the live view."""
+def _tap(server: Any, view: LiveView, echo: bool = False) -> None:
+    """Mirror what the server does into the live view; ``echo``: also print a plain
+    line per command, block and notification as it happens (no terminal)."""
+
+    def note(line: str, plain: str) -> None:
+        view.recent.append(line)
+        if echo:
+            print(plain, flush=True)
 
     def on_outputs(out: Any, now: float) -> None:
         stamp = time.strftime("%H:%M:%S", time.localtime(now))
@@ -511,12 +592,13 @@ def _tap(server: Any, view: LiveView) -> None:
             c = a.command
             who = f"rule {c.rule}" if c.rule else c.source
             v = "on" if c.value >= 1 else ("off" if c.value <= 0 else f"{c.value:.0%}")
-            view.recent.append(f"{stamp} [green]SENT[/green] {c.actuator} {v} ({who})")
+            note(f"{stamp} [green]SENT[/green] {c.actuator} {v} ({who})", f"{stamp} SENT {c.actuator} {v} ({who})")
         for b in out.blocked:
             who = f"rule {b.command.rule}" if b.command.rule else b.command.source
-            view.recent.append(f"{stamp} [yellow]BLOCKED[/yellow] {b.command.actuator} {b.code} ({who})")
+            note(f"{stamp} [yellow]BLOCKED[/yellow] {b.command.actuator} {b.code} ({who})",
+                 f"{stamp} BLOCKED {b.command.actuator} {b.code} ({who}): {b.reason}")
         for n in out.notifications:
-            view.recent.append(f"{stamp} [cyan]NOTIFY[/cyan] {n.text}")
+            note(f"{stamp} [cyan]NOTIFY[/cyan] {n.text}", f"{stamp} NOTIFY [{n.level}] {n.text}")
 
     def on_reading(r: Any) -> None:
         view.values[r.sensor] = (r.value, r.unit)
