@@ -557,7 +557,13 @@ class Server:
                 hub.publish(f"sensor_data/{esp}", "sensor_data",
                             {"esp_id": esp, "sensor": r.sensor, "value": r.value, "unit": r.unit,
                              "quality": r.quality, "retained": r.retained}, r.ts)
-            out = kaiser.receive(r, now)
+            if len(placed) == 1:
+                out = kaiser.receive(r, now)
+                if out:
+                    self._apply(out, now)
+        if len(placed) > 1:
+            # the values of one sensor/batch message land together, then one evaluation
+            out = kaiser.receive_many([p[0] for p in placed], now)
             if out:
                 self._apply(out, now)
         for u in unmapped:
