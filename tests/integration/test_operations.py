@@ -225,12 +225,12 @@ async def test_one_version_id_and_the_log_tells(server: Server, board: Board, ru
     (rules_dir / "rules.yaml").write_text(RULES + "\n  - name: broken\n    when: {sensor: north.nope, above: 1}\n"
                                           "    then: [{actuator: south.fan, set: on}]\n")
     assert await server.reload() is False
-    status, health = await get(server, "/health")
+    _, health = await get(server, "/health")
     assert health["reload_ok"] is False and health["last_reload"]["errors"]
     assert (await get(server, "/metrics"))[1].count("kaiser_config_reload_success 0") == 1
     (rules_dir / "rules.yaml").write_text(RULES.replace("above: 28", "above: 29"))
     assert await server.reload() is True
-    status, health = await get(server, "/health")
+    _, health = await get(server, "/health")
     assert health["reload_ok"] is True and health["rules_version"] == server.version.id
     assert any("rules OK again" in r.getMessage() and server.version.id in r.getMessage() for r in caplog.records)
     await board.reading(NORTH, 4, "ds18b20", 20 * 16)
@@ -261,5 +261,5 @@ async def test_the_status_page_is_served_whole(server: Server) -> None:
     status, page = await get(server, "/")
     assert status == 200 and "<title>Kaiser</title>" in page
     assert "http://" not in page.replace("http://www.w3.org/2000/svg", "") and "https://" not in page  # no CDN
-    status, body = await get(server, "/nothing-here")
+    status, _ = await get(server, "/nothing-here")
     assert status == 404
