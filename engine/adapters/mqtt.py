@@ -126,7 +126,9 @@ class MqttLink:
     ``on_message(topic, payload, retained)`` is called synchronously for every message
     (keep it short and never let it raise: exceptions are logged and swallowed).
     ``on_connect()`` returns messages to publish on every (re)connect, before anything
-    queued. ``will`` is the last will.
+    queued. ``will`` is the last will. ``unsubscribe``: filters the persistent session
+    may still hold from an earlier run that another reader takes now (the ingest
+    reader, engine/adapters/ingest.py); dropped at every connect.
     """
 
     def __init__(
@@ -139,6 +141,7 @@ class MqttLink:
         will: Any = None,
         on_connect: Callable[[], Iterable[Any]] | None = None,
         on_state: Callable[[bool], None] | None = None,
+        unsubscribe: Sequence[str] = (),
         username: str | None = None,
         password: str | None = None,
         keepalive: int = 30,
@@ -149,6 +152,7 @@ class MqttLink:
         self.host, self.port = parse_url(url)
         self.client_id = client_id
         self.subscriptions = list(subscriptions)
+        self.unsubscribe = [t for t in unsubscribe if t not in self.subscriptions]
         self.on_message = on_message
         self.on_connect = on_connect
         self.on_state = on_state
@@ -260,6 +264,8 @@ class MqttLink:
                     # a persistent session's queued messages can arrive with the CONNACK,
                     # before the handler above was installed: aiomqtt queued them
                     self._drain_early(client)
+                    if self.unsubscribe:  # another reader takes these now (a persistent session kept them)
+                        await client.unsubscribe(self.unsubscribe)
                     if self.subscriptions:
                         await client.subscribe([(t, 1) for t in self.subscriptions])
                     self._set_state(True)
