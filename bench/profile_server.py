@@ -5,6 +5,11 @@
     .venv/bin/python bench/profile_server.py --profile 30     # plus a cProfile, top 30 by own time
     .venv/bin/python bench/profile_server.py --readings 50000 --boards 500
     .venv/bin/python bench/profile_server.py --paced 1000 --seconds 20  # latency tail under a timer loop
+    .venv/bin/python bench/profile_server.py --batch 50      # Server.on_ingest: the reader process's batches
+
+``--batch N``: the readings are decoded first (untimed, as the ingest reader
+process does, engine/adapters/ingest.py) and handed to ``Server.on_ingest`` N at
+a time: the server process's own cost per reading with ``KAISER_INGEST=process``.
 
 ``--paced R``: the readings arrive at R per second on the event loop, with the
 server's own timer loop (ticks, state snapshots) and the store's writer thread
@@ -42,6 +47,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 from bench_server import write_deployment  # noqa: E402
 
 import engine.app as app  # noqa: E402
+from engine.adapters.ingest import item as ingest_item  # noqa: E402
 from engine.adapters.store import Store  # noqa: E402
 from engine.config.settings import load_settings  # noqa: E402
 from engine.pipeline import Kaiser  # noqa: E402
@@ -131,6 +137,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--paced", type=float, default=0.0, metavar="RATE",
                     help="feed readings at RATE/s on an event loop with the timer loop running")
     ap.add_argument("--seconds", type=float, default=10.0, help="duration of --paced")
+    ap.add_argument("--batch", type=int, default=0, metavar="N",
+                    help="decode first, then hand N readings at a time to Server.on_ingest")
     ap.add_argument("--no-gc-tuning", action="store_true", help="leave the collector as Python starts it")
     a = ap.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="kaiser-prof-") as tmp:
@@ -184,11 +192,17 @@ def main(argv: list[str] | None = None) -> int:
         # least disturbed by a busy machine
         slices: list[tuple[float, float]] = []
         step = max(1, len(timed) // 5)
+        items = [ingest_item(t, p, False, now) for t, p in timed] if a.batch else []
         for k0 in range(0, len(timed), step):
             part = timed[k0:k0 + step]
             w0, c0 = time.perf_counter(), time.thread_time()
-            for topic, p in part:
-                on_mqtt(topic, p, False)
+            if a.batch:
+                chunk = items[k0:k0 + step]
+                for b0 in range(0, len(chunk), a.batch):
+                    server.on_ingest(chunk[b0:b0 + a.batch])
+            else:
+                for topic, p in part:
+                    on_mqtt(topic, p, False)
             slices.append(((time.perf_counter() - w0) / len(part), (time.thread_time() - c0) / len(part)))
         if prof is not None:
             prof.disable()
@@ -197,7 +211,8 @@ def main(argv: list[str] | None = None) -> int:
         sent = server.mqtt.published - pub0  # type: ignore[union-attr]
         k = server.kaiser
         print(f"{len(timed)} readings, {a.boards} boards, {len(k.deployment.rules)} rules: "
-              f"{wall / len(timed) * 1e6:.1f} us/reading{' (under cProfile)' if prof else ''} "
+              f"{wall / len(timed) * 1e6:.1f} us/reading{' (under cProfile)' if prof else ''}"
+              f"{f' through on_ingest, {a.batch} a batch' if a.batch else ''} "
               f"(best fifth: {min(w for w, _ in slices) * 1e6:.1f} us wall, "
               f"{min(c for _, c in slices) * 1e6:.1f} us CPU), "
               f"{sent} commands, gc collections per generation {gcs}")

@@ -500,20 +500,54 @@ class Server:
         retained)``. Never raises."""
         make = codec.SensorValue._make
         ingest_seconds = self.telemetry.ingest
+        # Readings of one read from the broker land together (Kaiser.receive_many: one
+        # rule evaluation for all, about a quarter less CPU a reading) in runs without
+        # a repeated sensor, so every reading of a sensor is an edge of its own. At
+        # light load a read holds one message and nothing changes.
+        run: list[Reading] = []
+        refs: set[str] = set()
+        now, t0 = self.clock.now(), time.perf_counter()
         for item in items:
             if item[0] != "r":
+                self._land(run, refs, now, t0)
                 self.on_mqtt(item[1], item[2], item[3])
                 continue
             now = self.clock.now()
-            self._t_in = t_in = time.perf_counter()
+            t_in = time.perf_counter()
+            if not run:
+                t0 = t_in
             self.metrics.messages += 1
+            mark = len(run)
             try:
-                self._on_values(item[2], [make(v) for v in item[4]], item[3], now)
+                self._on_values(item[2], [make(v) for v in item[4]], item[3], now, land=run)
             except Exception as exc:  # as on_mqtt: record and go on
                 self._handler_failed(item[1], item[2], exc, now)
-            self._t_in = None
+                del run[mark:]
+            new = run[mark:]
+            if mark and new and (new[0].retained != run[0].retained or any(r.sensor in refs for r in new)):
+                del run[mark:]
+                self._land(run, refs, now, t0)
+                run.extend(new)
+                t0 = t_in
+            refs.update(r.sensor for r in new)
             ingest_seconds.observe(time.perf_counter() - t_in)
+        self._land(run, refs, now, t0)
         self._check_due()
+
+    def _land(self, run: list[Reading], refs: set[str], now: float, t_in: float) -> None:
+        """Hand ``run`` (routed and stored already) to the pipeline; empties it."""
+        if not run:
+            return
+        self._t_in = t_in
+        try:
+            out = self.kaiser.receive(run[0], now) if len(run) == 1 else self.kaiser.receive_many(run, now)
+            if out:
+                self._apply(out, now)
+        except Exception as exc:  # as on_mqtt: record and go on
+            self._handler_failed(f"{len(run)} reading(s) from the ingest reader", "", exc, now)
+        self._t_in = None
+        run.clear()
+        refs.clear()
 
     def _handler_failed(self, topic: str, esp: str, exc: Exception, now: float) -> None:
         self.metrics.handler_errors += 1
@@ -534,7 +568,10 @@ class Server:
     def _on_sensor_data(self, msg: codec.SensorData, now: float) -> None:
         self._on_values(msg.esp_id, msg.values, msg.retained, now)
 
-    def _on_values(self, esp: str, values: Iterable[codec.SensorValue], retained: bool, now: float) -> None:
+    def _on_values(self, esp: str, values: Iterable[codec.SensorValue], retained: bool, now: float,
+                   land: list[Reading] | None = None) -> None:
+        """Route, record and stream the values of one message; the rules get them now,
+        or, with ``land``, the caller hands them over with others (on_ingest)."""
         assert self.router is not None and self.store is not None
         router = self.router
         placed: list[tuple[Reading, int, float | None]] = []
@@ -557,11 +594,13 @@ class Server:
                 hub.publish(f"sensor_data/{esp}", "sensor_data",
                             {"esp_id": esp, "sensor": r.sensor, "value": r.value, "unit": r.unit,
                              "quality": r.quality, "retained": r.retained}, r.ts)
-            if len(placed) == 1:
+            if len(placed) == 1 and land is None:
                 out = kaiser.receive(r, now)
                 if out:
                     self._apply(out, now)
-        if len(placed) > 1:
+        if land is not None:
+            land.extend(p[0] for p in placed)
+        elif len(placed) > 1:
             # the values of one sensor/batch message land together, then one evaluation
             out = kaiser.receive_many([p[0] for p in placed], now)
             if out:

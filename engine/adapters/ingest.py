@@ -56,6 +56,8 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from engine import codec
+
 log = logging.getLogger("kaiser.ingest")
 
 #: seconds the broker keeps the reader's session (subscriptions, QoS 1 messages)
@@ -96,6 +98,14 @@ class _Frames:
             pos = end
         self.rest = buf[pos:] if pos < n else b""
         return out
+
+
+def item(topic: str, payload: bytes, retained: bool, received_at: float) -> Item:
+    """One message as the reader hands it over: decoded when it is a reading."""
+    msg = codec.decode(topic, payload, retained=retained, received_at=received_at)
+    if msg.__class__ is codec.SensorData:
+        return ("r", topic, msg.esp_id, msg.retained, tuple(tuple(v) for v in msg.values))
+    return ("m", topic, payload, retained)
 
 
 # ============================================================================
@@ -313,10 +323,7 @@ class _Reader:
     def __init__(self, server: asyncio.Transport) -> None:
         import mqtt5
 
-        from engine import codec
-
         self.mqtt5 = mqtt5
-        self.codec = codec
         self.server = server
         self.broker: asyncio.Transport | None = None
         self.rest = b""
@@ -363,12 +370,7 @@ class _Reader:
         self._flush()
 
     def _publish(self, p: Any, now: float) -> None:
-        topic, payload, retained = p.topic, p.payload, p.retain
-        msg = self.codec.decode(topic, payload, retained=retained, received_at=now)
-        if msg.__class__ is self.codec.SensorData:
-            self.batch.append(("r", topic, msg.esp_id, msg.retained, tuple(tuple(v) for v in msg.values)))
-        else:
-            self.batch.append(("m", topic, payload, retained))
+        self.batch.append(item(p.topic, p.payload, p.retain, now))
         pid = p.packet_id  # None at QoS 0 (mqtt5's QoS enum is always true)
         if pid is not None:
             self.pids.append(pid)
