@@ -105,7 +105,7 @@ async def gitops_server(gitops_settings: Settings, remote: Remote) -> AsyncItera
     await s.stop()
 
 
-async def until(pred: Callable[[], bool], timeout: float = 15.0) -> float:
+async def until(pred: Callable[[], bool], timeout: float = 30.0) -> float:
     """Seconds until ``pred()`` holds (fails the test after ``timeout``)."""
     t0 = time.monotonic()
     while not pred():
