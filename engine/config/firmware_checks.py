@@ -335,6 +335,7 @@ def _judge(emit: _Emit, code: str, dev: Device, fw: str, subject: str, pos: Posi
     refused = {g: r for g, r in reasons.items() if g in gens and r is not None}
     if not refused:
         return
+
     def who(why: str, gen: str) -> str:
         return why.replace(WHO, f"{gen} firmware")
 
@@ -342,8 +343,8 @@ def _judge(emit: _Emit, code: str, dev: Device, fw: str, subject: str, pos: Posi
         whys = {why for why, _ in refused.values()}
         fixes = {fix for _, fix in refused.values()}
         if len(whys) == 1:
-            why = next(iter(whys))
-            message = f"{subject}: {who(why, gens[0]) if len(gens) == 1 else why.replace(WHO, 'each firmware generation')}"
+            generation = f"{gens[0]} firmware" if len(gens) == 1 else "each firmware generation"
+            message = f"{subject}: {next(iter(whys)).replace(WHO, generation)}"
         else:
             message = f"{subject}: neither firmware generation takes it " \
                       f"({'; '.join(who(w, g) for g, (w, _) in refused.items())})"
