@@ -283,3 +283,29 @@ async def test_switching_to_the_reader_leaves_no_second_subscription_on_the_old_
         assert _rows(s2, "SELECT count(*) FROM readings") == [(1,)]
     finally:
         await s2.stop()
+
+
+async def test_readings_read_together_land_together_and_each_of_a_sensor_is_its_own_edge(
+        server: Server, board: Board) -> None:
+    """One read of the reader holding 30, 20, 30 for north and 22 for south's soil:
+    both crossings of north's threshold run the rule (a sensor's second reading
+    starts a new run), and the rows are stored in arrival order."""
+    from engine.adapters.ingest import item
+
+    await board.heartbeat(SOUTH)
+    await board.expect(lambda t, p: t.endswith(f"{SOUTH}/system/heartbeat/ack"))
+    kid = server.kaiser_id
+
+    def raw(esp: str, gpio: int, typ: str, value: float) -> Item:
+        body = {"esp_id": esp, "gpio": gpio, "sensor_type": typ, "raw": value, "quality": "good",
+                "ts": int(time.time()), "raw_mode": True}
+        return item(f"kaiser/{kid}/esp/{esp}/sensor/{gpio}/data", json.dumps(body).encode(), False, time.time())
+
+    server.on_ingest([raw(NORTH, 4, "ds18b20", ds18b20(30.0)), raw(SOUTH, 34, "moisture", 2000),
+                      raw(NORTH, 4, "ds18b20", ds18b20(20.0)), raw(NORTH, 4, "ds18b20", ds18b20(30.0))])
+    assert _rows(server, "SELECT sensor, value FROM readings ORDER BY rowid")[:4:3] == [
+        ("north.air_temp", 30.0), ("north.air_temp", 30.0)]
+    assert [r[0] for r in _rows(server, "SELECT sensor FROM readings ORDER BY rowid")] == [
+        "north.air_temp", "south.soil", "north.air_temp", "north.air_temp"]
+    runs = _rows(server, "SELECT count(*) FROM rule_runs WHERE rule = 'cool-south-when-north-hot'")
+    assert runs == [(2,)]
