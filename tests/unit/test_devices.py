@@ -15,6 +15,7 @@ from engine import codec
 from engine.config import load_deployment
 from engine.devices import DeviceTracker, Reply, items_of, tokens_from_env
 from engine.firmware import Board, new_board
+from engine.firmware.board import topic_matches
 from engine.model import Deployment, Event
 
 T0 = 1_796_000_000.0
@@ -44,16 +45,6 @@ def deployment(tmp_path: Path, firmware: str = "auto", text: str = DEVICES) -> D
     return dep
 
 
-def _matches(filter_: str, topic: str) -> bool:
-    f, t = filter_.split("/"), topic.split("/")
-    for i, part in enumerate(f):
-        if part == "#":
-            return True
-        if i >= len(t) or (part != "+" and part != t[i]):
-            return False
-    return len(f) == len(t)
-
-
 class Wire:
     """The tracker and some twins, joined as the broker would join them."""
 
@@ -72,7 +63,7 @@ class Wire:
             assert not m.retain or m.topic.endswith("/server/status"), f"{m.topic} published retained"
             self.to_boards.append(m)
             for b in self.boards:
-                if any(_matches(f, m.topic) for f, _ in b.subscriptions()):
+                if any(topic_matches(f, m.topic) for f, _ in b.subscriptions()):
                     self.hear(b.receive(m.topic, m.payload, self.now, m.retain))
 
     def hear(self, msgs: Iterable[codec.Outgoing]) -> None:

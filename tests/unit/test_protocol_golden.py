@@ -14,6 +14,7 @@ import pytest
 
 from engine import codec
 from engine.firmware import Board, new_board
+from engine.firmware.board import topic_matches
 from engine.model import Actuator, Sensor
 
 GOLDEN = Path(__file__).resolve().parents[1] / "golden" / "protocol" / "server_to_board.json"
@@ -78,16 +79,9 @@ def _ready(generation: str) -> Board:
 
 def send(b: Board, kind: str, now: float) -> list[codec.Outgoing]:
     m = MESSAGES[kind]()
-    if not any(_matches(f, m.topic) for f, _ in b.subscriptions()):
+    if not any(topic_matches(f, m.topic) for f, _ in b.subscriptions()):
         return []
     return b.receive(m.topic, m.payload, now, m.retain)
-
-
-def _matches(filter_: str, topic: str) -> bool:
-    f, t = filter_.split("/"), topic.split("/")
-    if len(f) != len(t) and "#" not in f:
-        return False
-    return all(p in ("+", "#") or p == q for p, q in zip(f, t, strict=False))
 
 
 @pytest.mark.parametrize("gen", ["legacy", "current"])
