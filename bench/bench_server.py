@@ -446,6 +446,8 @@ def main(argv: list[str] | None = None) -> int:
     if bad:
         ap.error(f"unknown peer {', '.join(bad)}; choose from {', '.join(PEERS)}")
     tools = tools_dir(a.tools)
+    # SIGTERM (a timeout, kill): unwind, so the finally blocks stop every process started
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     if "node-red" in a.peer_list:
         node_red_home()  # install before anything is timed
     # /query and /health need a key: one for this run, handed to every Kaiser started

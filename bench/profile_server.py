@@ -34,6 +34,7 @@ import cProfile
 import gc
 import io
 import json
+import os
 import pstats
 import sys
 import tempfile
@@ -93,6 +94,15 @@ def build(work: Path, boards: int) -> app.Server:
     return server
 
 
+def rss_mb() -> float:
+    """Resident set size of this process now (MB)."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+    except OSError:
+        return float("nan")
+
+
 def per_call(fn: object, reps: int) -> float:
     t = time.perf_counter()
     for _ in range(reps):
@@ -142,7 +152,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-gc-tuning", action="store_true", help="leave the collector as Python starts it")
     a = ap.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="kaiser-prof-") as tmp:
+        rss0, t_build = rss_mb(), time.perf_counter()
         server = build(Path(tmp), a.boards)
+        t_build = time.perf_counter() - t_build
+        rss_built = rss_mb()
+        print(f"{a.boards} boards, {2 * a.boards} rules: loaded, linted, compiled and the server built in "
+              f"{t_build:.2f} s; RSS {rss0:.0f} -> {rss_built:.0f} MB "
+              f"({(rss_built - rss0) * 1024 / max(1, 2 * a.boards):.1f} KB a rule)", flush=True)
         now = server.clock.now()
         msgs = payloads(a.boards, a.readings + 2 * a.boards, now)
         warm, timed = msgs[:2 * a.boards], msgs[2 * a.boards:]
@@ -207,6 +223,9 @@ def main(argv: list[str] | None = None) -> int:
         if prof is not None:
             prof.disable()
         wall = time.perf_counter() - t
+        server.store.flush()  # type: ignore[union-attr]
+        print(f"RSS after {len(timed)} readings (store flushed): {rss_mb():.0f} MB "
+              f"({rss_mb() - rss_built:+.0f} MB since the server was built)")
         gcs = [s["collections"] - b for s, b in zip(gc.get_stats(), gc_before, strict=True)]
         sent = server.mqtt.published - pub0  # type: ignore[union-attr]
         k = server.kaiser

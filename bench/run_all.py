@@ -26,7 +26,7 @@ BENCHES: dict[str, tuple[str, list[str]]] = {
     "codec": ("bench_codec.py", ["--seconds", "1"]),
     "guard": ("bench_guard.py", ["--commands", "50000"]),
     "rules": ("bench_rules.py", ["--quick"]),
-    "server": ("bench_server.py", ["--rates", "1000,2000,3000", "--duration", "5"]),
+    "server": ("bench_server.py", ["--rates", "2000,3000,6000,9000", "--duration", "5"]),
 }
 
 

@@ -223,9 +223,13 @@ class Ingest:
         loop = asyncio.get_running_loop()
         mine, theirs = socket.socketpair()
         try:
+            # the reader imports this very package, wherever the server found it
+            root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+            path = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH", "")) if p)
             self._proc = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "engine.adapters.ingest", str(theirs.fileno()),
-                pass_fds=(theirs.fileno(),), stdin=asyncio.subprocess.DEVNULL)
+                pass_fds=(theirs.fileno(),), stdin=asyncio.subprocess.DEVNULL,
+                env={**os.environ, "PYTHONPATH": path})
         finally:
             theirs.close()
         self.pid = self._proc.pid
