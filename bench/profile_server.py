@@ -103,6 +103,28 @@ def rss_mb() -> float:
         return float("nan")
 
 
+def soak(server: app.Server, boards: int, n: int, batch: int, now: float, rss_built: float) -> None:
+    """``n`` readings through ``Server.on_ingest``, made 10,000 at a time (the
+    harness holds no more), the store flushing as it does; RSS as it goes."""
+    done, step, t0 = 0, 10_000, time.perf_counter()
+    report = max(step, n // 10)
+    while done < n:
+        k = min(step, n - done)
+        msgs = payloads(boards, k, now + done / 1000)
+        items = [ingest_item(t, p, False, now + done / 1000) for t, p in msgs]
+        for b0 in range(0, k, batch):
+            server.on_ingest(items[b0:b0 + batch])
+        done += k
+        if done % report == 0 or done == n:
+            print(f"{done:>9} readings: RSS {rss_mb():.0f} MB ({rss_mb() - rss_built:+.0f} MB since built), "
+                  f"{time.perf_counter() - t0:.0f} s", flush=True)
+    assert server.store is not None
+    server.store.flush()
+    gc.collect()
+    print(f"after a flush and a full collection: RSS {rss_mb():.0f} MB ({rss_mb() - rss_built:+.0f} MB since built); "
+          f"readings stored {server.store.query('SELECT count(*) FROM readings').rows[0][0]}")
+
+
 def per_call(fn: object, reps: int) -> float:
     t = time.perf_counter()
     for _ in range(reps):
@@ -149,6 +171,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seconds", type=float, default=10.0, help="duration of --paced")
     ap.add_argument("--batch", type=int, default=0, metavar="N",
                     help="decode first, then hand N readings at a time to Server.on_ingest")
+    ap.add_argument("--soak", type=int, default=0, metavar="N",
+                    help="memory: N readings (through on_ingest, --batch or 50 a batch), RSS every tenth")
     ap.add_argument("--no-gc-tuning", action="store_true", help="leave the collector as Python starts it")
     a = ap.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="kaiser-prof-") as tmp:
@@ -172,6 +196,11 @@ def main(argv: list[str] | None = None) -> int:
         if not a.no_gc_tuning:
             app._tune_gc()
         pub0 = server.mqtt.published  # type: ignore[union-attr]
+        if a.soak:
+            soak(server, a.boards, a.soak, a.batch or 50, now, rss_built)
+            assert server.store is not None
+            server.store.close()
+            return 0
         if a.paced:
             pauses: list[float] = []
             started: list[float] = []
