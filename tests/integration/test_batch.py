@@ -5,6 +5,7 @@ not refused because the other came first."""
 from __future__ import annotations
 
 import asyncio
+import time
 from pathlib import Path
 from typing import Any
 
@@ -55,7 +56,7 @@ async def test_a_batch_lands_before_the_rules_and_the_guard_look(
     try:
         await board.heartbeat(ESP)
         # the soil value comes first in the batch; the level that allows the pump second
-        await board.send(ESP, "sensor/batch", {"esp_id": ESP, "ts": 1_796_000_000, "sensors": [
+        await board.send(ESP, "sensor/batch", {"esp_id": ESP, "ts": int(time.time()), "sensors": [
             {"gpio": 32, "sensor_type": "moisture", "raw": _raw(10), "quality": "good"},
             {"gpio": 33, "sensor_type": "moisture", "raw": _raw(50), "quality": "good"}]})
         _, cmd = await board.expect(lambda t, p: t.endswith(f"{ESP}/actuator/18/command"))
