@@ -35,6 +35,7 @@ import random
 import sys
 import time
 from collections import deque
+from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -246,6 +247,21 @@ class SimBoard:
                                 i2c_address=sensor.i2c_address)
         self.readings += len(out)
         return out
+
+
+def simulated_devices(numbers: Iterable[int]) -> list[Device]:
+    """Generic boards for ``kaiser simulate`` beyond the device map: a DS18B20, a
+    moisture probe and a fan relay on pins both firmware generations take (legacy
+    keeps GPIO 4 for its OneWire bus and cannot read 34-39)."""
+    out = []
+    for i in numbers:
+        esp = f"ESP_{0x51000000 + i:08X}"
+        name = f"sim{i}"
+        rom = f"28FF{0x51000000 + i:08X}0C79"
+        out.append(Device(name, esp, sensors=(Sensor(name, "air_temp", 14, "ds18b20", onewire_address=rom),
+                                              Sensor(name, "soil", 32, "moisture")),
+                          actuators=(Actuator(name, "fan", 5, "relay"),)))
+    return out
 
 
 def make_boards(devices: list[Device], kaiser_id: str, rng: random.Random, now: float,
@@ -626,13 +642,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 
         deployment, _ = load_deployment(rules, settings.kaiser.tz)
         devices = list(deployment.devices.values())[: args.devices]
-    for i in range(len(devices), args.devices):
-        esp = f"ESP_{0x51000000 + i:08X}"
-        name = f"sim{i}"
-        rom = f"28FF{0x51000000 + i:08X}0C79"
-        devices.append(Device(name, esp, sensors=(Sensor(name, "air_temp", 4, "ds18b20", onewire_address=rom),
-                                                  Sensor(name, "soil", 32, "moisture")),
-                              actuators=(Actuator(name, "fan", 5, "relay"),)))
+    devices.extend(simulated_devices(range(len(devices), args.devices)))
     rng = random.Random(7)
     boards = make_boards(devices, settings.kaiser.id, rng, time.time(), getattr(args, "firmware", "mixed"))
     fleet = Fleet(boards, settings.kaiser.id, settings.mqtt.url, rate=args.rate)
