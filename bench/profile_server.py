@@ -88,8 +88,8 @@ def build(work: Path, boards: int) -> app.Server:
         sys.exit("bench deployment has errors: " + "; ".join(d.text() for d in errors))
     server.store = Store(str(work / "bench.duckdb"), 1.0, 0.0, now=server.clock.now)
     server.store.start()
+    server.kaiser = Kaiser(deployment)  # before _install, as Server.start does (one version id)
     server._install(deployment, version)
-    server.kaiser = Kaiser(deployment)
     server.mqtt = CountingLink()  # type: ignore[assignment]
     return server
 
