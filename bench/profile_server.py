@@ -78,7 +78,7 @@ def payloads(boards: int, n: int, t0: float) -> list[tuple[str, bytes]]:
     return out
 
 
-def build(work: Path, boards: int) -> app.Server:
+def build(work: Path, boards: int, flush_interval: float = 1.0) -> app.Server:
     toml = write_deployment(work, boards, "127.0.0.1", 1, 1)
     settings = load_settings(toml)
     server = app.Server(settings, websocket=False, watch=False, rules_dir=work / "rules")
@@ -86,7 +86,7 @@ def build(work: Path, boards: int) -> app.Server:
     errors = [d for d in app._errors(diags) if d.code != "K306"]
     if errors:
         sys.exit("bench deployment has errors: " + "; ".join(d.text() for d in errors))
-    server.store = Store(str(work / "bench.duckdb"), 1.0, 0.0, now=server.clock.now)
+    server.store = Store(str(work / "bench.duckdb"), flush_interval, 0.0, now=server.clock.now)
     server.store.start()
     server.kaiser = Kaiser(deployment)  # before _install, as Server.start does (one version id)
     server._install(deployment, version)
@@ -173,11 +173,13 @@ def main(argv: list[str] | None = None) -> int:
                     help="decode first, then hand N readings at a time to Server.on_ingest")
     ap.add_argument("--soak", type=int, default=0, metavar="N",
                     help="memory: N readings (through on_ingest, --batch or 50 a batch), RSS every tenth")
+    ap.add_argument("--no-flush", action="store_true",
+                    help="the store's writer never flushes during the run (what its DuckDB writes cost the tail)")
     ap.add_argument("--no-gc-tuning", action="store_true", help="leave the collector as Python starts it")
     a = ap.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="kaiser-prof-") as tmp:
         rss0, t_build = rss_mb(), time.perf_counter()
-        server = build(Path(tmp), a.boards)
+        server = build(Path(tmp), a.boards, 1e9 if a.no_flush else 1.0)
         t_build = time.perf_counter() - t_build
         rss_built = rss_mb()
         print(f"{a.boards} boards, {2 * a.boards} rules: loaded, linted, compiled and the server built in "
