@@ -158,6 +158,7 @@ class DeviceTracker:
             self.boards[esp] = nb
             if self._changed(dev):
                 nb.config_due = "device map changed"
+                nb.last_push = -math.inf  # a deliberate change goes at once; only board-driven pushes are paced
         for esp in set(old) - set(self._by_esp):
             if self.sent.get(esp):
                 ub = self.unknown.get(esp)

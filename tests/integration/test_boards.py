@@ -8,6 +8,7 @@ state: what a real board would have done."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import time
 from collections.abc import AsyncIterator, Callable
@@ -111,16 +112,28 @@ class Greenhouse:
 
     async def register(self) -> None:
         """Until both boards are registered and configured (legacy heartbeats a minute after boot)."""
-        for _ in range(30):
-            if _registered(self):
-                return
-            await self.advance(5)
-        await until(lambda: _registered(self))
+        await self.advance_until(lambda: _registered(self), seconds=150)
+
+    async def advance_until(self, pred: Callable[[], Any], *, seconds: float, step: float = 5.0,
+                            patience: float = 60.0) -> None:
+        """Let at most ``seconds`` of the boards' time pass, a step at a time, until
+        ``pred``; each step waits for the server's answers (up to ``patience`` real
+        seconds in all: a loaded machine answers late, virtual time must not run ahead)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + patience
+        budget = self.t + seconds
+        while not pred() and loop.time() < deadline:
+            if self.t < budget:
+                await self.advance(step)
+            settle = loop.time() + 0.25
+            while not pred() and loop.time() < min(settle, deadline):
+                await asyncio.sleep(0.05)
+        assert pred()
 
     async def close(self) -> None:
         self.stop.set()
         if self.task is not None:
-            with __import__("contextlib").suppress(Exception):
+            with contextlib.suppress(Exception):
                 await asyncio.wait_for(self.task, 10)
         if self.server is not None:
             await self.server.stop()
@@ -130,7 +143,7 @@ class Greenhouse:
         await self.fleet.emit(board, board.reading(gpio, self.t, raw=raw))
 
 
-async def until(pred: Callable[[], Any], timeout: float = 15.0, what: str = "") -> None:
+async def until(pred: Callable[[], Any], timeout: float = 45.0, what: str = "") -> None:
     async with asyncio.timeout(timeout):
         while not pred():
             await asyncio.sleep(0.05)
@@ -207,8 +220,7 @@ async def test_a_board_that_reboots_during_a_stop_gets_the_stop_again(house: Gre
     await until(lambda: house.north.latched)
     assert house.fleet is not None
     await house.fleet.reboot(house.north_id)  # a reboot clears the board's own latch
-    await house.advance(5)
-    await until(lambda: house.north.latched)
+    await house.advance_until(lambda: house.north.latched, seconds=60)
 
 
 async def test_a_server_restart_keeps_the_boards_registered(house: Greenhouse) -> None:
@@ -220,11 +232,7 @@ async def test_a_server_restart_keeps_the_boards_registered(house: Greenhouse) -
     await until(lambda: house.north.safe_state)
     await house.advance(60)  # long enough to go offline for real (30 s grace)
     await house.start_server()
-    for _ in range(20):
-        if house.north.registered and not house.north.safe_state:
-            break
-        await house.advance(5)
-    assert house.north.registered and not house.north.safe_state
+    await house.advance_until(lambda: house.north.registered and not house.north.safe_state, seconds=100)
     assert house.north.epoch >= 1  # it counted the handover; the new server echoed its number
     assert [r for r in house.north.refusals if r[0] == "ack"] == []
     await house.reading(house.north, 14, 30 * 16)
