@@ -270,11 +270,10 @@ class Server:
         if self.ws_enabled:
             from engine import auth
             from engine.adapters.rest import RestApi
-            from engine.adapters.ws_sync import SyncHub
 
             w = self.settings.websocket
             keys = auth.configured_keys(w.token_env, w.tokens_env)  # ConfigError when malformed
-            self.hub = SyncHub(
+            self.hub = Hub(
                 self.ws_listen,
                 keys=keys,
                 max_clients=w.max_clients,

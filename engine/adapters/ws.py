@@ -42,7 +42,7 @@ from engine.errors import StoreError
 
 log = logging.getLogger("kaiser.ws")
 
-CONTROL_TYPES = frozenset({"emergency_stop", "reset_emergency", "command"})
+CONTROL_TYPES = frozenset({"emergency_stop", "reset_emergency", "command", "sync"})
 
 #: topics a client may subscribe to (first level); wildcards allowed below
 TOPIC_ROOTS = frozenset({
