@@ -24,6 +24,7 @@ The rules it keeps, per board:
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import os
@@ -496,8 +497,9 @@ class DeviceTracker:
 
     # ------------------------------------------------------------------ state
     def snapshot(self) -> dict[str, Any]:
-        """What must survive a restart: what each board was sent, their generation."""
-        return {"sent": self.sent, "serial": self._serial, "stopped_all": self.stopped_all,
+        """What must survive a restart: what each board was sent, their generation.
+        A copy: the store encodes it in its writer thread while the tracker goes on."""
+        return {"sent": copy.deepcopy(self.sent), "serial": self._serial, "stopped_all": self.stopped_all,
                 "generation": {e: b.generation for e, b in self.boards.items() if b.generation}}
 
     def restore(self, snap: Mapping[str, Any]) -> None:
