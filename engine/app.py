@@ -654,7 +654,7 @@ class Server:
             return
         board, first = self.tracker.seen(esp, now)
         if board.device is None:
-            if first:
+            if first and self.tracker.may_report_discovery(now):
                 assert self.store is not None
                 self.store.device_status(now, "", esp, "discovered", "not in the device map")
                 log.warning("discovered %s: not in the device map (answered pending_approval)", esp)
@@ -693,9 +693,11 @@ class Server:
         self._seen(hb.esp_id, now)
         self._send(self.tracker.heartbeat(hb, now))
         name = self._device_name(hb.esp_id)
+        if name is None:
+            return  # an unknown board's heartbeats are not stored: made-up ids must not grow the store
         # one row per heartbeat carries the board's health (one a minute per board)
-        self.store.device_status(now, name or "", hb.esp_id, "heartbeat" if name else "pending_approval",
-                                 "", _int(hb.uptime), hb.heap_free, hb.wifi_rssi)
+        self.store.device_status(now, name, hb.esp_id, "heartbeat", "", _int(hb.uptime), hb.heap_free,
+                                 hb.wifi_rssi)
 
     def _on_will(self, w: codec.Will, now: float) -> None:
         if w.retained:

@@ -351,7 +351,7 @@ def parse_topic(topic: str) -> _Topic:
     return _parse_topic(topic)
 
 
-@functools.lru_cache(maxsize=65536)
+@functools.lru_cache(maxsize=16384)  # bounded: made-up ids must not grow it
 def _parse_topic(topic: str) -> _Topic:
     parts = topic.split("/")
     n = len(parts)
@@ -1168,7 +1168,8 @@ ACK_STATUSES = ("online", "pending_approval", "rejected", "error")
 
 
 def encode_heartbeat_ack(kaiser_id: str, esp_id: str, *, server_time: float, status: str = "online",
-                         config_available: bool = False, handover_epoch: int | None = None) -> Outgoing:
+                         config_available: bool = False, handover_epoch: int | None = None,
+                         qos: int = 1) -> Outgoing:
     """``system/heartbeat/ack``. Current firmware requires ``status`` and a
     ``handover_epoch`` that is a JSON integer >= 1 and, after the board was
     offline, equal to its own counter: pass the board's ``active_handover_epoch``;
@@ -1182,7 +1183,7 @@ def encode_heartbeat_ack(kaiser_id: str, esp_id: str, *, server_time: float, sta
         and 1 <= handover_epoch <= 0xFFFFFFFF else 1
     body = {"status": status, "config_available": bool(config_available),
             "server_time": int(server_time), "handover_epoch": epoch}
-    return Outgoing(f"kaiser/{kaiser_id}/esp/{_esp(esp_id)}/system/heartbeat/ack", _dumps(body), 1, False)
+    return Outgoing(f"kaiser/{kaiser_id}/esp/{_esp(esp_id)}/system/heartbeat/ack", _dumps(body), qos, False)
 
 
 def encode_server_status(kaiser_id: str, *, online: bool, timestamp: float,

@@ -42,6 +42,7 @@ CONFIG_RESPONSE_TIMEOUT = 30.0  # seconds a push may go unanswered before it is 
 #: current firmware refuses clear_emergency within 5 s of the stop (SafetyController::
 #: clearEmergencyStop): a reset sooner than this after a stop waits for it
 CLEAR_AFTER_STOP = 5.5
+DISCOVERIES_PER_MINUTE = 20  # unknown boards logged and recorded a minute; the rest are counted
 
 
 class Reply(NamedTuple):
@@ -128,6 +129,9 @@ class DeviceTracker:
         self.unknown: OrderedDict[str, Board] = OrderedDict()
         self.unknown_evicted = 0
         self.acks_skipped = 0
+        self.discoveries_suppressed = 0
+        self._discovery_window = -math.inf
+        self._discoveries = 0
         #: esp id -> what it was last sent: {"sensors": {key: item}, "actuators": {gpio: item}}
         self.sent: dict[str, dict[str, dict[str, dict[str, Any]]]] = {}
         self._serial = 0
@@ -214,6 +218,18 @@ class DeviceTracker:
             self.unknown.popitem(last=False)
             self.unknown_evicted += 1
 
+    def may_report_discovery(self, now: float) -> bool:
+        """At most ``DISCOVERIES_PER_MINUTE`` unknown boards are logged and recorded a
+        minute; the rest are counted (``discoveries_suppressed``): 20,000 made-up ids
+        must not flood the log, the events or the store."""
+        if now - self._discovery_window >= 60.0:
+            self._discovery_window, self._discoveries = now, 0
+        if self._discoveries >= DISCOVERIES_PER_MINUTE:
+            self.discoveries_suppressed += 1
+            return False
+        self._discoveries += 1
+        return True
+
     def seen(self, esp_id: str, now: float) -> tuple[Board, bool]:
         """A board spoke (not a retained snapshot). Returns (board, first time)."""
         known = esp_id in self.boards or esp_id in self.unknown
@@ -269,7 +285,10 @@ class DeviceTracker:
             out.messages.append(codec.encode_heartbeat_ack(
                 "" if hb.kaiser_id == "" else self.kaiser_id, hb.esp_id, server_time=now,
                 status="online" if dev is not None else "pending_approval",
-                config_available=dev is not None and b.config_due is not None, handover_epoch=b.epoch))
+                config_available=dev is not None and b.config_due is not None, handover_epoch=b.epoch,
+                # an unknown board's ack keeps no state in the MQTT client (QoS 0): made-up
+                # ids cannot queue up acks awaiting the broker; it heartbeats again anyway
+                qos=1 if dev is not None else 0))
             b.last_ack = now
             b.acks += 1
             if dev is not None and not b.acked:
@@ -520,6 +539,7 @@ class DeviceTracker:
         """For /health and status: counts, not one entry per unknown board."""
         return {"known": len(self.boards), "registered": sum(1 for b in self.boards.values() if b.acked),
                 "unknown": len(self.unknown), "unknown_evicted": self.unknown_evicted,
+                "discoveries_suppressed": self.discoveries_suppressed,
                 "acks_skipped": self.acks_skipped}
 
 

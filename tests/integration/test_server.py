@@ -183,3 +183,38 @@ async def test_an_emergency_stop_survives_a_process_restart_and_a_reset_turns_no
         assert out["ok"] and out["sent"]
     finally:
         await s2.stop()
+
+
+async def test_made_up_boards_by_the_ten_thousand_stay_bounded(server: Server) -> None:
+    """Unknown boards are answered and tracked up to a cap; the log, the events and
+    the store do not grow with every made-up id (memory stays flat)."""
+    import gc
+    import tracemalloc
+
+    assert server.tracker is not None
+    k = server.kaiser_id
+
+    async def flood(first: int, n: int) -> None:
+        for i in range(first, first + n):
+            esp = f"ESP_{0xC00000 + i:06X}"
+            server.on_mqtt(f"kaiser/{k}/esp/{esp}/system/heartbeat", b'{"uptime":5,"heap_free":1}', False)
+            if i % 50 == 0:
+                await asyncio.sleep(0)  # as between messages from the broker: the acks go out
+        await asyncio.sleep(1.0)  # the last acks are answered by the broker
+
+    tracemalloc.start()
+    await flood(0, 20_000)  # every bounded cache and list reaches its bound
+    gc.collect()
+    mid, _ = tracemalloc.get_traced_memory()
+    await flood(20_000, 20_000)
+    gc.collect()
+    end, _ = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert len(server.tracker.unknown) == server.settings.kaiser.max_unknown_devices
+    assert server.tracker.unknown_evicted == 40_000 - server.settings.kaiser.max_unknown_devices
+    assert end - mid < 1_000_000, f"{(end - mid) / 1e6:.1f} MB more for 20,000 more made-up boards"
+    discovered = _rows(server, "SELECT count(*) FROM events WHERE kind = 'device' AND data LIKE '%discovered%'")[0][0]
+    assert discovered <= 20 * 2  # at most 20 a minute are recorded; the rest are counted
+    assert server.tracker.discoveries_suppressed >= 40_000 - discovered
+    assert _rows(server, "SELECT count(*) FROM device_status")[0][0] <= discovered + 5
+    assert server.health()["boards"]["unknown"] == server.settings.kaiser.max_unknown_devices
