@@ -162,7 +162,7 @@ async def test_pull_mode_applies_good_commits_refuses_bad_ones_and_rides_out_a_d
 
     async with connect(server.hub.url) as ws:
         await ws.send(json.dumps({"type": "subscribe", "topic": "system"}))
-        await ws.recv()
+        await asyncio.wait_for(ws.recv(), 15)
 
         # a good commit is applied within one interval (plus the time its checks take)
         good = remote.push("fan only above 30", threshold=30, hot=31)
