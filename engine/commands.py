@@ -292,15 +292,22 @@ def _since(text: str) -> float:
     return time.time() - parse_duration(text)
 
 
+def _since_arg(args: argparse.Namespace) -> float | None:
+    """``--since D`` as Unix seconds, or None after saying why it is bad."""
+    try:
+        return _since(args.since)
+    except (KaiserError, ValueError) as exc:
+        print(f"kaiser: bad --since: {exc}", file=sys.stderr)
+        return None
+
+
 def cmd_history(args: argparse.Namespace) -> int:
     """``kaiser history SENSOR [--since 1h]``."""
     settings = _settings(args)
     if settings is None:
         return 2
-    try:
-        since = _since(args.since)
-    except (KaiserError, ValueError) as exc:
-        print(f"kaiser: bad --since: {exc}", file=sys.stderr)
+    since = _since_arg(args)
+    if since is None:
         return 2
     deployment = _known(settings)
     if deployment is not None and deployment.sensor(str(args.sensor)) is None:
@@ -556,10 +563,8 @@ def cmd_export_history(args: argparse.Namespace) -> int:
     settings = _settings(args)
     if settings is None:
         return 2
-    try:
-        since = _since(args.since)
-    except (KaiserError, ValueError) as exc:
-        print(f"kaiser: bad --since: {exc}", file=sys.stderr)
+    since = _since_arg(args)
+    if since is None:
         return 2
     until = time.time()
     try:

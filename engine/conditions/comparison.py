@@ -102,6 +102,18 @@ def cmp_test(op: str, value: float | tuple[float, float], negated: bool) -> dict
     return {(_NEG if negated else _OPS)[op]: {"v": t}}
 
 
+def judge(leaf: Any, stateful: bool, st: LeafState, v: float | None, now: float, reading: bool,
+          lost: float | None) -> tuple[Truth, float | None]:
+    """The truth of a comparison on the value ``v`` (None: unknown): plain when it
+    keeps no state, else through :func:`timed`. Serves sensor comparisons and
+    differences alike."""
+    if not stateful:
+        if v is None:
+            return UNKNOWN, None
+        return (TRUE if compare_value(leaf.op, v, norm_threshold(leaf.value)) else FALSE), lost
+    return timed(leaf, st, v, now, reading, lost)
+
+
 def timed(leaf: Any, st: LeafState, v: float | None, now: float, reading: bool,
           lost: float | None) -> tuple[Truth, float | None]:
     """A comparison with a latch (``hysteresis``), a ``count`` and a ``for:`` on the
@@ -195,11 +207,7 @@ class ComparisonKind(Kind):
                  reading: bool) -> tuple[Truth, float | None]:
         v = inputs.usable(c.sensor, now, c.fresh)
         lost = inputs.lost_at(c.sensor, c.fresh) if v is not None else None
-        if not self.stateful(c):
-            if v is None:
-                return UNKNOWN, None
-            return (TRUE if compare_value(c.op, v, norm_threshold(c.value)) else FALSE), lost
-        return timed(c, st, v, now, reading, lost)
+        return judge(c, self.stateful(c), st, v, now, reading, lost)
 
     def describe(self, c: Comparison) -> str:
         s = f"{c.sensor} {op_text(c.op, c.value)}"

@@ -5,24 +5,19 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from engine.conditions.base import (
-    FALSE,
     S_DURATION,
     S_SENSOR,
-    TRUE,
-    UNKNOWN,
     Inputs,
     Kind,
     LeafState,
     Truth,
-    compare_value,
     earliest,
-    norm_threshold,
     normalise,
     obj,
     op_text,
     threshold_text,
 )
-from engine.conditions.comparison import compare, one_op_schema, op_schema, options, timed
+from engine.conditions.comparison import compare, judge, one_op_schema, op_schema, options
 from engine.model import COMPARE_OPS, Condition, Difference
 
 if TYPE_CHECKING:
@@ -76,11 +71,7 @@ class DifferenceKind(Kind):
         a, b = inputs.usable(c.a, now), inputs.usable(c.b, now)
         v = None if a is None or b is None else normalise(a - b)
         lost = earliest(inputs.lost_at(c.a), inputs.lost_at(c.b)) if v is not None else None
-        if not self.stateful(c):
-            if v is None:
-                return UNKNOWN, None
-            return (TRUE if compare_value(c.op, v, norm_threshold(c.value)) else FALSE), lost
-        return timed(c, st, v, now, reading, lost)
+        return judge(c, self.stateful(c), st, v, now, reading, lost)
 
     def describe(self, c: Difference) -> str:
         s = f"{c.a} - {c.b} {op_text(c.op, c.value)}"
