@@ -26,7 +26,7 @@ from datetime import datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from engine import freshness
+from engine import freshness, gcpause
 from engine.core import Decisions, Engine
 from engine.errors import EngineError
 from engine.model import (
@@ -84,8 +84,9 @@ class Kaiser:
         self._assume_online = assume_online
         self._start = start
         self._guard_factory = guard_factory or _default_guard
-        self.engine = Engine(deployment, start=start)
-        self.guard = self._guard_factory(deployment, assume_online, start)
+        with gcpause.paused():  # the compiled network and the guard's tables live on (engine/gcpause.py)
+            self.engine = Engine(deployment, start=start)
+            self.guard = self._guard_factory(deployment, assume_online, start)
         self._last_seen: dict[str, float] = {}
         self._online: dict[str, bool] = {}
         self._started = False
@@ -463,6 +464,10 @@ class Kaiser:
     # ------------------------------------------------------------------ lifecycle
     def reload(self, deployment: Deployment, now: float) -> Outputs:
         """Switch to a checked deployment, carrying over every piece of state."""
+        with gcpause.paused():
+            return self._reload(deployment, now)
+
+    def _reload(self, deployment: Deployment, now: float) -> Outputs:
         out = self._begin(now)
         self.deployment = deployment
         self._order = {dev: i for i, dev in enumerate(deployment.devices)}

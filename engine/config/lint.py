@@ -18,6 +18,7 @@ import os
 import sys
 from pathlib import Path
 
+from engine import gcpause
 from engine.config.checks import NO_GAPS, Gaps, run_checks
 from engine.config.loader import load
 from engine.diagnostics import Diagnostic, render, sort_key
@@ -40,17 +41,18 @@ def lint(path: str | os.PathLike[str], tz: str = "UTC") -> tuple[Deployment, lis
 
     The semantic checks run over everything the loader could build, also items it
     built in part and the bodies of duplicates, so one defect never hides another."""
-    loaded = load(path, tz)
-    found = loaded.diagnostics
-    found = found + _run_checks(loaded.checked, partial=any(d.is_error for d in found), gaps=loaded.gaps)
-    seen: set[tuple[object, ...]] = set()
-    unique: list[Diagnostic] = []
-    for d in found:
-        key = (d.code, d.pos, d.message)
-        if key not in seen:
-            seen.add(key)
-            unique.append(d)
-    unique.sort(key=sort_key)
+    with gcpause.paused():  # millions of long-lived objects, no cycles to free (engine/gcpause.py)
+        loaded = load(path, tz)
+        found = loaded.diagnostics
+        found = found + _run_checks(loaded.checked, partial=any(d.is_error for d in found), gaps=loaded.gaps)
+        seen: set[tuple[object, ...]] = set()
+        unique: list[Diagnostic] = []
+        for d in found:
+            key = (d.code, d.pos, d.message)
+            if key not in seen:
+                seen.add(key)
+                unique.append(d)
+        unique.sort(key=sort_key)
     return loaded.deployment, unique
 
 

@@ -628,21 +628,26 @@ class _Loader:
         whole = ctx.errors == errors
         unique = self._claim_rule(name, v)
         shown = name if name is not None else _raw_text(v.get("name")) or f"<rule at line {m.pos.line}>"
-        for part, whole_condition in built:
-            checked = replace(part, name=shown, description=description or "",
-                              priority=priority if priority is not None else 0, cooldown=cooldown or 0.0,
-                              enabled=enabled if enabled is not None else True, index=len(self.c_rules))
+        options = (description or "", priority if priority is not None else 0, cooldown or 0.0,
+                   enabled if enabled is not None else True)
+        for (kind, condition, actions, release), whole_condition in built:
+            checked = Rule(shown, kind, condition, actions, release, *options, len(self.c_rules), m.pos)
             self.c_rules.append(checked)
             if not whole_condition:
                 self.gap_conditions.add(m.pos)
             if not whole:
                 self.gap_items.add(m.pos)
             elif unique:
-                self.rules.append(replace(checked, index=len(self.rules)))
+                index = len(self.rules)
+                self.rules.append(checked if index == checked.index else
+                                  Rule(shown, kind, condition, actions, release, *options, index, m.pos))
 
-    def _rule_part(self, m: YMap, v: dict[str, YNode], kind: Literal["edge", "level"]) -> tuple[Rule, bool]:
+    def _rule_part(self, m: YMap, v: dict[str, YNode], kind: Literal["edge", "level"]
+                   ) -> tuple[tuple[Literal["edge", "level"], Condition, tuple[Action, ...],
+                                tuple[Action, ...] | None], bool]:
         """The when/then or while/hold(/release) part of a rule, best effort, and
-        whether its condition is whole. Name and options are filled in by ``rule``."""
+        whether its condition is whole: (kind, condition, actions, release); ``rule``
+        makes the Rule with its name and options."""
         ctx = self.ctx
         edge = kind == "edge"
         cond_key, act_key = ("when", "then") if edge else ("while", "hold")
@@ -676,7 +681,7 @@ class _Loader:
                 if isinstance(act, Wait):
                     ctx.error("K204", "'wait' is not allowed in 'hold' (a hold is a state, not a "
                               "sequence)", act.pos, hint="use 'release' or a when/then rule")
-        return Rule("", kind, condition or All((), m.pos), actions, release, pos=m.pos), whole_condition
+        return (kind, condition or All((), m.pos), actions, release), whole_condition
 
     def _misplaced_actions(self, m: YMap, v: dict[str, YNode]) -> None:
         """``while`` + ``then`` (or ``when`` + ``hold``): one mistake, one finding. The
