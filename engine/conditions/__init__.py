@@ -85,6 +85,8 @@ REGISTRY: tuple[Kind, ...] = (
 BY_NAME: dict[str, Kind] = {c.name: c for c in REGISTRY}
 SELECTORS: tuple[str, ...] = tuple(s for c in REGISTRY for s in c.selectors)
 _BY_MODEL: dict[type, Kind] = {m: c for c in REGISTRY for m in c.model}
+#: selector -> the position in REGISTRY of the first kind that takes it (reversed: the first one wins)
+_FIRST_BY_SELECTOR: dict[str, int] = {s: i for i, c in reversed(list(enumerate(REGISTRY))) for s in c.selectors}
 
 
 def kind_of(c: Condition) -> Kind:
@@ -107,10 +109,11 @@ def build_condition(node: YNode, ctx: Ctx, under_not: bool = False) -> Condition
     m = ctx.map(node, "a condition")
     if m is None:
         return None
-    for ct in REGISTRY:
-        sel = next((s for s in ct.selectors if s in m.values), None)
-        if sel is None:
-            continue
+    # the first kind in REGISTRY with a selector among the keys (one look-up a key, not a scan)
+    at = min((i for i in map(_FIRST_BY_SELECTOR.get, m.values) if i is not None), default=None)
+    if at is not None:
+        ct = REGISTRY[at]
+        sel = next(s for s in ct.selectors if s in m.values)
         if ct.trigger and not ctx.triggers_allowed:
             where = "inside 'not'" if under_not else "in a 'while'"
             ctx.error("K208", f"{sel!r} is a trigger (an instant); it is not allowed {where}",
