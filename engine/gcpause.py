@@ -1,10 +1,11 @@
 """The cyclic garbage collector paused while a deployment is built.
 
-Loading, checking and compiling 10,000 rules makes a few million objects that
-all live on (the tree, the model, the compiled program) and almost no cycles to
-free: the collector's passes over them were most of the build time (5 of 8 s,
-docs/performance.md "Memory and scale"), each pass walking everything made so
-far. Reference counting still frees everything that is not in a cycle.
+Loading, checking and compiling 10,000 rules makes about a million objects the
+collector tracks (the YAML tree, the model, the compiled program) and almost no
+cycles to free: its passes over them were half the build time (3 of 6 CPU
+seconds, docs/performance.md "Memory and scale"), each full pass walking
+everything made so far. Reference counting still frees everything that is not
+in a cycle.
 
 Resuming as is would leave every object made in the block in the youngest
 generation, and the first collection after it would walk them all (a quarter
