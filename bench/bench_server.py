@@ -17,9 +17,11 @@ Peers (``--peers``, measured in this order at every rate, each freshly started):
 use, or ``$KAISER_BENCH_CACHE``; a headless flow ``mqtt in -> switch value > 25 ->
 function -> mqtt out`` answering ``{"command":"ON","value":1.0,"duration":0}`` on
 ``kaiser/god/esp/{esp}/actuator/{gpio}/command`` at QoS 1 like Kaiser, editor and
-HTTP nodes off), ``kaiser`` (``kaiser run`` with the ingest reader process,
-``KAISER_INGEST=process``) and ``kaiser-inline`` (``kaiser run`` reading through
-aiomqtt in its own process, as without ``KAISER_INGEST``).
+HTTP nodes off), ``kaiser`` (``kaiser run`` as it starts by default: one MQTT 5
+connection on the ``mqtt5`` codec, engine/adapters/mqtt5link.py),
+``kaiser-process`` (the ingest reader process reading, aiomqtt publishing:
+``KAISER_MQTT_CLIENT=process``) and ``kaiser-inline`` (aiomqtt for everything,
+``KAISER_MQTT_CLIENT=aiomqtt``).
 
 Setup: ``--boards`` boards (ESP_00000001...), each with a DS18B20 on GPIO 34 and,
 because espfleet matches a command to a reading by (esp_id, gpio), a relay on the
@@ -66,7 +68,9 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
-PEERS = ("floor", "node-red", "kaiser", "kaiser-inline")
+PEERS = ("floor", "node-red", "kaiser", "kaiser-process", "kaiser-inline")
+#: peer -> the MQTT client ``kaiser run`` uses (``KAISER_MQTT_CLIENT``)
+CLIENTS = {"kaiser": "mqtt5", "kaiser-process": "process", "kaiser-inline": "aiomqtt"}
 NODE_RED_VERSION = "4"
 
 
@@ -150,8 +154,9 @@ def sustained(r: dict[str, Any], stored_ok: bool = True) -> bool:
 
 class KaiserProc:
     def __init__(self, workdir: Path, toml: Path, ws_port: int, profile: Path | None = None,
-                 ingest: str = "process") -> None:
-        env = dict(os.environ, KAISER_LOG="WARNING", PYTHONPATH=f"{workdir}:{ROOT}", KAISER_INGEST=ingest)
+                 client: str = "mqtt5") -> None:
+        env = dict(os.environ, KAISER_LOG="WARNING", PYTHONPATH=f"{workdir}:{ROOT}", KAISER_MQTT_CLIENT=client)
+        env.pop("KAISER_INGEST", None)
         cmd = [sys.executable]
         if profile is not None:
             cmd += ["-m", "cProfile", "-o", str(profile)]
@@ -378,7 +383,7 @@ def phase(tools: Path, a: argparse.Namespace, who: str, rate: float, work: Path,
     k: KaiserProc | None = None
     peer: Echo | NodeRed | None = None
     if who.startswith("kaiser"):
-        k = KaiserProc(work, toml, ws_port, ingest="inline" if who == "kaiser-inline" else "process")
+        k = KaiserProc(work, toml, ws_port, client=CLIENTS[who])
         heartbeats(a)
         time.sleep(0.5)
     elif who == "node-red":

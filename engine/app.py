@@ -29,6 +29,7 @@ from typing import Any
 
 from engine import __version__, codec
 from engine.adapters.mqtt import MqttLink
+from engine.adapters.mqtt5link import Mqtt5Link, NoMqtt5, choose
 from engine.adapters.store import Store
 from engine.adapters.ws import ControlRefused, Hub
 from engine.clock import Clock, SystemClock
@@ -227,7 +228,8 @@ class Server:
         self.router: Router | None = None
         self.kaiser: Any = None
         self.store: Store | None = None
-        self.mqtt: MqttLink | None = None
+        self.mqtt: MqttLink | Mqtt5Link | None = None
+        self.mqtt_client = ""
         self.ingest: Any = None  # engine.adapters.ingest.Ingest with KAISER_INGEST=process
         self.hub: Hub | None = None
         self.broker: Any = None
@@ -308,34 +310,60 @@ class Server:
             await self.broker.start()
             url = self.broker.url
         now = self.clock.now()
-        # KAISER_INGEST=process: a reader process takes every board-to-server message
-        # (engine/adapters/ingest.py, docs/performance.md); aiomqtt only publishes
-        ingest = self.broker is None and ingest_mode(url)
+        # which client reads the broker (engine/adapters/mqtt5link.py, docs/performance.md):
+        # MQTT 5 on the mqtt5 codec in this process by default; aiomqtt for TLS and the
+        # embedded broker (MQTT 3.1.1 only); a reader process with KAISER_INGEST=process
+        self.mqtt_client = client = "aiomqtt" if self.broker is not None else mqtt_client(url)
         subs = codec.subscriptions(self.kaiser_id)
-        self.mqtt = MqttLink(
-            url,
-            self.client_id,
-            [] if ingest else subs,
-            self.on_mqtt,
-            unsubscribe=subs if ingest else (),
-            will=codec.encode_server_status(self.kaiser_id, online=False, timestamp=now),
-            on_connect=lambda: [codec.encode_server_status(self.kaiser_id, online=True, timestamp=self.clock.now())],
-            on_state=self._on_mqtt_state,
-            username=self.settings.mqtt.username,
-            password=self.settings.mqtt.password,
-        )
-        self._tasks.append(asyncio.create_task(self.mqtt.run(), name="kaiser-mqtt"))
-        if ingest:
+        will = codec.encode_server_status(self.kaiser_id, online=False, timestamp=now)
+
+        def online() -> list[codec.Outgoing]:
+            return [codec.encode_server_status(self.kaiser_id, online=True, timestamp=self.clock.now())]
+
+        if client == "mqtt5":
+            self.mqtt = Mqtt5Link(url, self.client_id, subs, self.on_ingest, will=will, on_connect=online,
+                                  on_state=self._on_mqtt_state, username=self.settings.mqtt.username,
+                                  password=self.settings.mqtt.password, fallback=mqtt_client_mode() == "auto")
+        else:
+            self.mqtt = self._aiomqtt_link(url, subs, will, online, ingest=client == "process")
+        self._tasks.append(asyncio.create_task(self._run_mqtt(url, subs, will, online), name="kaiser-mqtt"))
+        if client == "process":
             from engine.adapters.ingest import Ingest
             from engine.adapters.mqtt import parse_url
 
             self.ingest = Ingest(*parse_url(url), f"{self.client_id}-ingest", subs, self.on_ingest,
                                  username=self.settings.mqtt.username, password=self.settings.mqtt.password)
             self._tasks.append(asyncio.create_task(self.ingest.run(), name="kaiser-ingest"))
-        if not await self.mqtt.wait_connected(10):
+        deadline = time.monotonic() + 10  # the link may change to aiomqtt meanwhile (_run_mqtt)
+        while time.monotonic() < deadline and not await self.mqtt.wait_connected(0.25):
+            pass
+        if not self.mqtt.connected:
             log.warning("MQTT broker %s not reachable yet; retrying in the background", url)
         elif self.ingest is not None and not await self.ingest.wait_connected(10):
             log.warning("the ingest reader is not connected to %s yet; retrying in the background", url)
+
+    def _aiomqtt_link(self, url: str, subs: list[str], will: codec.Outgoing,
+                      online: Callable[[], list[codec.Outgoing]], ingest: bool) -> MqttLink:
+        return MqttLink(url, self.client_id, [] if ingest else subs, self.on_mqtt,
+                        unsubscribe=subs if ingest else (), will=will, on_connect=online,
+                        on_state=self._on_mqtt_state, username=self.settings.mqtt.username,
+                        password=self.settings.mqtt.password)
+
+    async def _run_mqtt(self, url: str, subs: list[str], will: codec.Outgoing,
+                        online: Callable[[], list[codec.Outgoing]]) -> None:
+        """Run the link; a broker without MQTT 5 gets aiomqtt instead (client ``auto``)."""
+        assert self.mqtt is not None
+        try:
+            await self.mqtt.run()
+        except NoMqtt5 as exc:
+            assert isinstance(self.mqtt, Mqtt5Link)
+            log.warning("%s: using aiomqtt (MQTT 3.1.1) instead", exc)
+            pending = self.mqtt.pending()
+            self.mqtt = link = self._aiomqtt_link(url, subs, will, online, ingest=False)
+            self.mqtt_client = "aiomqtt"
+            for m in pending:
+                link.publish(m)
+            await link.run()
 
     async def stop(self) -> None:
         """Clean shutdown: status offline published, snapshot saved, store flushed."""
@@ -1150,19 +1178,21 @@ class Server:
         return render_metrics(self)
 
 
-def ingest_mode(url: str) -> bool:
-    """True when ``KAISER_INGEST=process`` asks for the ingest reader process
-    (engine/adapters/ingest.py). It speaks MQTT 5, which the embedded broker lacks."""
-    mode = os.environ.get("KAISER_INGEST", "").strip().lower()
-    if mode in ("", "inline", "off", "0"):
-        return False
-    if mode != "process":
-        log.warning("KAISER_INGEST=%s: expected process or inline; reading inline", mode)
-        return False
-    if url.startswith("mqtts://"):
-        log.warning("KAISER_INGEST=process does not speak TLS yet: reading inline")
-        return False
-    return True
+def mqtt_client_mode() -> str:
+    """The MQTT client asked for: ``KAISER_MQTT_CLIENT`` (auto, mqtt5, process,
+    aiomqtt); the older ``KAISER_INGEST=process`` still asks for the reader process
+    (``inline``: aiomqtt); ``auto`` by default."""
+    mode = os.environ.get("KAISER_MQTT_CLIENT", "").strip().lower()
+    if not mode:
+        legacy = os.environ.get("KAISER_INGEST", "").strip().lower()
+        mode = {"process": "process", "inline": "aiomqtt", "off": "aiomqtt", "0": "aiomqtt"}.get(legacy, "auto")
+    return mode
+
+
+def mqtt_client(url: str) -> str:
+    """The MQTT client for ``url``: ``mqtt5`` (the default), ``process`` or ``aiomqtt``
+    (engine/adapters/mqtt5link.py ``choose``)."""
+    return choose(url, mqtt_client_mode())
 
 
 def _tune_gc() -> None:

@@ -321,6 +321,14 @@ class MqttLink:
         exc = disconnected.exception()
         raise aiomqtt.MqttError(f"disconnected: {exc}" if exc else "disconnected")
 
+    def abort(self) -> None:
+        """Drop the connection without DISCONNECT, as a crash would (the broker
+        publishes the last will), and do not reconnect."""
+        self._closing = True
+        sock = self._paho.socket() if self._paho is not None else None
+        if sock is not None:
+            sock.shutdown(socket.SHUT_RDWR)
+
     async def close(self, final: Iterable[Any] = ()) -> None:
         """Publish ``final`` (e.g. status offline), wait for it to leave, disconnect."""
         self._closing = True

@@ -167,7 +167,12 @@ class TwinFleet:
         self._ready.pop(esp_id, None)
         if task is None:
             return
-        task.cancel()
+        # Python 3.11's wait_for (inside aiomqtt's publish) drops a cancellation that
+        # arrives together with the PUBACK; the task then waits for messages forever:
+        # cancel until it ends
+        while not task.done():
+            task.cancel()
+            await asyncio.wait({task}, timeout=1.0)
         with contextlib.suppress(asyncio.CancelledError, aiomqtt.MqttError):
             await task
 

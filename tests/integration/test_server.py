@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
 from typing import Any
 
 import pytest
@@ -79,15 +78,17 @@ async def test_server_status_online_retained_and_offline_on_shutdown(settings: A
     assert p["reason"] == "graceful_shutdown"
 
 
-async def test_last_will_says_offline_when_the_server_dies(settings: Any, board: Board) -> None:
+@pytest.mark.parametrize("client", ["mqtt5", "aiomqtt"])
+async def test_last_will_says_offline_when_the_server_dies(settings: Any, board: Board, client: str,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("KAISER_MQTT_CLIENT", client)
     s = Server(settings, watch=False, websocket=False)
     await s.start()
     topic = f"kaiser/{settings.kaiser.id}/server/status"
     await board.expect(lambda t, p: t == topic and p and p["status"] == "online")
     # cut the connection without DISCONNECT (as a crash would): the broker publishes the will
-    assert s.mqtt is not None and s.mqtt._paho is not None
-    s.mqtt._closing = True  # no reconnect
-    s.mqtt._paho.socket().shutdown(socket.SHUT_RDWR)
+    assert s.mqtt is not None and s.mqtt_client == client
+    s.mqtt.abort()
     _, p = await board.expect(lambda t, p: t == topic and p and p["status"] == "offline", timeout=15)
     assert p["reason"] == "unexpected_disconnect"
     await s.stop()

@@ -1,0 +1,182 @@
+"""The server's MQTT 5 link (engine/adapters/mqtt5link.py) against a real Mosquitto:
+order, QoS 1 acknowledged only once handled, retained flags, publishes queued while
+the broker is away (stale ones dropped), and the fallback to aiomqtt on a broker
+without MQTT 5. Behaviour only: no timing assertions."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiomqtt
+import pytest
+
+from engine.adapters.broker import EmbeddedBroker
+from engine.adapters.ingest import Item
+from engine.adapters.mqtt import parse_url
+from engine.adapters.mqtt5link import Mqtt5Link
+from engine.app import Server
+
+from .conftest import make_settings
+from .test_ingest import _speaks_mqtt5
+
+pytestmark = [pytest.mark.integration, pytest.mark.anyio]
+
+
+@pytest.fixture
+def mqtt5_url(broker_url: str) -> str:
+    if not _speaks_mqtt5(*parse_url(broker_url)):
+        pytest.skip("needs an MQTT 5 broker (Mosquitto); the embedded one speaks 3.1.1")
+    return broker_url
+
+
+@pytest.fixture
+def base() -> str:
+    return f"t5/{uuid.uuid4().hex[:10]}"
+
+
+class Batches:
+    def __init__(self) -> None:
+        self.items: list[Item] = []
+        self.calls = 0
+        self.on_item: Any = None
+
+    def __call__(self, items: list[Item]) -> None:
+        self.calls += 1
+        for it in items:
+            self.items.append(it)
+            if self.on_item is not None:
+                self.on_item(it)
+
+    async def wait(self, n: int, timeout: float = 10.0) -> None:
+        async with asyncio.timeout(timeout):
+            while len(self.items) < n:
+                await asyncio.sleep(0.01)
+
+
+@pytest.fixture
+async def running() -> AsyncIterator[list[Mqtt5Link]]:
+    links: list[Mqtt5Link] = []
+    yield links
+    for link in links:
+        await link.close()
+
+
+def start(links: list[Mqtt5Link], link: Mqtt5Link) -> asyncio.Task[None]:
+    links.append(link)
+    return asyncio.create_task(link.run())
+
+
+async def test_messages_arrive_in_order_with_their_retained_flag(mqtt5_url: str, base: str,
+                                                                 running: list[Mqtt5Link]) -> None:
+    host, port = parse_url(mqtt5_url)
+    async with aiomqtt.Client(host, port) as c:
+        await c.publish(f"{base}/kept", b"old", qos=1, retain=True)
+        got = Batches()
+        link = Mqtt5Link(mqtt5_url, f"t5-{uuid.uuid4().hex[:8]}", [f"{base}/#"], got)
+        start(running, link)
+        assert await link.wait_connected(10)
+        for i in range(300):
+            await c.publish(f"{base}/b{i % 3}", json.dumps({"seq": i}).encode(), qos=1)
+        await got.wait(301)
+        await c.publish(f"{base}/kept", b"", qos=1, retain=True)  # leave no retained message behind
+    kept = [it for it in got.items if it[1] == f"{base}/kept" and it[2] == b"old"]
+    assert kept and kept[0][3] is True  # replayed on subscribe: retained
+    live = [it for it in got.items if it[1] != f"{base}/kept"]
+    assert all(it[3] is False for it in live)
+    for b in range(3):
+        seqs = [json.loads(it[2])["seq"] for it in live if it[1] == f"{base}/b{b}"]
+        assert seqs == list(range(b, 300, 3))
+    assert got.calls <= len(got.items)
+
+
+async def test_a_qos1_message_is_not_acknowledged_before_it_was_handled(mqtt5_url: str, base: str,
+                                                                        running: list[Mqtt5Link]) -> None:
+    """The link dies while handling a message (no PUBACK sent): the broker delivers it
+    again to the next link with the same client id."""
+    host, port = parse_url(mqtt5_url)
+    cid = f"t5-{uuid.uuid4().hex[:8]}"
+    first = Batches()
+    link = Mqtt5Link(mqtt5_url, cid, [f"{base}/#"], first)
+    first.on_item = lambda it: link.abort() if it[2] == b"die" else None
+    task = start(running, link)
+    assert await link.wait_connected(10)
+    async with aiomqtt.Client(host, port) as c:
+        await c.publish(f"{base}/x", b"die", qos=1)
+        await first.wait(1)
+        await asyncio.wait_for(task, 10)  # aborted: no reconnect
+        await c.publish(f"{base}/x", b"after", qos=1)
+    second = Batches()
+    again = Mqtt5Link(mqtt5_url, cid, [f"{base}/#"], second)
+    start(running, again)
+    await second.wait(2)
+    assert [it[2] for it in second.items][:2] == [b"die", b"after"]
+
+
+async def test_publishes_wait_for_the_broker_and_stale_ones_are_dropped(mqtt5_url: str, base: str,
+                                                                        running: list[Mqtt5Link]) -> None:
+    host, port = parse_url(mqtt5_url)
+    link = Mqtt5Link(mqtt5_url, f"t5-{uuid.uuid4().hex[:8]}", [], Batches(), max_queue_age=0.5)
+    async with aiomqtt.Client(host, port) as c:
+        await c.subscribe(f"{base}/#", qos=1)
+        link.publish((f"{base}/cmd", b"stale ON", 1, False))  # not connected yet: queued
+        link.publish((f"{base}/state", b"retained", 1, True))
+        await asyncio.sleep(0.8)
+        link.publish((f"{base}/cmd", b"fresh OFF", 1, False))
+        start(running, link)
+        assert await link.wait_connected(10)
+        seen: list[bytes] = []
+        async with asyncio.timeout(10):
+            async for m in c.messages:
+                assert isinstance(m.payload, bytes)
+                seen.append(m.payload)
+                if m.payload == b"fresh OFF":
+                    break
+        await c.publish(f"{base}/state", b"", qos=1, retain=True)
+    assert seen == [b"retained", b"fresh OFF"]  # in order; the stale ON never left
+    assert link.dropped == 1
+
+
+async def test_many_commands_of_one_turn_all_arrive(mqtt5_url: str, base: str, running: list[Mqtt5Link]) -> None:
+    """More QoS 1 publishes at once than the broker lets be in flight: they wait for
+    room and all arrive, in order."""
+    host, port = parse_url(mqtt5_url)
+    link = Mqtt5Link(mqtt5_url, f"t5-{uuid.uuid4().hex[:8]}", [], Batches())
+    start(running, link)
+    assert await link.wait_connected(10)
+    async with aiomqtt.Client(host, port) as c:
+        await c.subscribe(f"{base}/#", qos=1)
+        for i in range(600):
+            link.publish((f"{base}/cmd", str(i).encode(), 1, False))
+        seen: list[int] = []
+        async with asyncio.timeout(20):
+            async for m in c.messages:
+                assert isinstance(m.payload, bytes)
+                seen.append(int(m.payload))
+                if len(seen) == 600:
+                    break
+    assert seen == list(range(600))
+    assert link._receive_max < 600  # the window was exceeded
+    async with asyncio.timeout(10):
+        while link._inflight:  # every one acknowledged by the broker in the end
+            await asyncio.sleep(0.01)
+
+
+async def test_a_broker_without_mqtt5_gets_aiomqtt(kaiser_id: str, rules_dir: Path, tmp_path: Path) -> None:
+    """The embedded broker (amqtt) speaks MQTT 3.1.1 only: the server notices at the
+    first CONNECT and reads and publishes through aiomqtt instead."""
+    broker = EmbeddedBroker()
+    await broker.start()
+    settings = make_settings(kaiser_id, broker.url, rules_dir, tmp_path / "k.duckdb")
+    server = Server(settings, watch=False, websocket=False)
+    try:
+        await server.start()
+        assert server.mqtt is not None and server.mqtt.connected
+        assert server.mqtt_client == "aiomqtt"
+    finally:
+        await server.stop()
+        await broker.stop()
