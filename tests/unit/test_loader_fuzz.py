@@ -136,3 +136,81 @@ def test_deep_nesting_without_anchors_is_a_finding_not_a_crash() -> None:
     node = parse_text("a:\n  " + "- " * 100_000 + "x\n", "f.yaml", out)
     assert node is not None
     assert [d.text() for d in out] == ["f.yaml:2:131: K105 the YAML is nested more than 64 levels deep"]
+
+
+def _fast_or_declined(text: str) -> bool:
+    """The line reader reads ``text`` as libyaml's events do, or declines it; True
+    when it read it."""
+    from engine.config import source
+
+    try:
+        fast = source._LineReader("f.yaml", text).build()
+    except (source._Declined, ValueError):
+        return False
+    out: list[Diagnostic] = []
+    slow = source._EventBuilder("f.yaml", text).build(out)
+    assert _shape(fast) == _shape(slow), text
+    assert out == [], text  # what it reads has no findings of its own
+    return True
+
+
+#: the start of the example deployment's first ASCII file (the line reader reads it)
+PLAIN_EXAMPLE = next(t for t in (p.read_text(encoding="utf-8") for p in sorted((REPO / "rules").glob("*.yaml")))
+                     if t.isascii() and "rules:" in t)
+PLAIN_EXAMPLE = PLAIN_EXAMPLE[:PLAIN_EXAMPLE.rfind("\n", 0, 6000) + 1]
+FLOWISH = st.sampled_from([*"{}[],:#'\" -?&*!|>%@`", "a", "b", "s1.t", "25", "-5", "on", "x y", ": ", ", ",
+                           "{a: 1}", "[{a: b, c: d}]", "{a: b, c: d}", "#c", "''", '""'])
+
+
+@settings(max_examples=300)
+@given(st.lists(YAMLISH, max_size=80).map("".join))
+def test_the_line_reader_reads_as_libyaml_or_declines(text: str) -> None:
+    _fast_or_declined(text)
+
+
+@settings(max_examples=300)
+@given(st.sampled_from(["k: ", "- ", "k:\n  x: ", "k:\n- ", "- a: 1\n  k: ", "k: [", "k: {a: "]),
+       st.lists(FLOWISH, max_size=12).map("".join), st.sampled_from(["", "\n", " \n", "\nz: 1\n", "\n  z: 1\n"]))
+def test_the_line_reader_reads_one_line_values_as_libyaml_or_declines(head: str, value: str, tail: str) -> None:
+    _fast_or_declined(head + value + tail)
+
+
+@settings(max_examples=200)
+@given(NESTED, st.booleans(), st.integers(0, 2))
+def test_the_line_reader_reads_nested_values_as_libyaml_or_declines(v: object, flow: bool, indent: int) -> None:
+    text = "top:" + (" " if flow else "") + _emit(v, 2 + indent, flow) + "\n"
+    _fast_or_declined(text)
+    _fast_or_declined("- " + text.replace("\n", "\n  ").rstrip(" "))
+
+
+@settings(max_examples=150)
+@given(st.integers(0, len(PLAIN_EXAMPLE)), st.integers(0, 40),
+       st.text(alphabet=" \n-:#{}[],'\"ab1?", max_size=12))
+def test_the_line_reader_reads_a_mutated_example_as_libyaml_or_declines(start: int, length: int, insert: str) -> None:
+    _fast_or_declined(PLAIN_EXAMPLE[:start] + insert + PLAIN_EXAMPLE[start + length:])
+
+
+def test_the_line_reader_reads_the_usual_shapes() -> None:
+    """Block mappings and lists, one-line flow collections, quoted and plain scalars
+    and comments are read without libyaml's events (the 10,000-rule files are these)."""
+    text = (
+        "# greenhouse\n"
+        "devices:\n"
+        "  north:   # the north house\n"
+        "    esp_id: ESP_00000001\n"
+        "    sensors:\n"
+        "      t: {gpio: 34, type: DS18B20}\n"
+        "      h: { gpio: 35 , type: 'sht31' }\n"
+        "rules:\n"
+        "- name: hot one\n"
+        "  when: {sensor: north.t, above: -2.5e1}\n"
+        "  then: [{actuator: north.fan, set: on}, {notify: \"too hot: #1\"}]\n"
+        "  at: 07:00\n"
+        "  tags: [a, b c, []]\n"
+        "  note: it's 5 o'clock, more or less # a comment\n"
+    )
+    assert _fast_or_declined(text)
+    assert _fast_or_declined(PLAIN_EXAMPLE)
+    for declined in ("a: &x 1\nb: *x\n", "a: |\n  text\n", "a:\n", "a: 1\na: 2\n", "a: b\n  c\n",
+                     "a: {b: 07:00}\n", "a: 'it''s'\n", 'a: "\\t"\n', "a: caf\u00e9\n", "---\na: 1\n"):
+        assert not _fast_or_declined(declined), declined
