@@ -58,6 +58,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from engine import codec
+from engine.adapters.mqtt import LinkState
 
 log = logging.getLogger("kaiser.ingest")
 
@@ -103,6 +104,31 @@ class _Frames:
             pos = end
         self.rest = buf[pos:] if pos < n else b""
         return out
+
+
+def read_packets(data: bytes) -> tuple[list[Any], int, Exception | None]:
+    """The whole MQTT 5 packets (``mqtt5``) at the start of ``data``, the bytes they
+    took (what follows is an incomplete packet), and the error of a packet mqtt5
+    refuses (the packets before it are returned; the connection is beyond saving)."""
+    import mqtt5
+
+    read = mqtt5.read
+    view = memoryview(data)
+    out: list[Any] = []
+    pos, n = 0, len(data)
+    try:
+        while pos < n:
+            try:
+                packet, used = read(view[pos:])
+            except IndexError:  # an incomplete packet: wait for the rest
+                break
+            pos += used
+            out.append(packet)
+    except Exception as exc:
+        return out, n, exc
+    finally:
+        view.release()
+    return out, pos, None
 
 
 def item(topic: str, payload: bytes, retained: bool, received_at: float) -> Item:
@@ -164,7 +190,7 @@ class _ChildLink(asyncio.Protocol):
             self.closed.set_result(None)
 
 
-class Ingest:
+class Ingest(LinkState):
     """Runs the reader process and hands its batches to ``on_batch(items)`` on the
     event loop, in order; restarts the reader when it exits.
 
@@ -193,7 +219,6 @@ class Ingest:
         self.password = password or None
         self.keepalive = keepalive
         self.backoff = backoff
-        self.connected = False
         self.received = 0
         self.batches = 0
         self.restarts = 0
@@ -201,22 +226,7 @@ class Ingest:
         self._closing = False
         self._proc: asyncio.subprocess.Process | None = None
         self._link: _ChildLink | None = None
-        self._up = asyncio.Event()
-
-    def _set_state(self, up: bool) -> None:
-        self.connected = up
-        if up:
-            self._up.set()
-        else:
-            self._up.clear()
-
-    async def wait_connected(self, timeout: float | None = None) -> bool:
-        """True once the reader is connected and subscribed (within ``timeout`` s)."""
-        try:
-            await asyncio.wait_for(self._up.wait(), timeout)
-        except TimeoutError:
-            return False
-        return True
+        self._init_state()
 
     async def run(self) -> None:
         """Start the reader; start a new one whenever it exits, until close()."""
@@ -364,31 +374,19 @@ class _Reader:
         self.last_in = time.monotonic()
         if self.rest:
             data = self.rest + data
-        view = memoryview(data)
-        pos, n = 0, len(data)
-        read = self.mqtt5.read
+        packets, used, error = read_packets(data)
+        self.rest = data[used:] if used < len(data) else b""
         publish = self.mqtt5.PublishPacket
         now = time.time()
-        try:
-            while pos < n:
-                try:
-                    packet, used = read(view[pos:])
-                except IndexError:  # an incomplete packet: wait for the rest
-                    break
-                pos += used
-                if packet.__class__ is publish:
-                    self._publish(packet, now)
-                else:
-                    self._control(packet)
-        except Exception as exc:  # a packet mqtt5 refuses: drop the connection, reconnect
-            log.error("unreadable packet from the broker: %s", exc)
-            self.rest = b""
+        for packet in packets:
+            if packet.__class__ is publish:
+                self._publish(packet, now)
+            else:
+                self._control(packet)
+        if error is not None:  # drop the connection, reconnect
+            log.error("unreadable packet from the broker: %s", error)
             if self.broker is not None:
                 self.broker.close()
-            return
-        finally:
-            view.release()
-        self.rest = data[pos:] if pos < n else b""
         self._flush()
 
     def _publish(self, p: Any, now: float) -> None:

@@ -120,7 +120,43 @@ def _as_publish(m: Any) -> Publish:
     return Publish(topic, payload if isinstance(payload, bytes) else str(payload).encode(), int(qos), bool(retain))
 
 
-class MqttLink:
+class LinkState:
+    """Up or down, with an event to wait for and a callback on every change: what the
+    MQTT links (this one, engine/adapters/mqtt5link.py, the ingest reader) share."""
+
+    connected: bool
+    on_state: Callable[[bool], None] | None
+    _connected_evt: asyncio.Event
+
+    def _init_state(self, on_state: Callable[[bool], None] | None = None) -> None:
+        self.connected = False
+        self.on_state = on_state
+        self._connected_evt = asyncio.Event()
+
+    def _set_state(self, up: bool) -> None:
+        if up == self.connected:
+            return
+        self.connected = up
+        if up:
+            self._connected_evt.set()
+        else:
+            self._connected_evt.clear()
+        if self.on_state is not None:
+            try:
+                self.on_state(up)
+            except Exception:
+                log.exception("MQTT state callback failed")
+
+    async def wait_connected(self, timeout: float | None = None) -> bool:
+        """True once connected (and subscribed) within ``timeout`` seconds."""
+        try:
+            await asyncio.wait_for(self._connected_evt.wait(), timeout)
+        except TimeoutError:
+            return False
+        return True
+
+
+class MqttLink(LinkState):
     """Keeps one MQTT session alive and moves messages both ways.
 
     ``on_message(topic, payload, retained)`` is called synchronously for every message
@@ -155,7 +191,6 @@ class MqttLink:
         self.unsubscribe = [t for t in unsubscribe if t not in self.subscriptions]
         self.on_message = on_message
         self.on_connect = on_connect
-        self.on_state = on_state
         self.will = _as_publish(will) if will is not None else None
         self.username = username or None
         self.password = password or None
@@ -166,8 +201,7 @@ class MqttLink:
         self._client: aiomqtt.Client | None = None
         self._paho: Any = None
         self._closing = False
-        self._connected_evt = asyncio.Event()
-        self.connected = False
+        self._init_state(on_state)
         self.received = 0
         self.published = 0
         self.dropped = 0
@@ -207,13 +241,6 @@ class MqttLink:
                 return
             self._queue.popleft()
 
-    async def wait_connected(self, timeout: float | None = None) -> bool:
-        try:
-            await asyncio.wait_for(self._connected_evt.wait(), timeout)
-        except TimeoutError:
-            return False
-        return True
-
     # ------------------------------------------------------------------ session
     def _make_client(self) -> aiomqtt.Client:
         will = None
@@ -236,20 +263,6 @@ class MqttLink:
         )
         buffer_reads(client._client)
         return client
-
-    def _set_state(self, up: bool) -> None:
-        if up == self.connected:
-            return
-        self.connected = up
-        if up:
-            self._connected_evt.set()
-        else:
-            self._connected_evt.clear()
-        if self.on_state is not None:
-            try:
-                self.on_state(up)
-            except Exception:
-                log.exception("MQTT state callback failed")
 
     async def run(self) -> None:
         """Connect, subscribe, deliver messages; reconnect with backoff until close()."""

@@ -52,8 +52,8 @@ from typing import Any
 
 import mqtt5
 
-from engine.adapters.ingest import Item, item
-from engine.adapters.mqtt import Publish, _as_publish, parse_url
+from engine.adapters.ingest import Item, item, read_packets
+from engine.adapters.mqtt import LinkState, Publish, _as_publish, parse_url
 
 log = logging.getLogger("kaiser.mqtt")
 
@@ -105,7 +105,7 @@ class _Protocol(asyncio.Protocol):
             self.lost.set_result(exc)
 
 
-class Mqtt5Link:
+class Mqtt5Link(LinkState):
     """Keeps one MQTT 5 session alive and moves messages both ways; the same public
     face as :class:`engine.adapters.mqtt.MqttLink` (``publish``, ``run``, ``close``,
     ``wait_connected``, ``connected`` and the counters).
@@ -141,7 +141,6 @@ class Mqtt5Link:
         self.subscriptions = list(subscriptions)
         self.on_batch = on_batch
         self.on_connect = on_connect
-        self.on_state = on_state
         self.will = _as_publish(will) if will is not None else None
         self.username = username or None
         self.password = password or None
@@ -149,7 +148,7 @@ class Mqtt5Link:
         self.max_queue = max_queue
         self.max_queue_age = max_queue_age
         self.backoff = backoff
-        self.connected = False
+        self._init_state(on_state)
         self.received = 0
         self.batches = 0
         self.published = 0
@@ -158,7 +157,6 @@ class Mqtt5Link:
         self.errors = 0
         self._closing = False
         self._transport: asyncio.Transport | None = None
-        self._connected_evt = asyncio.Event()
         self._rest = b""
         self._out: list[bytes] = []  # packets of this event-loop turn, written together
         self._flush_due = False
@@ -241,35 +239,25 @@ class Mqtt5Link:
         self._last_in = time.monotonic()
         if self._rest:
             data = self._rest + data
-        read, publish = mqtt5.read, mqtt5.PublishPacket
-        view = memoryview(data)
-        pos, n = 0, len(data)
+        packets, used, error = read_packets(data)
+        self._rest = data[used:] if used < len(data) else b""
+        publish = mqtt5.PublishPacket
         batch: list[Item] = []
         pids: list[int] = []
         now = time.time()
         self._in_read = True
         try:
-            while pos < n:
-                try:
-                    packet, used = read(view[pos:])
-                except IndexError:  # an incomplete packet: wait for the rest
-                    break
-                pos += used
+            for packet in packets:
                 if packet.__class__ is publish:
                     batch.append(item(packet.topic, packet.payload, packet.retain, now))
                     if packet.packet_id is not None:
                         pids.append(packet.packet_id)
                 else:
                     self._control(packet)
-        except Exception as exc:  # a packet mqtt5 refuses: drop the connection, reconnect
-            log.error("unreadable packet from the broker: %s", exc)
-            pos = n
-            if self._transport is not None:
-                self._transport.close()
-        finally:
-            view.release()
-            self._rest = data[pos:] if pos < n else b""
-        try:
+            if error is not None:  # drop the connection, reconnect
+                log.error("unreadable packet from the broker: %s", error)
+                if self._transport is not None:
+                    self._transport.close()
             if batch:
                 self.received += len(batch)
                 self.batches += 1
@@ -326,28 +314,6 @@ class Mqtt5Link:
             self._acks.pop(key, None)
 
     # ------------------------------------------------------------------ session
-    def _set_state(self, up: bool) -> None:
-        if up == self.connected:
-            return
-        self.connected = up
-        if up:
-            self._connected_evt.set()
-        else:
-            self._connected_evt.clear()
-        if self.on_state is not None:
-            try:
-                self.on_state(up)
-            except Exception:
-                log.exception("MQTT state callback failed")
-
-    async def wait_connected(self, timeout: float | None = None) -> bool:
-        """True once connected and subscribed (within ``timeout`` seconds)."""
-        try:
-            await asyncio.wait_for(self._connected_evt.wait(), timeout)
-        except TimeoutError:
-            return False
-        return True
-
     async def run(self) -> None:
         """Connect, subscribe, deliver messages; reconnect with backoff until close()."""
         delay = self.backoff[0]
