@@ -714,8 +714,8 @@ class _Declined(Exception):
 # ':' inside a word is followed by a non-space (': ' and a final ':' end it); the
 # first character is no indicator (a '-' only before a non-space)
 _FIRST = r"(?:[^\s\-?:,\[\]{}#&*!|>'\"%@`]|-(?=\S))"
-_WORD = r"(?:[^\s:]|:(?=\S))*"
-_PLAIN = rf"{_FIRST}{_WORD}(?: +[^\s#:]{_WORD}| +:(?=\S){_WORD})*"
+_WORD = r"[^\s:]*(?::+[^\s:]+)*"
+_PLAIN = rf"{_FIRST}{_WORD}(?: +(?:[^\s#:]|:+[^\s:]){_WORD})*"
 #: ``key: value`` in a block mapping: the key, then a plain value (group 2), or
 #: whatever else follows (group 3: a flow collection, a quoted scalar, a comment)
 _KEY_LINE = re.compile(rf"({_PLAIN}):(?: *$| +(?:({_PLAIN})(?: +#.*| *)$|(.*)))")
@@ -779,7 +779,8 @@ class _LineReader:
             return self._sequence(i, indent, depth)
         return self._mapping(i, indent, depth)
 
-    def _mapping(self, i: int, indent: int, depth: int) -> tuple[YNode, int]:
+    def _mapping(self, i: int, indent: int, depth: int, m: re.Match[str] | None = None) -> tuple[YNode, int]:
+        """The block mapping from row ``i`` (``m``: its first row's ``_KEY_LINE`` match, if known)."""
         rows, file = self.rows, self.file
         n, _, _ = rows[i]
         ymap = YMap(file, n, indent + 1)
@@ -793,7 +794,8 @@ class _LineReader:
                 if ind < indent:
                     break
                 raise _Declined
-            m = key_line(content)
+            if m is None:
+                m = key_line(content)
             if m is None:
                 if content[0] == "-" and (len(content) == 1 or content[1] == " "):
                     break  # the sequence this mapping is a value of (an indentless one) goes on
@@ -824,6 +826,7 @@ class _LineReader:
                     raise _Declined
             keylc[key] = (n, indent + 1)
             values[key] = value
+            m = None
         return ymap, i
 
     def _sequence(self, i: int, indent: int, depth: int) -> tuple[YNode, int]:
@@ -844,9 +847,10 @@ class _LineReader:
             if not rest or rest[0] == "#":
                 raise _Declined
             col = indent + len(content) - len(rest)  # 0-based column of the item
-            if _KEY_LINE.match(rest):
+            m = _KEY_LINE.match(rest)
+            if m is not None:
                 row[1], row[2] = col, rest  # the item's mapping starts on this row
-                item, i = self._mapping(i, col, depth + 1)
+                item, i = self._mapping(i, col, depth + 1, m)
             elif rest[0] == "-" and (len(rest) == 1 or rest[1] == " "):
                 raise _Declined
             else:
