@@ -99,16 +99,21 @@ def yaml_files(root: Path) -> list[Path]:
 class _Named:
     """First place each name was declared, for duplicate reports."""
 
-    where: dict[str, Position] = field(default_factory=dict)
+    #: the position, or the node whose position it is (made only for a report)
+    where: dict[str, Position | YNode] = field(default_factory=dict)
 
-    def claim(self, ctx: Ctx, kind: str, name: str, pos: Position) -> bool:
+    def claim(self, ctx: Ctx, kind: str, name: str, at: Position | YNode) -> bool:
         first = self.where.get(name)
         if first is not None:
-            ctx.error("K301", f"duplicate {kind} name {name!r}", pos,
-                      hint=f"{kind} names are unique across all files", related=first)
+            ctx.error("K301", f"duplicate {kind} name {name!r}", _pos(at),
+                      hint=f"{kind} names are unique across all files", related=_pos(first))
             return False
-        self.where[name] = pos
+        self.where[name] = at
         return True
+
+
+def _pos(at: Position | YNode) -> Position:
+    return at if isinstance(at, Position) else at.pos
 
 
 @dataclass
@@ -122,7 +127,7 @@ class _Loader:
     rules: list[Rule] = field(default_factory=list)
     tests: list[RuleTest] = field(default_factory=list)
     names: dict[str, _Named] = field(default_factory=dict)
-    esp_ids: dict[str, Position] = field(default_factory=dict)
+    esp_ids: dict[str, YNode] = field(default_factory=dict)  # esp_id -> where it is written first
     limit_pos: dict[str, Position] = field(default_factory=dict)
     defaults_pos: Position | None = None
     # what the semantic checks look at: everything that could be built, even in
@@ -206,8 +211,9 @@ class _Loader:
                     "K202", "error", "'devices' must be a mapping of device names, not a list",
                     node.pos, hint="write 'north:' instead of '- name: north'")
             return
+        keys = m.keys
         for name, dnode in m.values.items():
-            kpos = m.keys[name]
+            kpos = keys[name]
             if name in DEVICE_KEYS:
                 ctx.error("K201", f"{name!r} is a device key, not a device name", kpos,
                           hint="indent it under a device: devices: -> north: -> " + name)
@@ -244,9 +250,9 @@ class _Loader:
             first = self.esp_ids.get(esp_id)
             if first is not None:
                 ctx.error("K306", f"esp_id {esp_id!r} is already used by another device",
-                          m.values["esp_id"].pos, related=first)
+                          m.values["esp_id"].pos, related=first.pos)
             else:
-                self.esp_ids[esp_id] = m.values["esp_id"].pos
+                self.esp_ids[esp_id] = m.values["esp_id"]
         zone = ctx.text(m.values["zone"], "'zone'") if "zone" in m.values else None
         board = None
         if "board" in m.values:
@@ -268,8 +274,9 @@ class _Loader:
             sm = ctx.map(m.values.get(section), f"{section!r} of device {name!r}")
             if sm is None:
                 continue
+            item_keys = sm.keys
             for item, inode in sm.values.items():
-                ipos = sm.keys[item]
+                ipos = item_keys[item]
                 if item in (SENSOR_KEYS if section == "sensors" else ACTUATOR_KEYS):
                     ctx.error("K201", f"{item!r} is a {section[:-1]} key, not a {section[:-1]} name",
                               ipos, hint=f"indent it under a {section[:-1]}: {section}: -> NAME: -> {item}")
@@ -550,8 +557,7 @@ class _Loader:
             if "only_if" in m.values:
                 cond = self.only_if(m.values["only_if"])
         whole = ctx.errors == errors
-        unique = name is not None and self.named("interlock").claim(ctx, "interlock", name,
-                                                                     m.values["name"].pos)
+        unique = name is not None and self.named("interlock").claim(ctx, "interlock", name, m.values["name"])
         if not refs and act is None:
             return
         il = Interlock(name or f"<interlock at line {m.pos.line}>", tuple(refs), act, cond, pos=m.pos)
@@ -699,7 +705,7 @@ class _Loader:
 
     def _claim_rule(self, name: str | None, v: dict[str, YNode]) -> bool:
         """Claim a valid rule name (K301 when it is taken): True when it was free."""
-        return name is not None and self.named("rule").claim(self.ctx, "rule", name, v["name"].pos)
+        return name is not None and self.named("rule").claim(self.ctx, "rule", name, v["name"])
 
     def actions(self, node: YNode, key: str) -> tuple[Action, ...]:
         """The actions that could be built (each bad one is reported and left out)."""
@@ -793,7 +799,7 @@ class _Loader:
                 if ex is not None:
                     expects.append(ex)
         whole = ctx.errors == errors
-        unique = name is not None and self.named("test").claim(ctx, "test", name, v["name"].pos)
+        unique = name is not None and self.named("test").claim(ctx, "test", name, v["name"])
         t = RuleTest(name or f"<test at line {m.pos.line}>", base, tuple(steps), tuple(expects), bool(only_expected), tuple(rules), m.pos)
         self.c_tests.append(t)
         if not whole:
