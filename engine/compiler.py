@@ -28,8 +28,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import zlib
 from dataclasses import dataclass, field
+from typing import Any
 
 from engine.conditions import kind_of, leaves, sensors_of
 from engine.conditions.base import VALUE_LIMIT, norm_threshold, normalise
@@ -255,9 +257,39 @@ def _constants(obj: object, into: dict[str, set[str]]) -> None:
             _constants(v, into)
 
 
+def _unencodable(obj: object) -> object:
+    raise TypeError(f"cannot encode {type(obj).__name__}")
+
+
+#: json's C encoder, compact, non-ASCII as is (what ``_STR`` does); None without it
+_C_ENCODER: Any = None if json.encoder.c_make_encoder is None else json.encoder.c_make_encoder(  # type: ignore[attr-defined]
+    None, _unencodable, _STR, None, ":", ",", False, False, False)
+#: a number ``dumps`` would write otherwise: an integral float (25.0: number_json writes
+#: 25), an exponent, more than 9 decimals (not normalised), 16 digits or more (beyond
+#: the clamp); found anywhere, strings included (then the slow path runs, to no harm)
+_NOT_AS_DUMPS = re.compile(r"[:\[,]-?(?:\d{16,}|\d+(?:\.0[,\]}]|\.\d{10,}|(?:\.\d+)?[eE]))")
+
+
+def _encoded(obj: dict[str, object]) -> str | None:
+    """``dumps(obj)`` by json's C encoder (three times faster on a ruleset), or None
+    when its text might differ: non-ASCII or DEL (``dumps`` escapes those in keys
+    only), a number ``_NOT_AS_DUMPS`` finds, NaN or infinity, a type it does not know.
+    Keys are the compiler's own (str)."""
+    if _C_ENCODER is None:
+        return None
+    try:
+        text = "".join(_C_ENCODER(obj, 0))
+    except (TypeError, ValueError):
+        return None
+    if not text.isascii() or "\x7f" in text or _NOT_AS_DUMPS.search(text):
+        return None
+    return text
+
+
 def _make_partition(terms: list[Term]) -> Partition:
-    # what dumps({t.name: term_definition(t) for t in terms}) gives, without the outer dict
-    definition = "{" + ",".join([_KEY(t.name) + ":" + dumps(term_definition(t)) for t in terms]) + "}"
+    # what dumps({t.name: term_definition(t) for t in terms}) gives (names are unique)
+    definition = _encoded({t.name: term_definition(t) for t in terms}) or \
+        "{" + ",".join([_KEY(t.name) + ":" + dumps(term_definition(t)) for t in terms]) + "}"
     key = hashlib.sha256(definition.encode()).hexdigest()[:16]
     facts = frozenset([f for t in terms for f, _ in t.patterns])
     return Partition(key, tuple(terms), facts, definition)

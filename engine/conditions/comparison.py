@@ -84,9 +84,21 @@ def options(m: YMap, ctx: Ctx) -> tuple[float, float]:
     return for_ or 0.0, hyst or 0.0
 
 
+def _wire(t: float | tuple[float, float]) -> float | tuple[float, float]:
+    """A normalised threshold as the ruleset JSON writes it: an integral value as an int
+    (``number_json`` writes 25.0 as 25; so does the compiler's C encoder, given 25)."""
+    if isinstance(t, tuple):
+        return (_wire_number(t[0]), _wire_number(t[1]))
+    return _wire_number(t)
+
+
+def _wire_number(v: float) -> float:
+    return int(v) if v == int(v) else v
+
+
 def cmp_test(op: str, value: float | tuple[float, float], negated: bool) -> dict[str, object]:
     """The network test of ``v OP value`` (or its negation) on a fact's ``v``."""
-    t = norm_threshold(value)
+    t = _wire(norm_threshold(value))
     ranged = op in ("between", "outside")
     if ranged != isinstance(t, tuple) or (not ranged and op not in _OPS and op != "equals"):
         return _ALWAYS if negated else _NEVER  # malformed (the loader refuses it)

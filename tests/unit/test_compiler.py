@@ -92,6 +92,22 @@ def test_editing_one_rule_recompiles_only_its_neighbourhood() -> None:
     assert len(b.partitions) >= 20
 
 
+@pytest.mark.parametrize("value", [25.0, 25.5, -3.0, 0.0, -0.0, 1e-05, 2.5e-07, 1e-12, 0.1 + 0.2, 1e15, 1.5e15 + 0.5,
+                                   1e20, 123456789.123456789, float("nan"), float("inf"), (10.0, 20.5), (1e-05, 3.0)])
+def test_ruleset_json_is_the_same_by_the_c_encoder_or_dumps(value: float | tuple[float, float]) -> None:
+    """The C encoder writes a ruleset only when its text is dumps' (else dumps does)."""
+    ops = ("between", "outside") if isinstance(value, tuple) else ("above", "below", "equals", "at_least")
+    rules = tuple(Rule(f"r{i}-{op}", "edge", Not(Comparison("n.t", op, value)) if i % 2 else
+                       Any_((Comparison("n.t", op, value), DeviceIs("n", True), ActuatorIs("n.fan", False))),
+                       (Notify("x"),), index=i) for i, op in enumerate(ops))
+    for part in C.compile_program(Deployment(rules=rules)).partitions:
+        slow = "{" + ",".join([C._KEY(t.name) + ":" + C.dumps(C.term_definition(t)) for t in part.terms]) + "}"
+        assert part.definition == slow
+    assert C._encoded({"r#0": {"v": 25.0}}) is None  # a float dumps writes otherwise: not by the C encoder
+    assert C._encoded({"r#0": {"v": 25, "id": "s:x"}}) == '{"r#0":{"v":25,"id":"s:x"}}'
+    assert C._encoded({"r\u00e9#0": {"v": 1}}) is None  # dumps escapes non-ASCII in keys only
+
+
 def test_time_windows_wrap_midnight_and_use_the_zone() -> None:
     tz = ZoneInfo("Europe/Berlin")
     w = TimeWindow(22 * 60, 6 * 60)
