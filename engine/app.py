@@ -1149,7 +1149,8 @@ class Server:
             "kaiser_id": self.kaiser_id,
             "mqtt": {"connected": bool(self.mqtt and self.mqtt.connected
                                        and (self.ingest is None or self.ingest.connected)),
-                     "url": self.mqtt_url, "reconnects": self.mqtt.reconnects if self.mqtt else 0,
+                     "url": self.mqtt_url, "client": self.mqtt_client,
+                     "reconnects": self.mqtt.reconnects if self.mqtt else 0,
                      "ingest": None if self.ingest is None else {
                          "connected": self.ingest.connected, "pid": self.ingest.pid,
                          "messages": self.ingest.received, "batches": self.ingest.batches,

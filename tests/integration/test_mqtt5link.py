@@ -177,6 +177,7 @@ async def test_a_broker_without_mqtt5_gets_aiomqtt(kaiser_id: str, rules_dir: Pa
         await server.start()
         assert server.mqtt is not None and server.mqtt.connected
         assert server.mqtt_client == "aiomqtt"
+        assert server.health()["mqtt"]["client"] == "aiomqtt"  # operators can see it
     finally:
         await server.stop()
         await broker.stop()

@@ -87,7 +87,7 @@ async def test_last_will_says_offline_when_the_server_dies(settings: Any, board:
     topic = f"kaiser/{settings.kaiser.id}/server/status"
     await board.expect(lambda t, p: t == topic and p and p["status"] == "online")
     # cut the connection without DISCONNECT (as a crash would): the broker publishes the will
-    assert s.mqtt is not None and s.mqtt_client == client
+    assert s.mqtt is not None and s.health()["mqtt"]["client"] == client
     s.mqtt.abort()
     _, p = await board.expect(lambda t, p: t == topic and p and p["status"] == "offline", timeout=15)
     assert p["reason"] == "unexpected_disconnect"
