@@ -168,7 +168,10 @@ class _Loader:
         self.gap_names.update(_NAME_IN_TEXT.findall(text))
 
     def named(self, kind: str) -> _Named:
-        return self.names.setdefault(kind, _Named())
+        named = self.names.get(kind)
+        if named is None:  # not setdefault: that would make a _Named a call
+            named = self.names[kind] = _Named()
+        return named
 
     # files ---------------------------------------------------------------
     def file(self, root: YNode | None) -> None:
