@@ -241,20 +241,24 @@ _CONTAINERS = (dict, list)
 
 def _constants(obj: object, into: dict[str, set[str]]) -> None:
     """Add the pattern's constants to ``into``: field -> their reprs."""
-    t = type(obj)
-    if t is dict or (t is not list and isinstance(obj, dict)):
-        for k, v in obj.items():  # type: ignore[attr-defined]
-            vt = type(v)
-            if k.startswith("$") or vt is dict or vt is list or isinstance(v, _CONTAINERS):
-                _constants(v, into)
-            else:
-                s = into.get(k)
-                if s is None:
-                    s = into[k] = set()
-                s.add(repr(v))
-    elif t is list or isinstance(obj, list):
-        for v in obj:  # type: ignore[attr-defined]
-            _constants(v, into)
+    stack = [obj]  # not recursive: a pattern is a few small dicts and lists deep
+    push = stack.append
+    while stack:
+        o = stack.pop()
+        t = type(o)
+        if t is dict or (t is not list and isinstance(o, dict)):
+            for k, v in o.items():  # type: ignore[attr-defined]
+                vt = type(v)
+                if vt is dict or vt is list or k.startswith("$") or (
+                        vt is not int and vt is not float and vt is not str and isinstance(v, _CONTAINERS)):
+                    push(v)
+                else:
+                    s = into.get(k)
+                    if s is None:
+                        s = into[k] = set()
+                    s.add(repr(v))
+        elif t is list or isinstance(o, list):
+            stack.extend(o)  # type: ignore[arg-type]
 
 
 def _unencodable(obj: object) -> object:
