@@ -158,9 +158,12 @@ def condition_schema_defs() -> dict[str, Any]:
 # Walking conditions
 
 
+_GROUPS = (All, Any_)  # a tuple made once (``All | Any_`` makes a union a call)
+
+
 def leaves(c: Condition) -> Iterator[Condition]:
     """Every leaf of a condition tree, left to right."""
-    if isinstance(c, All | Any_):
+    if isinstance(c, _GROUPS):
         for i in c.items:
             yield from leaves(i)
     elif isinstance(c, Not):

@@ -365,12 +365,18 @@ def _quantity(s: Sensor, q: str | None) -> _Quantity:
 # Walking conditions and actions
 
 
+#: tuples made once (``All | Any_`` in isinstance makes a union a call)
+_GROUPS = (All, Any_)
+_GROUPS_NOT = (All, Any_, Not)
+_COMPARISONS = (Comparison, Difference)
+
+
 def _walk(cond: Condition) -> Iterator[Condition]:
     stack = [cond]
     while stack:
         c = stack.pop()
         yield c
-        if isinstance(c, All | Any_):
+        if isinstance(c, _GROUPS):
             stack.extend(reversed(c.items))
         elif isinstance(c, Not):
             stack.append(c.item)
@@ -420,7 +426,7 @@ def _references(ctx: _Context) -> None:
     from engine.conditions import kind_of
 
     for _rule, c in _conditions(ctx):
-        if isinstance(c, All | Any_ | Not):
+        if isinstance(c, _GROUPS_NOT):
             continue
         for kind, ref in kind_of(c).refs(c):
             _lookup(ctx, kind, ref, c.pos)
@@ -803,7 +809,7 @@ def _trigger_placement(ctx: _Context, rule: Rule) -> None:
             elif under_not:
                 ctx.emit(TRIGGER_UNDER_NOT, "error", f"`{key}` under `not` has no meaning: a trigger is an instant",
                          c.pos, "use a time window: {time: {after: ..., before: ...}}")
-        elif isinstance(c, All | Any_):
+        elif isinstance(c, _GROUPS):
             for i in c.items:
                 visit(i, under_not)
         elif isinstance(c, Not):
@@ -989,7 +995,7 @@ _NEGATE = {"above": "at_most", "at_most": "above", "below": "at_least", "at_leas
 
 def _facts_of(c: Condition, ctx: _Context | None, negated: bool = False) -> _Facts:
     f = _Facts()
-    if isinstance(c, Comparison | Difference):
+    if isinstance(c, _COMPARISONS):
         key = f"s:{c.sensor}" if isinstance(c, Comparison) else f"d:{c.a}|{c.b}"
         op = c.op
         if negated:
@@ -1017,7 +1023,7 @@ def _facts_of(c: Condition, ctx: _Context | None, negated: bool = False) -> _Fac
         f.time_pos = c.pos
     elif isinstance(c, Not):
         return _facts_of(c.item, ctx, not negated)
-    elif isinstance(c, All | Any_):
+    elif isinstance(c, _GROUPS):
         conj = isinstance(c, All) != negated
         if not c.items:
             return f
