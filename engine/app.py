@@ -261,7 +261,7 @@ class Server:
         for d in diagnostics:
             log.warning("%s", d.text())
         s = self.settings.store
-        self.store = Store(s.path, s.flush_interval, s.retention, now=self.clock.now)
+        self.store = Store(s.path, s.flush_interval, s.retention, now=self.clock.now, memory_limit=s.memory_limit)
         self.store.start()
         self.kaiser = Kaiser(deployment)
         self._install(deployment, version)

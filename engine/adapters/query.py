@@ -33,7 +33,7 @@ import contextlib
 import json
 import logging
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -118,10 +118,12 @@ def _jsonable(v: Any) -> Any:
 # ---------------------------------------------------------------------- the database
 
 
-def open_sealed(path: str, read_only: bool = False) -> duckdb.DuckDBPyConnection:
+def open_sealed(path: str, read_only: bool = False,
+                options: Mapping[str, str | bool | int | float] | None = None) -> duckdb.DuckDBPyConnection:
     """Open a DuckDB database with :data:`SANDBOX_CONFIG`, time zone UTC and the
-    configuration locked. Raises duckdb.Error."""
-    con = duckdb.connect(path, read_only=read_only, config=dict(SANDBOX_CONFIG))
+    configuration locked. ``options``: more DuckDB options, set before the lock
+    (the store's memory ones); they cannot loosen the sandbox. Raises duckdb.Error."""
+    con = duckdb.connect(path, read_only=read_only, config={**(options or {}), **SANDBOX_CONFIG})
     try:
         con.execute("SET TimeZone='UTC'")
         con.execute("SET lock_configuration=true")

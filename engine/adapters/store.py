@@ -8,9 +8,19 @@ writer thread turns each table's columns into a pyarrow batch every
 included, in C) and appends it with ``INSERT ... SELECT FROM batch`` (one INSERT
 per row manages ~870 rows/s, an Arrow batch ~500,000 rows/s). At most
 ``flush_interval`` of data is lost on a crash. A batch DuckDB refuses is logged
-and counted and costs no other table its rows; a state value that cannot be
-encoded yet is tried again at the next flush. Retention (default 90 days) is
+and counted and costs no other table its rows; one it has no memory for (a
+query may hold all of ``memory_limit``) and a state value that cannot be
+encoded yet are tried again at the next flush. Retention (default 90 days) is
 applied once a day by the same thread.
+
+Memory (docs/performance.md, "Memory and scale"): ``memory_limit`` bounds
+DuckDB's buffer pool, which otherwise keeps every block written since the start
+(up to 80 % of RAM); beyond it DuckDB evicts those blocks and spills to
+``<path>.tmp``. Its allocator (a jemalloc of its own) returns freed pages to the
+system from background threads, one second after they were freed, instead of
+keeping them in the arena of the thread that freed them until that thread
+allocates again. It checkpoints every 4 MB of WAL (``CHECKPOINT_WAL``), and the
+state is replaced by delete and insert (``_replace_state``).
 
 Tables (all times ``TIMESTAMPTZ`` in UTC, appended in time order so DuckDB's
 min/max zone maps prune time ranges; ``latest_readings`` holds one row a sensor,
@@ -23,6 +33,7 @@ upserted by every flush):
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import threading
@@ -163,6 +174,16 @@ RETAINED_TABLES = tuple(TABLES)
 
 CHUNK = 2000  # rows per Arrow batch
 
+#: flushes in a row that may find DuckDB out of memory before the rows they keep are
+#: given up (5 minutes at the default flush interval)
+MAX_NO_ROOM = 300
+
+#: WAL size that makes DuckDB checkpoint (its default: 16 MiB). Rows not checkpointed
+#: yet wait in memory, and a checkpoint rewrites the row groups it appends to: with
+#: the server's writes DuckDB peaked at 61 MB with 16 MiB, 47 MB with 4 MB (and the
+#: WAL a crash leaves to replay is smaller)
+CHECKPOINT_WAL = "4MB"
+
 __all__ = ["QueryResult", "Store", "check_read_only"]  # the query types live in engine.adapters.query
 
 
@@ -194,6 +215,42 @@ def _dumps_in_pieces(v: object, depth: int = 3) -> str:
     return "{" + ",".join(parts) + "}"
 
 
+def _memory_options(path: str, memory_limit: int) -> dict[str, str | bool]:
+    """DuckDB options that bound the store's memory (see the module doc)."""
+    options: dict[str, str | bool] = {
+        # process-wide, and DuckDB turns them off again when any other database of this
+        # process closes: the server opens no other
+        "allocator_background_threads": True,
+        "checkpoint_threshold": CHECKPOINT_WAL,
+    }
+    if memory_limit > 0 and path != ":memory:":
+        options["memory_limit"] = f"{memory_limit}B"
+    return options
+
+
+class _NoRoom(Exception):
+    """DuckDB had no memory for a statement of a flush, which it rolled back."""
+
+
+def _in_transaction(cur: duckdb.DuckDBPyConnection, *statements: tuple[str, Sequence[object] | None]) -> None:
+    """Run ``statements`` (SQL, parameters) as one transaction. Raises _NoRoom when
+    one of them is out of memory (nothing was written), or DuckDB's error."""
+    committing = False
+    try:
+        cur.execute("BEGIN TRANSACTION")
+        for sql, params in statements:
+            cur.execute(sql, params)
+        committing = True
+        cur.execute("COMMIT")
+    except BaseException as exc:
+        with contextlib.suppress(duckdb.Error):
+            cur.execute("ROLLBACK")
+        # a failed COMMIT is not _NoRoom: the rows may be in the WAL already
+        if isinstance(exc, duckdb.OutOfMemoryException) and not committing:
+            raise _NoRoom(str(exc).partition("\n")[0]) from exc
+        raise
+
+
 def _empty(table: str) -> list[list[Any]]:
     return [[] for _ in TABLES[table]]
 
@@ -202,8 +259,10 @@ class Store:
     """Batched DuckDB writer plus read helpers.
 
     ``path``: a file or ``":memory:"``. ``flush_interval``: seconds between batch
-    writes. ``retention``: seconds of history kept (0 = forever). Raises StoreError
-    when the file cannot be opened (e.g. another process writes it).
+    writes. ``retention``: seconds of history kept (0 = forever). ``memory_limit``:
+    bytes DuckDB may use (0 = DuckDB's default, 80 % of RAM; a ``":memory:"``
+    store is not limited: its rows are that memory). Raises StoreError when the
+    file cannot be opened (e.g. another process writes it).
     """
 
     def __init__(
@@ -214,6 +273,7 @@ class Store:
         *,
         read_only: bool = False,
         now: Callable[[], float] = time.time,
+        memory_limit: int = 0,
     ) -> None:
         self.path = path
         self.flush_interval = max(0.01, float(flush_interval))
@@ -223,7 +283,7 @@ class Store:
         try:
             # sealed: no files, URLs or extensions, configuration locked (these settings
             # belong to the database, and /query reads it: engine/adapters/query.py)
-            self._con = open_sealed(path, read_only=read_only)
+            self._con = open_sealed(path, read_only=read_only, options=_memory_options(path, memory_limit))
         except duckdb.Error as exc:
             raise StoreError(f"cannot open store {path}: {exc}") from exc
         if not read_only:
@@ -238,6 +298,7 @@ class Store:
         self._thread: threading.Thread | None = None
         self._write_lock = threading.Lock()  # one flush at a time
         self._last_retention = 0.0
+        self._no_room: dict[str, int] = {}  # table -> flushes in a row DuckDB had no memory for
         self.rows_written = 0
         self.flushes = 0
         self.errors = 0
@@ -461,34 +522,76 @@ class Store:
                     n = len(cols[0])
                     for i in range(0, n, CHUNK):
                         chunk = cols if n <= CHUNK else [c[i:i + CHUNK] for c in cols]
-                        ok = self._try(f"writing {table}", self._append, cur, table, chunk) and ok
+                        try:
+                            ok = self._try(f"writing {table}", self._append, cur, table, chunk) and ok
+                        except _NoRoom as exc:
+                            ok = False
+                            self._keep(table, [c[i:] for c in cols], exc)
+                            break
                         # hand the GIL to the event loop between chunks: readings must
                         # not wait for a whole flush
                         time.sleep(0)
+                    else:
+                        self._no_room.pop(table, None)
                 for sql, params in extra:
                     ok = self._try("writing config_versions", cur.execute, sql, params) and ok
                 now = self._now()
                 for key, value in state.items():
                     text = value if isinstance(value, str) else self._encode_state_retrying(key, value)
                     if text is not None:
-                        ok = self._try(f"writing state {key}", cur.execute,
-                                       "INSERT OR REPLACE INTO state VALUES (?, ?, to_timestamp(?))",
-                                       (key, text, now)) and ok
+                        try:
+                            ok = self._try(f"writing state {key}", self._replace_state, cur, key, text, now) and ok
+                        except _NoRoom as exc:
+                            ok = False
+                            self._count(f"writing state {key}: kept for the next flush", exc, logging.WARNING)
+                            with self._lock:
+                                self._state.setdefault(key, text)  # unless a newer one came meanwhile
                 if ok:
                     self.flushes += 1
             finally:
                 cur.close()
 
     def _try(self, what: str, fn: Callable[..., object], *args: Any) -> bool:
-        """Run one part of a flush; a failure is logged and counted and spares the rest."""
+        """Run one part of a flush; a failure is logged and counted and spares the rest
+        (``_NoRoom`` is the caller's)."""
         try:
             fn(*args)
+        except _NoRoom:
+            raise
         except Exception as exc:  # keep serving; the next flush writes new data
-            self.errors += 1
-            self.last_error = f"{what}: {exc}"
-            log.error("store flush: %s failed: %s", what, exc)
+            self._count(f"{what} failed", exc)
             return False
         return True
+
+    def _count(self, what: str, exc: Exception, level: int = logging.ERROR) -> None:
+        self.errors += 1
+        self.last_error = f"{what}: {exc}"
+        log.log(level, "store flush: %s: %s", what, exc)
+
+    def _keep(self, table: str, rows: list[list[Any]], exc: _NoRoom) -> None:
+        """Rows DuckDB had no memory for (a query may hold all of ``memory_limit``) go
+        back to the head of their buffer for the next flush; after ``MAX_NO_ROOM``
+        flushes in a row they are given up, as a batch DuckDB refuses is."""
+        tries = self._no_room[table] = self._no_room.get(table, 0) + 1
+        if tries > MAX_NO_ROOM:
+            del self._no_room[table]
+            self._count(f"writing {table}: {len(rows[0])} rows given up, DuckDB out of memory {tries} "
+                        "flushes in a row", exc)
+            return
+        with self._lock:
+            for col, kept in zip(self._buf[table], rows, strict=True):
+                col[:0] = kept
+        self._count(f"writing {table}: {len(rows[0])} rows kept for the next flush", exc, logging.WARNING)
+
+    @staticmethod
+    def _replace_state(cur: duckdb.DuckDBPyConnection, key: str, text: str, now: float) -> None:
+        # deleted and inserted, not INSERT OR REPLACE: an update in place keeps every
+        # old value in memory DuckDB can neither evict nor spill, in an arena that
+        # doubles, until the next checkpoint (the pipeline snapshot is ~1 MB for 1,000
+        # rules, written every second: 30 MB, and a 64 MB memory_limit ran out); a
+        # deleted row's text waits in blocks that can be spilled
+        _in_transaction(cur, ("DELETE FROM state WHERE key = ?", (key,)),
+                        ("INSERT INTO state VALUES (?, ?, to_timestamp(?))", (key, text, now)))
 
     def _encode_state_retrying(self, key: str, value: object) -> str | None:
         """The JSON of a state value; None, and the value kept for the next flush, when
@@ -519,9 +622,9 @@ class Store:
                 arrays.append(pa.array(values, typ))
         cur.register("kaiser_batch", pa.Table.from_arrays(arrays, names=[c[0] for c in cols]))
         try:
-            cur.execute(f"INSERT INTO {table} SELECT * FROM kaiser_batch")
-            if table == "readings":
-                cur.execute(_LATEST_UPSERT.format(src="kaiser_batch"))
+            # one transaction: a batch refused for lack of memory is tried again whole
+            _in_transaction(cur, (f"INSERT INTO {table} SELECT * FROM kaiser_batch", None),
+                            *([(_LATEST_UPSERT.format(src="kaiser_batch"), None)] if table == "readings" else []))
         finally:
             cur.unregister("kaiser_batch")
         self.rows_written += len(columns[0])

@@ -31,6 +31,12 @@ from engine.units import parse_duration
 
 PASSWORD_ENV = "KAISER_MQTT_PASSWORD"
 DEFAULT_PATH = "kaiser.toml"
+MIN_MEMORY_LIMIT = 16_000_000  # bytes: below it DuckDB spills or refuses even small flushes
+
+#: a size as DuckDB writes one: KB, MB, GB, TB are powers of 1000, KiB, MiB, GiB, TiB of 1024
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kKmMgGtT]i?[bB]|[bB])?\s*$")
+_SIZE_FACTOR = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
+                "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,6 +78,9 @@ class StoreSettings:
     path: str = "kaiser.duckdb"  # ":memory:" allowed
     flush_interval: float = 1.0  # seconds
     retention: float = 90 * 86400.0  # seconds
+    #: bytes DuckDB may use for its buffer pool and queries (0: DuckDB's own default,
+    #: 80 % of RAM); not for ":memory:", whose rows are that memory
+    memory_limit: int = 64_000_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,11 +133,11 @@ class Settings:
     path: Path | None = None
 
 
-# key -> kind: "str", "duration", "int"
+# key -> kind: "str", "duration", "int", "bool", "size"
 _SCHEMA: dict[str, dict[str, str]] = {
     "kaiser": {"id": "str", "rules": "str", "tz": "str", "max_unknown_devices": "int"},
     "mqtt": {"url": "str", "client_id": "str", "username": "str"},
-    "store": {"path": "str", "flush_interval": "duration", "retention": "duration"},
+    "store": {"path": "str", "flush_interval": "duration", "retention": "duration", "memory_limit": "size"},
     "websocket": {"listen": "str", "token_env": "str", "tokens_env": "str", "max_clients": "int",
                   "query_timeout": "duration", "query_workers": "int"},
     "gitops": {"repo": "str", "branch": "str", "path": "str", "interval": "duration", "require_tests": "bool"},
@@ -144,7 +153,9 @@ _DOCS: dict[str, dict[str, str]] = {
              "username": "MQTT user name; the password comes only from env KAISER_MQTT_PASSWORD"},
     "store": {"path": "DuckDB file, relative to kaiser.toml; \":memory:\" allowed",
               "flush_interval": "at most this much data is lost on a crash",
-              "retention": "readings older than this are deleted"},
+              "retention": "readings older than this are deleted",
+              "memory_limit": "memory DuckDB may use (buffer pool, queries; more spills to disk), e.g. \"64MB\"; "
+                              "0: DuckDB's default, 80 % of RAM"},
     "websocket": {"listen": "HOST:PORT for ws://HOST:PORT/ws, GET /health and /metrics",
                   "token_env": "environment variable holding a control token (named \"shared\")",
                   "tokens_env": "environment variable holding named control tokens: NAME=TOKEN pairs",
@@ -295,6 +306,12 @@ def _value(section: str, key: str, kind: str, value: object, pos: Position,
             out.append(Diagnostic("K803", "error", f"{what} must be a whole number, not {value!r}", pos))
             return None
         return value
+    if kind == "size":
+        try:
+            return parse_size(value)
+        except ValueError as e:
+            out.append(Diagnostic("K803", "error", f"{what}: {e}", pos))
+            return None
     try:
         return parse_duration(value)
     except ValueError as e:
@@ -334,6 +351,9 @@ def _build(values: dict[str, dict[str, Any]], file: str, base: Path | None, line
         lines_needed.append(("store", "path", "store.path must not be empty", "\":memory:\" is allowed"))
     if float(s["flush_interval"]) <= 0:
         lines_needed.append(("store", "flush_interval", "store.flush_interval must be longer than 0", ""))
+    if 0 < int(s["memory_limit"]) < MIN_MEMORY_LIMIT:
+        lines_needed.append(("store", "memory_limit", "store.memory_limit must be 0 (DuckDB's default) or at "
+                             f"least {MIN_MEMORY_LIMIT // 1_000_000}MB", "e.g. 64MB"))
     listen = str(w["listen"])
     _host, sep, port = listen.rpartition(":")
     if not sep or not port.isdigit() or not 0 < int(port) < 65536:
@@ -370,7 +390,7 @@ def _build(values: dict[str, dict[str, Any]], file: str, base: Path | None, line
         mqtt=MqttSettings(url=url, client_id=str(m["client_id"]), username=str(m["username"]),
                           password=os.environ.get(PASSWORD_ENV, "")),
         store=StoreSettings(path=store_path, flush_interval=float(s["flush_interval"]),
-                            retention=float(s["retention"])),
+                            retention=float(s["retention"]), memory_limit=int(s["memory_limit"])),
         websocket=WebsocketSettings(listen=listen, token_env=str(w["token_env"]),
                                     tokens_env=str(w["tokens_env"]), max_clients=int(w["max_clients"]),
                                     query_timeout=float(w["query_timeout"]),
@@ -379,6 +399,17 @@ def _build(values: dict[str, dict[str, Any]], file: str, base: Path | None, line
                               interval=float(g["interval"]), require_tests=bool(g["require_tests"])),
         path=Path(file) if base is not None else None,
     )
+
+
+def parse_size(value: object) -> int:
+    """``64MB``, ``512MiB``, ``1GB`` or a number of bytes -> bytes. Raises ValueError
+    with a sentence for people."""
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return value
+    m = _SIZE.match(value) if isinstance(value, str) else None
+    if m is None:
+        raise ValueError(f"expected a size like 64MB, 512MiB or 1GB, got {value!r}")
+    return int(float(m.group(1)) * _SIZE_FACTOR[(m.group(2) or "").lower()])
 
 
 def _gitops_problems(g: Mapping[str, Any]) -> list[tuple[str, str, str, str]]:
@@ -413,6 +444,7 @@ def settings_schema() -> dict[str, Any]:
         "bool": {"type": "boolean"},
         "duration": {"anyOf": [{"type": "number", "minimum": 0},
                                {"type": "string", "pattern": r"^\s*\d+(\.\d+)?\s*(ms|s|m|h|d)?\s*$"}]},
+        "size": {"anyOf": [{"type": "integer", "minimum": 0}, {"type": "string", "pattern": _SIZE.pattern}]},
     }
     props: dict[str, Any] = {}
     for section, keys in _SCHEMA.items():
@@ -425,6 +457,8 @@ def settings_schema() -> dict[str, Any]:
             if kind == "duration":
                 default = {"flush_interval": "1s", "retention": "90d", "query_timeout": "10s",
                            "interval": "30s"}[key]
+            if kind == "size":
+                default = {"memory_limit": "64MB"}[key]
             sp[key] = {**kinds[kind], "description": _DOCS[section][key], "default": default}
         props[section] = {"type": "object", "properties": sp, "additionalProperties": False}
     return {

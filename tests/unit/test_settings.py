@@ -156,6 +156,22 @@ def test_query_limits_and_named_tokens(tmp_path: Path) -> None:
     ]
 
 
+def test_the_store_memory_limit_is_a_size(tmp_path: Path) -> None:
+    assert parse_settings("").store.memory_limit == 64_000_000
+    for text, size in (('"128MB"', 128_000_000), ('"1GiB"', 2**30), ('"256 mib"', 256 * 2**20), ("0", 0),
+                       ("100000000", 100_000_000), ('"1.5GB"', 1_500_000_000)):
+        assert parse_settings(f"[store]\nmemory_limit = {text}\n").store.memory_limit == size, text
+    assert errors(tmp_path, """\
+        [store]
+        memory_limit = "lots"
+        """) == [("K803", 2, "store.memory_limit: expected a size like 64MB, 512MiB or 1GB, got 'lots'")]
+    assert errors(tmp_path, """\
+        [store]
+        memory_limit = "1MB"
+        """) == [("K804", 2, "store.memory_limit must be 0 (DuckDB's default) or at least 16MB")]
+    assert [(c, line) for c, line, _ in errors(tmp_path, "[store]\nmemory_limit = true\n")] == [("K803", 2)]
+
+
 def test_toml_syntax_error_has_line_and_column(tmp_path: Path) -> None:
     got = errors(tmp_path, '[kaiser]\nid = god\n')
     assert got[0][:2] == ("K801", 2)

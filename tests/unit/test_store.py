@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import signal
+import subprocess
+import sys
+import textwrap
 import threading
 import time
 from pathlib import Path
@@ -9,6 +13,7 @@ from pathlib import Path
 import duckdb
 import pytest
 
+from engine.adapters.query import open_sealed
 from engine.adapters.store import Store, check_read_only
 from engine.errors import StoreError
 from engine.model import Allowed, Blocked, Code, Command, Event, Reading, RuleRun
@@ -129,3 +134,53 @@ def test_latest_readings_keep_the_newest_even_when_an_old_one_arrives_late(tmp_p
     con.close()
     with Store(path) as again:
         assert {r.sensor: r.value for r in again.latest_readings()} == latest
+
+
+def _setting(store: Store, name: str) -> object:
+    return store._select(f"SELECT value FROM duckdb_settings() WHERE name = '{name}'").rows[0][0]  # /query refuses it
+
+
+def test_the_memory_limit_reaches_duckdb_and_cannot_loosen_the_sandbox(tmp_path: Path) -> None:
+    with Store(str(tmp_path / "k.duckdb"), memory_limit=64_000_000) as store:
+        assert _setting(store, "memory_limit") == "61.0 MiB"  # DuckDB shows MiB
+        assert _setting(store, "allocator_background_threads") == "true"
+        assert _setting(store, "checkpoint_threshold") == "3.8 MiB"  # 4 MB
+    with Store(":memory:", memory_limit=64_000_000) as store:  # its rows are its memory: not limited
+        assert _setting(store, "memory_limit") != "61.0 MiB"
+    con = open_sealed(str(tmp_path / "o.duckdb"), options={"enable_external_access": True, "threads": 1})
+    try:
+        assert con.execute("SELECT current_setting('enable_external_access'), current_setting('threads')"
+                           ).fetchall() == [(False, 1)]
+    finally:
+        con.close()
+
+
+def test_a_crash_with_more_rows_than_the_memory_limit_loses_only_what_was_not_flushed(tmp_path: Path) -> None:
+    path = tmp_path / "k.duckdb"
+    # a server killed after a flush, with ~30 MB of rows and a 1 MB state rewritten at
+    # every flush through a 16 MB DuckDB (it spills to disk and checkpoints as it
+    # goes): reopened under the same limit (what the WAL holds is replayed within
+    # it), the flushed rows and state are back, the later ones (less than
+    # flush_interval's worth) are gone
+    child = textwrap.dedent(f"""
+        import os, signal
+        from engine.adapters.store import Store
+        from engine.model import Reading
+        store = Store({str(path)!r}, flush_interval=3600, memory_limit=16_000_000)
+        for i in range(260_000):
+            store.reading(Reading(f"house{{i % 500}}.air_temp", i / 7, {T0} + i / 1000), "ESP_AAAAAA", 4, float(i))
+            if i % 10_000 == 9_999:
+                store.put_state("pipeline", {{"flushed": i, "rules": {{f"rule-{{r}}": "x" * 100 for r in range(10_000)}}}})
+                store.flush()
+        store.reading(Reading("north.air_temp", 20.0, {T0} + 400.0))
+        store.put_state("pipeline", {{"flushed": -1}})
+        os.kill(os.getpid(), signal.SIGKILL)
+        """)
+    proc = subprocess.run([sys.executable, "-c", child], cwd=Path(__file__).resolve().parents[2], timeout=120)
+    assert proc.returncode == -signal.SIGKILL
+    with Store(str(path), memory_limit=16_000_000) as again:
+        assert again.query("SELECT count(*), sum(raw), count(DISTINCT sensor) FROM readings").rows == [
+            (260_000, float(sum(range(260_000))), 500)]
+        assert again.query("SELECT count(*) FROM latest_readings").rows == [(500,)]
+        assert again.get_state("pipeline")["flushed"] == 259_999
+        assert again.errors == 0
