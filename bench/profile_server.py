@@ -6,10 +6,26 @@
     .venv/bin/python bench/profile_server.py --readings 50000 --boards 500
     .venv/bin/python bench/profile_server.py --paced 1000 --seconds 20  # latency tail under a timer loop
     .venv/bin/python bench/profile_server.py --batch 50      # Server.on_ingest: the reader process's batches
+    .venv/bin/python bench/profile_server.py --soak 1000000 --detail  # RSS over a million readings, and where
 
 ``--batch N``: the readings are decoded first (untimed, as the ingest reader
 process does, engine/adapters/ingest.py) and handed to ``Server.on_ingest`` N at
 a time: the server process's own cost per reading with ``KAISER_INGEST=process``.
+
+``--soak N``: memory over N readings (``--soak 1000000``: issue 13's "RSS after
+1,000,000 readings through 1,000 rules"), ``--rate`` a second (5,000: more than
+the server sustains through a broker here, less than it handles in-process, so
+the store's writer keeps up; ``--rate 0`` feeds flat out, the event loop never
+idles, the writer thread gets the GIL too rarely and rows wait in memory, a
+backlog rather than growth), on an event loop with the server's timer loop
+running (ticks, state snapshots). The baseline is RSS once the server
+is built and warm: after the first ``--warm`` readings (50,000), the store
+flushed and a full collection made; growth is measured from there, RSS every
+tenth of the run and at the end. ``--detail`` says where the memory is at every report
+(DuckDB's accounting, its jemalloc, pyarrow's pool, glibc's heap, Python's
+objects); ``--trace K`` runs tracemalloc from the baseline on and prints the K
+lines whose Python allocations grew most (slow); ``--memory-limit`` overrides
+``[store] memory_limit``.
 
 ``--paced R``: the readings arrive at R per second on the event loop, with the
 server's own timer loop (ticks, state snapshots) and the store's writer thread
@@ -39,6 +55,7 @@ import pstats
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -50,7 +67,7 @@ from bench_server import write_deployment  # noqa: E402
 import engine.app as app  # noqa: E402
 from engine.adapters.ingest import item as ingest_item  # noqa: E402
 from engine.adapters.store import Store  # noqa: E402
-from engine.config.settings import load_settings  # noqa: E402
+from engine.config.settings import load_settings, parse_size  # noqa: E402
 from engine.pipeline import Kaiser  # noqa: E402
 
 
@@ -78,15 +95,18 @@ def payloads(boards: int, n: int, t0: float) -> list[tuple[str, bytes]]:
     return out
 
 
-def build(work: Path, boards: int, flush_interval: float = 1.0) -> app.Server:
+def build(work: Path, boards: int, flush_interval: float = 1.0, memory_limit: int | None = None) -> app.Server:
     toml = write_deployment(work, boards, "127.0.0.1", 1, 1)
     settings = load_settings(toml)
+    if memory_limit is not None:
+        settings = replace(settings, store=replace(settings.store, memory_limit=memory_limit))
     server = app.Server(settings, websocket=False, watch=False, rules_dir=work / "rules")
     deployment, diags, version = app.load_rules(server.rules_dir, server.tz)
     errors = [d for d in app._errors(diags) if d.code != "K306"]
     if errors:
         sys.exit("bench deployment has errors: " + "; ".join(d.text() for d in errors))
-    server.store = Store(str(work / "bench.duckdb"), flush_interval, 0.0, now=server.clock.now)
+    server.store = Store(str(work / "bench.duckdb"), flush_interval, 0.0, now=server.clock.now,
+                         memory_limit=settings.store.memory_limit)  # as Server.start opens it
     server.store.start()
     server.kaiser = Kaiser(deployment)  # before _install, as Server.start does (one version id)
     server._install(deployment, version)
@@ -103,26 +123,177 @@ def rss_mb() -> float:
         return float("nan")
 
 
-def soak(server: app.Server, boards: int, n: int, batch: int, now: float, rss_built: float) -> None:
+def _mallinfo() -> tuple[float, float, float] | None:
+    """glibc's heap (MB): in use, free but kept (arenas), mmapped blocks; None off glibc."""
+    try:
+        import ctypes
+
+        class Mallinfo2(ctypes.Structure):
+            _fields_ = [(n, ctypes.c_size_t) for n in (
+                "arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks",
+                "uordblks", "fordblks", "keepcost")]
+
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallinfo2.restype = Mallinfo2
+        m = libc.mallinfo2()
+    except (OSError, AttributeError):
+        return None
+    return m.uordblks / 2**20, m.fordblks / 2**20, m.hblkhd / 2**20
+
+
+def _duckdb_jemalloc() -> tuple[float, float] | None:
+    """DuckDB's bundled jemalloc (MB): allocated, resident; None where it has none."""
+    import ctypes
+
+    import duckdb
+
+    try:
+        mallctl = ctypes.CDLL(duckdb._duckdb.__file__).duckdb_je_mallctl
+    except (OSError, AttributeError):
+        return None
+    mallctl.argtypes = [ctypes.c_char_p, ctypes.c_void_p, ctypes.POINTER(ctypes.c_size_t), ctypes.c_void_p,
+                        ctypes.c_size_t]
+    epoch, size = ctypes.c_uint64(1), ctypes.c_size_t(8)
+    mallctl(b"epoch", ctypes.byref(epoch), ctypes.byref(size), ctypes.byref(epoch), 8)  # refresh the stats
+    out = []
+    for name in (b"stats.allocated", b"stats.resident"):
+        v, size = ctypes.c_size_t(0), ctypes.c_size_t(8)
+        if mallctl(name, ctypes.byref(v), ctypes.byref(size), None, 0) != 0:
+            return None
+        out.append(v.value / 2**20)
+    return out[0], out[1]
+
+
+def _pymalloc_arenas() -> int:
+    """Python's object allocator: arenas (256 KB or 1 MB each) it holds now."""
+    import re
+
+    with tempfile.TemporaryFile() as f:
+        saved = os.dup(2)
+        try:
+            os.dup2(f.fileno(), 2)
+            sys._debugmallocstats()
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+        f.seek(0)
+        m = re.search(rb"# arenas allocated current\s*=\s*([\d,]+)", f.read())
+    return int(m.group(1).replace(b",", b"")) if m else -1
+
+
+def _anonymous_rss() -> float:
+    """RSS (MB) of anonymous mappings and the heap: what allocators hold, not code."""
+    total, anonymous = 0, False
+    with open("/proc/self/smaps") as f:
+        for line in f:
+            head = line.split()
+            if "-" in head[0] and not line.startswith(("Rss", "Size")) and line[0] in "0123456789abcdef":
+                anonymous = len(head) < 6 or head[5] == "[heap]"
+            elif anonymous and head[0] == "Rss:":
+                total += int(head[1])
+    return total / 1024
+
+
+def where_memory(server: app.Server) -> str:
+    """One line: where this process's memory is (MB): anonymous RSS, DuckDB's own
+    accounting and its jemalloc, pyarrow's pool, glibc's heap, Python's objects."""
+    import pyarrow as pa
+
+    assert server.store is not None
+    cur = server.store._con.cursor()
+    try:
+        duck = cur.execute("SELECT sum(memory_usage_bytes), sum(temporary_storage_bytes) FROM duckdb_memory()"
+                           ).fetchone()
+        tags = cur.execute("SELECT tag, memory_usage_bytes FROM duckdb_memory() WHERE memory_usage_bytes > 1e6").fetchall()
+    finally:
+        cur.close()
+    wal = Path(server.store.path + ".wal")
+    wal_mb = wal.stat().st_size / 2**20 if wal.exists() else 0.0
+    pool = pa.default_memory_pool()
+    heap, je = _mallinfo(), _duckdb_jemalloc()
+    glibc = f"glibc used {heap[0]:.0f} free {heap[1]:.0f} mmapped {heap[2]:.0f}" if heap else "glibc n/a"
+    jem = f"its jemalloc {je[0]:.0f} resident {je[1]:.0f}" if je else "no jemalloc"
+    return (f"anonymous {_anonymous_rss():.0f}; duckdb {(duck[0] if duck else 0) / 2**20:.0f} "
+            f"({', '.join(f'{t.lower()} {b / 2**20:.0f}' for t, b in tags)}; WAL {wal_mb:.0f}, spilled "
+            f"{(duck[1] if duck else 0) / 2**20:.0f}), {jem}; "
+            f"arrow {pool.backend_name} {pool.bytes_allocated() / 2**20:.0f}; {glibc}; python "
+            f"{sys.getallocatedblocks() / 1e3:.0f}k blocks in {_pymalloc_arenas()} arenas, "
+            f"{len(gc.get_objects()) / 1e3:.0f}k gc objects (not frozen); store: {server.store.pending()} rows "
+            f"waiting, {server.store.flushes} flushes")
+
+
+async def soak(server: app.Server, boards: int, n: int, batch: int, now: float, rss_built: float,
+               warm: int, detail: bool, trace: int, rate: float) -> None:
     """``n`` readings through ``Server.on_ingest``, made 10,000 at a time (the
-    harness holds no more), the store flushing as it does; RSS as it goes."""
+    harness holds no more), ``rate`` a second (0: as fast as they go), on an
+    event loop with the server's own timer loop running (ticks, the state
+    snapshots saved as often as it decides) and the store flushing as it does;
+    RSS as it goes. The baseline is RSS after the
+    first ``warm`` readings (the server built, the store's tables, DuckDB's and
+    pyarrow's first allocations made); the growth is what comes after it.
+    ``trace``: tracemalloc from the baseline on, the top ``trace`` lines by
+    growth at the end (slow: Python objects only)."""
+    import tracemalloc
+
     done, step, t0 = 0, 10_000, time.perf_counter()
     report = max(step, n // 10)
+    rss_warm = float("nan")
+    samples: list[float] = []  # RSS every 10,000 readings after the baseline (MB)
+    base_snap = None
+    timer = asyncio.get_running_loop().create_task(server._timer_loop())
+    spacing = 1 / rate if rate else 0.001  # seconds between two readings' time stamps
+
+    def line(label: str) -> float:
+        rss = rss_mb()
+        since = f"{rss - rss_warm:+.0f} MB since warm, " if rss_warm == rss_warm else ""
+        print(f"{label}: RSS {rss:.0f} MB ({since}{rss - rss_built:+.0f} MB since built), "
+              f"{time.perf_counter() - t0:.0f} s", flush=True)
+        if detail:
+            print(f"    {where_memory(server)}", flush=True)
+        return rss
+
     while done < n:
         k = min(step, n - done)
-        msgs = payloads(boards, k, now + done / 1000)
-        items = [ingest_item(t, p, False, now + done / 1000) for t, p in msgs]
+        msgs = payloads(boards, k, now + done * spacing)
+        items = [ingest_item(t, p, False, now + done * spacing) for t, p in msgs]
+        del msgs
         for b0 in range(0, k, batch):
             server.on_ingest(items[b0:b0 + batch])
+            # one batch a turn of the loop, as the ingest reader hands them over
+            await asyncio.sleep(max(0.0, t0 + (done + b0 + batch) / rate - time.perf_counter()) if rate else 0)
+        del items
         done += k
-        if done % report == 0 or done == n:
-            print(f"{done:>9} readings: RSS {rss_mb():.0f} MB ({rss_mb() - rss_built:+.0f} MB since built), "
-                  f"{time.perf_counter() - t0:.0f} s", flush=True)
+        if done > warm:
+            samples.append(rss_mb())
+        if done == warm:
+            assert server.store is not None
+            server.store.flush()
+            gc.collect()
+            rss_warm = rss_mb()
+            line(f"{done:>9} readings (warm, the baseline; store flushed, full collection)")
+            if trace:
+                tracemalloc.start(1)
+                base_snap = tracemalloc.take_snapshot()
+        elif done % report == 0 or done == n:
+            line(f"{done:>9} readings")
+    timer.cancel()
     assert server.store is not None
     server.store.flush()
     gc.collect()
-    print(f"after a flush and a full collection: RSS {rss_mb():.0f} MB ({rss_mb() - rss_built:+.0f} MB since built); "
-          f"readings stored {server.store.query('SELECT count(*) FROM readings').rows[0][0]}")
+    end = line("after a flush and a full collection")
+    stored = server.store.query("SELECT count(*) FROM readings").rows[0][0]
+    last = sorted(samples[-max(1, len(samples) // 10):])  # the last tenth of the run
+    print(f"readings stored {stored}; growth from warm ({warm:,} readings), RSS sampled every 10,000 readings: "
+          f"over the last tenth median {last[len(last) // 2] - rss_warm:+.0f} MB, most {last[-1] - rss_warm:+.0f} MB; "
+          f"the most in the run {max(samples) - rss_warm:+.0f} MB; after the flush {end - rss_warm:+.0f} MB")
+    if detail:
+        print("    every 10,000 readings (MB since warm): " + " ".join(f"{x - rss_warm:+.0f}" for x in samples))
+    if base_snap is not None:
+        top = tracemalloc.take_snapshot().compare_to(base_snap, "lineno")
+        print(f"tracemalloc: Python allocations {sum(s.size_diff for s in top) / 2**20:+.1f} MB since warm; top:")
+        for st in top[:trace]:
+            print(f"    {st}")
+        tracemalloc.stop()
 
 
 def per_call(fn: object, reps: int) -> float:
@@ -173,13 +344,25 @@ def main(argv: list[str] | None = None) -> int:
                     help="decode first, then hand N readings at a time to Server.on_ingest")
     ap.add_argument("--soak", type=int, default=0, metavar="N",
                     help="memory: N readings (through on_ingest, --batch or 50 a batch), RSS every tenth")
+    ap.add_argument("--memory-limit", type=parse_size, default=None, metavar="SIZE",
+                    help="the store's [store] memory_limit (64MB, 0 = DuckDB's default); default: kaiser.toml's")
+    ap.add_argument("--rate", type=float, default=5000, metavar="R",
+                    help="--soak: readings a second (0: as fast as they go, the store's writer falls behind)")
+    ap.add_argument("--warm", type=int, default=50_000, metavar="N",
+                    help="--soak: the baseline is RSS after the first N readings (a multiple of 10,000)")
+    ap.add_argument("--detail", action="store_true",
+                    help="--soak: where the memory is at every report (DuckDB, pyarrow, glibc, Python)")
+    ap.add_argument("--trace", type=int, default=0, metavar="N",
+                    help="--soak: tracemalloc from the baseline on, print the top N lines by growth (slow)")
     ap.add_argument("--no-flush", action="store_true",
                     help="the store's writer never flushes during the run (what its DuckDB writes cost the tail)")
     ap.add_argument("--no-gc-tuning", action="store_true", help="leave the collector as Python starts it")
     a = ap.parse_args(argv)
+    if a.soak and (a.warm <= 0 or a.warm % 10_000 or a.warm >= a.soak):
+        ap.error("--warm must be a multiple of 10,000 below --soak")
     with tempfile.TemporaryDirectory(prefix="kaiser-prof-") as tmp:
         rss0, t_build = rss_mb(), time.perf_counter()
-        server = build(Path(tmp), a.boards, 1e9 if a.no_flush else 1.0)
+        server = build(Path(tmp), a.boards, 1e9 if a.no_flush else 1.0, a.memory_limit)
         t_build = time.perf_counter() - t_build
         rss_built = rss_mb()
         print(f"{a.boards} boards, {2 * a.boards} rules: loaded, linted, compiled and the server built in "
@@ -199,7 +382,8 @@ def main(argv: list[str] | None = None) -> int:
             app._tune_gc()
         pub0 = server.mqtt.published  # type: ignore[union-attr]
         if a.soak:
-            soak(server, a.boards, a.soak, a.batch or 50, now, rss_built)
+            asyncio.run(soak(server, a.boards, a.soak, a.batch or 50, now, rss_built, a.warm, a.detail, a.trace,
+                             a.rate))
             assert server.store is not None
             server.store.close()
             return 0
