@@ -313,7 +313,8 @@ class Server:
         # which client reads the broker (engine/adapters/mqtt5link.py, docs/performance.md):
         # MQTT 5 on the mqtt5 codec in this process by default; aiomqtt for TLS and the
         # embedded broker (MQTT 3.1.1 only); a reader process with KAISER_INGEST=process
-        self.mqtt_client = client = "aiomqtt" if self.broker is not None else mqtt_client(url)
+        configured = self.settings.mqtt.client
+        self.mqtt_client = client = "aiomqtt" if self.broker is not None else mqtt_client(url, configured)
         subs = codec.subscriptions(self.kaiser_id)
         will = codec.encode_server_status(self.kaiser_id, online=False, timestamp=now)
 
@@ -323,7 +324,8 @@ class Server:
         if client == "mqtt5":
             self.mqtt = Mqtt5Link(url, self.client_id, subs, self.on_ingest, will=will, on_connect=online,
                                   on_state=self._on_mqtt_state, username=self.settings.mqtt.username,
-                                  password=self.settings.mqtt.password, fallback=mqtt_client_mode() == "auto")
+                                  password=self.settings.mqtt.password,
+                                  fallback=mqtt_client_mode(configured) == "auto")
         else:
             self.mqtt = self._aiomqtt_link(url, subs, will, online, ingest=client == "process")
         self._tasks.append(asyncio.create_task(self._run_mqtt(url, subs, will, online), name="kaiser-mqtt"))
@@ -1179,21 +1181,21 @@ class Server:
         return render_metrics(self)
 
 
-def mqtt_client_mode() -> str:
+def mqtt_client_mode(configured: str = "auto") -> str:
     """The MQTT client asked for: ``KAISER_MQTT_CLIENT`` (auto, mqtt5, process,
-    aiomqtt); the older ``KAISER_INGEST=process`` still asks for the reader process
-    (``inline``: aiomqtt); ``auto`` by default."""
+    aiomqtt), else the older ``KAISER_INGEST=process`` (the reader process;
+    ``inline``: aiomqtt), else ``[mqtt] client`` (``configured``)."""
     mode = os.environ.get("KAISER_MQTT_CLIENT", "").strip().lower()
     if not mode:
         legacy = os.environ.get("KAISER_INGEST", "").strip().lower()
-        mode = {"process": "process", "inline": "aiomqtt", "off": "aiomqtt", "0": "aiomqtt"}.get(legacy, "auto")
+        mode = {"process": "process", "inline": "aiomqtt", "off": "aiomqtt", "0": "aiomqtt"}.get(legacy, configured)
     return mode
 
 
-def mqtt_client(url: str) -> str:
+def mqtt_client(url: str, configured: str = "auto") -> str:
     """The MQTT client for ``url``: ``mqtt5`` (the default), ``process`` or ``aiomqtt``
     (engine/adapters/mqtt5link.py ``choose``)."""
-    return choose(url, mqtt_client_mode())
+    return choose(url, mqtt_client_mode(configured))
 
 
 def _tune_gc() -> None:

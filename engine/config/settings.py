@@ -31,6 +31,8 @@ from engine.units import parse_duration
 
 PASSWORD_ENV = "KAISER_MQTT_PASSWORD"
 DEFAULT_PATH = "kaiser.toml"
+#: [mqtt] client values (engine/adapters/mqtt5link.py ``choose``)
+MQTT_CLIENTS = ("auto", "mqtt5", "aiomqtt", "process")
 MIN_MEMORY_LIMIT = 16_000_000  # bytes: below it DuckDB spills or refuses even small flushes
 
 #: a size as DuckDB writes one: KB, MB, GB, TB are powers of 1000, KiB, MiB, GiB, TiB of 1024
@@ -53,6 +55,8 @@ class MqttSettings:
     client_id: str = "god-kaiser"
     username: str = ""
     password: str = field(default="", repr=False)  # from KAISER_MQTT_PASSWORD only
+    #: which client talks to the broker (MQTT_CLIENTS; engine/adapters/mqtt5link.py)
+    client: str = "auto"
 
     @property
     def embedded(self) -> bool:
@@ -136,7 +140,7 @@ class Settings:
 # key -> kind: "str", "duration", "int", "bool", "size"
 _SCHEMA: dict[str, dict[str, str]] = {
     "kaiser": {"id": "str", "rules": "str", "tz": "str", "max_unknown_devices": "int"},
-    "mqtt": {"url": "str", "client_id": "str", "username": "str"},
+    "mqtt": {"url": "str", "client_id": "str", "username": "str", "client": "str"},
     "store": {"path": "str", "flush_interval": "duration", "retention": "duration", "memory_limit": "size"},
     "websocket": {"listen": "str", "token_env": "str", "tokens_env": "str", "max_clients": "int",
                   "query_timeout": "duration", "query_workers": "int"},
@@ -150,7 +154,9 @@ _DOCS: dict[str, dict[str, str]] = {
                                       "heard forgotten first)"},
     "mqtt": {"url": "mqtt://host:port, mqtts://host:port, or \"embedded\" (in-process broker)",
              "client_id": "MQTT client id (persistent session)",
-             "username": "MQTT user name; the password comes only from env KAISER_MQTT_PASSWORD"},
+             "username": "MQTT user name; the password comes only from env KAISER_MQTT_PASSWORD",
+             "client": "auto (MQTT 5 on the mqtt5 codec; aiomqtt for mqtts:// and brokers without MQTT 5), "
+                       "mqtt5, aiomqtt, or process (a reader process); env KAISER_MQTT_CLIENT overrides"},
     "store": {"path": "DuckDB file, relative to kaiser.toml; \":memory:\" allowed",
               "flush_interval": "at most this much data is lost on a crash",
               "retention": "readings older than this are deleted",
@@ -347,6 +353,9 @@ def _build(values: dict[str, dict[str, Any]], file: str, base: Path | None, line
                                  "e.g. mqtt://127.0.0.1:1883, mqtts://broker:8883 or \"embedded\""))
     if not m["client_id"]:
         lines_needed.append(("mqtt", "client_id", "mqtt.client_id must not be empty", ""))
+    if m["client"] not in MQTT_CLIENTS:
+        lines_needed.append(("mqtt", "client", f"mqtt.client {m['client']!r} is not one of {', '.join(MQTT_CLIENTS)}",
+                             "auto is right unless you measured otherwise (docs/performance.md)"))
     if not s["path"]:
         lines_needed.append(("store", "path", "store.path must not be empty", "\":memory:\" is allowed"))
     if float(s["flush_interval"]) <= 0:
@@ -388,7 +397,7 @@ def _build(values: dict[str, dict[str, Any]], file: str, base: Path | None, line
         kaiser=KaiserSettings(id=str(k["id"]), rules=rel(str(k["rules"])), tz=str(k["tz"]),
                               max_unknown_devices=int(k["max_unknown_devices"])),
         mqtt=MqttSettings(url=url, client_id=str(m["client_id"]), username=str(m["username"]),
-                          password=os.environ.get(PASSWORD_ENV, "")),
+                          password=os.environ.get(PASSWORD_ENV, ""), client=str(m["client"])),
         store=StoreSettings(path=store_path, flush_interval=float(s["flush_interval"]),
                             retention=float(s["retention"]), memory_limit=int(s["memory_limit"])),
         websocket=WebsocketSettings(listen=listen, token_env=str(w["token_env"]),

@@ -9,6 +9,7 @@ import asyncio
 import json
 import uuid
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -181,3 +182,24 @@ async def test_a_broker_without_mqtt5_gets_aiomqtt(kaiser_id: str, rules_dir: Pa
     finally:
         await server.stop()
         await broker.stop()
+
+
+async def test_the_client_can_be_chosen_in_kaiser_toml(mqtt5_url: str, kaiser_id: str, rules_dir: Path,
+                                                       tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``[mqtt] client = "aiomqtt"`` is obeyed on a broker that speaks MQTT 5, and the
+    environment variable wins over it."""
+    monkeypatch.delenv("KAISER_MQTT_CLIENT", raising=False)
+    monkeypatch.delenv("KAISER_INGEST", raising=False)
+    base = make_settings(kaiser_id, mqtt5_url, rules_dir, tmp_path / "k.duckdb")
+    chosen = replace(base, mqtt=replace(base.mqtt, client="aiomqtt"))
+    for settings, env, want in ((chosen, None, "aiomqtt"), (chosen, "mqtt5", "mqtt5"), (base, None, "mqtt5")):
+        if env is not None:
+            monkeypatch.setenv("KAISER_MQTT_CLIENT", env)
+        server = Server(settings, watch=False, websocket=False)
+        try:
+            await server.start()
+            assert server.mqtt is not None and server.mqtt.connected
+            assert server.health()["mqtt"]["client"] == want
+        finally:
+            await server.stop()
+        monkeypatch.delenv("KAISER_MQTT_CLIENT", raising=False)

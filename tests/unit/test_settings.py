@@ -172,6 +172,15 @@ def test_the_store_memory_limit_is_a_size(tmp_path: Path) -> None:
     assert [(c, line) for c, line, _ in errors(tmp_path, "[store]\nmemory_limit = true\n")] == [("K803", 2)]
 
 
+def test_the_mqtt_client_is_one_of_four(tmp_path: Path) -> None:
+    assert parse_settings("").mqtt.client == "auto"
+    for c in ("auto", "mqtt5", "aiomqtt", "process"):
+        assert parse_settings(f'[mqtt]\nclient = "{c}"\n').mqtt.client == c
+    got = errors(tmp_path, '[mqtt]\nclient = "paho"\n')
+    assert [(c, line) for c, line, _ in got] == [("K804", 2)]
+    assert "auto, mqtt5, aiomqtt, process" in got[0][2]
+
+
 def test_toml_syntax_error_has_line_and_column(tmp_path: Path) -> None:
     got = errors(tmp_path, '[kaiser]\nid = god\n')
     assert got[0][:2] == ("K801", 2)
