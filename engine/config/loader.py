@@ -67,6 +67,9 @@ DEVICE_KEYS = ("esp_id", "zone", "board", "firmware", "emergency_token_env", "se
 SECRET_KEY_RE = re.compile(r"(^|_)(token|secret|password|passwd|auth|api_?key)(_|$)", re.IGNORECASE)
 SENSOR_KEYS = ("gpio", "type", "calibration", "i2c_address", "onewire_address", "subzone")
 ACTUATOR_KEYS = ("gpio", "type", "aux_gpio", "critical", "inverted_logic", "default_state", "subzone")
+_ITEM_KEYS = SENSOR_KEYS + ACTUATOR_KEYS
+#: a device's sections of items: (key, the keys an item's name must not be, what an item is)
+_ITEM_SECTIONS = (("sensors", SENSOR_KEYS, "sensor"), ("actuators", ACTUATOR_KEYS, "actuator"))
 SAFETY_KEYS = ("defaults", "actuators", "interlocks")
 DEFAULTS_KEYS = ("offline_after", "stale_after", "max_switches_per_minute", "lease")
 LIMIT_KEYS = ("max_runtime", "min_off", "max_starts", "on_sensor_loss", "pwm", "out_of_range", "rate_limit")
@@ -242,12 +245,12 @@ class _Loader:
         """(the model's device or None, the device the checks see), or None when
         nothing could be built."""
         ctx = self.ctx
-        m = ctx.map(node, f"device {name!r}")
+        what = f"device {name!r}"
+        m = ctx.map(node, what)
         if m is None:
             return None
         ctx.parents = [SECTIONS]
-        ctx.keys(self._no_secrets(name, m), DEVICE_KEYS, f"device {name!r}", required=("esp_id",),
-                 children=SENSOR_KEYS + ACTUATOR_KEYS)
+        ctx.keys(self._no_secrets(name, m), DEVICE_KEYS, what, required=("esp_id",), children=_ITEM_KEYS)
         esp_id = ctx.text(m.values.get("esp_id"), "'esp_id'")
         if esp_id is not None and unique:
             first = self.esp_ids.get(esp_id)
@@ -272,26 +275,28 @@ class _Loader:
         dup_sensors: list[Sensor] = []
         dup_actuators: list[Actuator] = []
         ctx.parents = [DEVICE_KEYS]
-        seen: dict[str, Position] = {}
-        for section in ("sensors", "actuators"):
-            sm = ctx.map(m.values.get(section), f"{section!r} of device {name!r}")
-            if sm is None:
-                continue
-            item_keys = sm.keys
-            for item, inode in sm.values.items():
-                ipos = item_keys[item]
-                if item in (SENSOR_KEYS if section == "sensors" else ACTUATOR_KEYS):
-                    ctx.error("K201", f"{item!r} is a {section[:-1]} key, not a {section[:-1]} name",
-                              ipos, hint=f"indent it under a {section[:-1]}: {section}: -> NAME: -> {item}")
+        seen: dict[str, tuple[str, int, int]] = {}  # item -> where (a Position only for a report)
+        for section, reserved, noun in _ITEM_SECTIONS:
+            sm = m.values.get(section)
+            if not isinstance(sm, YMap):  # the message only for a finding
+                sm = ctx.map(sm, f"{section!r} of device {name!r}")
+                if sm is None:
                     continue
-                if not ctx.name(YScalar.at(item, ipos), f"{section[:-1]} name"):
+            file, keylc = sm.file, sm.keylc
+            for item, inode in sm.values.items():
+                line, col = keylc[item]
+                if item in reserved:
+                    ctx.error("K201", f"{item!r} is a {noun} key, not a {noun} name", Position(file, line, col),
+                              hint=f"indent it under a {noun}: {section}: -> NAME: -> {item}")
+                    continue
+                if not ctx.name(YScalar(item, file, line, col), f"{noun} name"):
                     continue
                 dup = item in seen
                 if dup:
                     ctx.error("K302", f"device {name!r} already has a sensor or actuator named {item!r}",
-                              ipos, related=seen[item])
+                              Position(file, line, col), related=Position(*seen[item]))
                 else:
-                    seen[item] = ipos
+                    seen[item] = (file, line, col)
                 # a duplicate's body is checked too; it is no ref target
                 whole: Sensor | Actuator | None
                 if section == "sensors":
