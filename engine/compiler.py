@@ -299,6 +299,16 @@ def _make_partition(terms: list[Term]) -> Partition:
     return Partition(key, tuple(terms), facts, definition)
 
 
+def _too_many(seen: dict[str, set[str]], consts: dict[str, set[str]]) -> bool:
+    """Adding ``consts`` would give a field more than MAX_DISTINCT_PER_FIELD distinct constants."""
+    for f, vs in consts.items():
+        have = seen.get(f)
+        n = len(vs) if have is None else len(have) + len(vs.difference(have))
+        if n > MAX_DISTINCT_PER_FIELD:
+            return True
+    return False
+
+
 def partition(terms_by_rule: dict[str, tuple[Term, ...]]) -> tuple[Partition, ...]:
     """Pack rules into small rulesets.
 
@@ -314,20 +324,22 @@ def partition(terms_by_rule: dict[str, tuple[Term, ...]]) -> tuple[Partition, ..
     cur_rules = 0
     seen: dict[str, set[str]] = {}  # field -> distinct constants in the current ruleset
     for rule in order:
-        rterms = list(terms_by_rule[rule])
+        rterms = terms_by_rule[rule]
         consts: dict[str, set[str]] = {}
         for t in rterms:
             for _, pat in t.patterns:
                 _constants(pat, consts)
-        full = cur_rules + 1 > MAX_RULES_PER_PARTITION
-        if cur and (full or any(len(seen.get(f, ())) + len(vs.difference(seen.get(f, ()))) > MAX_DISTINCT_PER_FIELD
-                                for f, vs in consts.items())):
+        if cur and (cur_rules + 1 > MAX_RULES_PER_PARTITION or _too_many(seen, consts)):
             out.append(_make_partition(cur))
             cur, seen, cur_rules = [], {}, 0
         cur.extend(rterms)
         cur_rules += 1
         for f, vs in consts.items():
-            seen.setdefault(f, set()).update(vs)
+            have = seen.get(f)
+            if have is None:
+                seen[f] = set(vs)
+            else:
+                have.update(vs)
         if zlib.crc32(rule.encode()) % CHUNK == 0:
             out.append(_make_partition(cur))
             cur, seen, cur_rules = [], {}, 0
