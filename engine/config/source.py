@@ -422,6 +422,31 @@ def _syntax_diagnostic(e: BaseException, text: str, file: str) -> Diagnostic:
 _MISS = object()
 
 
+def _duplicate_key(file: str, key: str, klc: tuple[int, int], first: tuple[int, int]) -> Diagnostic:
+    """K107: ``key`` again at ``klc`` in a mapping that had it at ``first``."""
+    return Diagnostic("K107", "error", f"duplicate key {key!r}", Position(file, *klc),
+                      hint="a key may appear once per mapping; the later one is ignored",
+                      related=Position(file, *first))
+
+
+def _merge(values: dict[str, Any], keylc: dict[str, tuple[int, int]], merges: list[Any]) -> None:
+    """``<<`` merge keys: what the merged mappings have and the mapping lacks."""
+    for mm in merges:
+        for key, v in mm.values.items():
+            if key not in values:
+                values[key] = v
+                keylc[key] = mm.keylc[key]
+
+
+def _merged_maps(v: Any) -> list[Any]:
+    """The mappings a ``<<`` value names: one, or a list of them."""
+    if isinstance(v, YMap):
+        return [v]
+    if isinstance(v, YSeq):
+        return [i for i in v.items if isinstance(i, YMap)]
+    return []
+
+
 class _Converter:
     """Composer nodes -> YMap/YSeq/YScalar, checking duplicate keys and aliases."""
 
@@ -523,32 +548,19 @@ class _Converter:
                     continue
                 key = str(knode.value)
                 if key == "<<" and not knode.style:
-                    v = self._node(vnode, depth + 1, path)
-                    if isinstance(v, YMap):
-                        merges.append(v)
-                    elif isinstance(v, YSeq):
-                        merges.extend(i for i in v.items if isinstance(i, YMap))
+                    merges.extend(_merged_maps(self._node(vnode, depth + 1, path)))
                     continue
                 km = knode.start_mark
                 klc = (km.line + 1, km.column + 1)
                 if key in keylc:
-                    first = keylc[key]
-                    self.out.append(Diagnostic(
-                        "K107", "error", f"duplicate key {key!r}", Position(self.file, *klc),
-                        hint="a key may appear once per mapping; the later one is ignored",
-                        related=Position(self.file, *first),
-                    ))
+                    self.out.append(_duplicate_key(self.file, key, klc, keylc[key]))
                     continue
                 v = self._node(vnode, depth + 1, path)
                 if v is None:
                     continue
                 keylc[key] = klc
                 values[key] = v
-            for mm in merges:
-                for key, v in mm.values.items():
-                    if key not in values:
-                        values[key] = v
-                        keylc[key] = mm.keylc[key]
+            _merge(values, keylc, merges)
             return ymap
         finally:
             path.discard(k)
@@ -657,20 +669,12 @@ class _EventBuilder:
                 raise _Aliased
             key = k.value
             if key == "<<" and not k.style:
-                v = self._node(nxt(), depth + 1)
-                if isinstance(v, YMap):
-                    merges.append(v)
-                elif isinstance(v, YSeq):
-                    merges.extend(i for i in v.items if isinstance(i, YMap))
+                merges.extend(_merged_maps(self._node(nxt(), depth + 1)))
                 continue
             km = k.start_mark
             klc = (km.line + 1, km.column + 1)
             if key in keylc:
-                self.found.append(Diagnostic(
-                    "K107", "error", f"duplicate key {key!r}", Position(file, *klc),
-                    hint="a key may appear once per mapping; the later one is ignored",
-                    related=Position(file, *keylc[key]),
-                ))
+                self.found.append(_duplicate_key(file, key, klc, keylc[key]))
                 self._skip(nxt())
                 continue
             v = self._node(nxt(), depth + 1)
@@ -678,11 +682,7 @@ class _EventBuilder:
                 continue
             keylc[key] = klc
             values[key] = v
-        for mm in merges:
-            for key, v in mm.values.items():
-                if key not in values:
-                    values[key] = v
-                    keylc[key] = mm.keylc[key]
+        _merge(values, keylc, merges)
         return ymap
 
     def _skip(self, ev: Any) -> None:
