@@ -378,31 +378,39 @@ class Mqtt5Link(LinkState):
                            if int(code) >= 0x80]
                 if refused:
                     log.error("broker refused subscriptions: %s", ", ".join(refused))
-            self._resend(bool(ack.session_present))
+            self._resend(bool(ack.session_present),
+                         [_as_publish(m) for m in (self.on_connect() if self.on_connect else ())])
             self._set_state(True)
             log.info("MQTT connected to %s:%d as %s (MQTT 5, session present: %s)",
                      self.host, self.port, self.client_id, ack.session_present)
-            for m in self.on_connect() if self.on_connect else ():
-                self._send(time.monotonic(), _as_publish(m))
             self._drain()
             await self._keep_alive(proto)
         finally:
             if not transport.is_closing():
                 transport.close()
 
-    def _resend(self, session_present: bool) -> None:
+    def _resend(self, session_present: bool, first: Iterable[Publish] = ()) -> None:
         """Messages in flight when the last connection ended go again first (as
-        duplicates when the broker kept the session), unless stale."""
+        duplicates when the broker kept the session), unless stale, then ``first``
+        (the ``on_connect`` messages), then what was queued: all in order and never
+        more in flight than the broker's receive maximum (what does not fit waits at
+        the head of the queue, in order)."""
         inflight, self._inflight = self._inflight, {}
         now = time.monotonic()
+        held: list[tuple[float, Publish]] = []
         for pid, (at, m) in sorted(inflight.items(), key=lambda kv: kv[1][0]):
             if now - at > self.max_queue_age and not m.retain:
                 self.dropped += 1
-                continue
-            if len(self._inflight) < self._receive_max:
+            elif not held and self._room():
                 self._send(at, m, duplicate=session_present, pid=pid if session_present else None)
             else:
-                self._queue.appendleft((at, m))
+                held.append((at, m))
+        for m in first:
+            if not held and self._room():
+                self._send(now, m)
+            else:
+                held.append((now, m))
+        self._queue.extendleft(reversed(held))
 
     async def _keep_alive(self, proto: _Protocol) -> None:
         keepalive = max(1, int(self.keepalive))

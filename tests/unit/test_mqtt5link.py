@@ -10,6 +10,7 @@ from typing import Any
 import mqtt5
 import pytest
 
+from engine.adapters.mqtt import Publish
 from engine.adapters.mqtt5link import Mqtt5Link, choose
 
 pytestmark = pytest.mark.anyio
@@ -128,3 +129,24 @@ def test_tls_and_unknown_modes_choose_a_client() -> None:
     assert choose("mqtt://h", "process") == "process"
     assert choose("mqtt://h", "aiomqtt") == "aiomqtt"
     assert choose("mqtt://h", "nonsense") == "mqtt5"
+
+
+async def test_a_smaller_window_after_a_reconnect_keeps_the_order() -> None:
+    """Four in flight, the broker now allows two: two go again, the other two and
+    the on_connect message wait in order; nothing exceeds the window."""
+    link, _t = connected(receive_max=10)
+    for i in range(4):
+        link.publish((f"k/{i}", b"x", 1, False))
+    await asyncio.sleep(0)
+    t2 = Transport()
+    link._transport = t2  # type: ignore[assignment]
+    link._receive_max = 2
+    link._resend(session_present=True, first=[Publish("status", b"online", 1, True)])
+    await asyncio.sleep(0)
+    sent = t2.packets()
+    assert [p.topic for p in sent] == ["k/0", "k/1"]
+    assert [m.topic for _at, m in link._queue] == ["k/2", "k/3", "status"]
+    t2.writes.clear()
+    link._feed(mqtt5.PubAckPacket(sent[0].packet_id).write())
+    assert [p.topic for p in t2.packets()] == ["k/2"]
+    assert len(link._inflight) == 2
