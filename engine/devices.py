@@ -24,7 +24,6 @@ The rules it keeps, per board:
 
 from __future__ import annotations
 
-import copy
 import json
 import math
 import os
@@ -133,6 +132,8 @@ class DeviceTracker:
         self._discovery_window = -math.inf
         self._discoveries = 0
         #: esp id -> what it was last sent: {"sensors": {key: item}, "actuators": {gpio: item}}
+        #: esp id -> the items it was last sent; an entry is replaced, never changed
+        #: in place (``snapshot`` shares them with the store's writer thread)
         self.sent: dict[str, dict[str, dict[str, dict[str, Any]]]] = {}
         self._serial = 0
         self.stopped_all = False  # a broadcast stop is in force (legacy boards re-get it)
@@ -517,8 +518,11 @@ class DeviceTracker:
     # ------------------------------------------------------------------ state
     def snapshot(self) -> dict[str, Any]:
         """What must survive a restart: what each board was sent, their generation.
-        A copy: the store encodes it in its writer thread while the tracker goes on."""
-        return {"sent": copy.deepcopy(self.sent), "serial": self._serial, "stopped_all": self.stopped_all,
+        A copy the store encodes in its writer thread while the tracker goes on: the
+        outer map is copied; a board's entry is shared, as ``push`` and ``restore``
+        replace an entry and never change one in place (a deep copy of 500 boards'
+        items held the event loop 3 ms every snapshot)."""
+        return {"sent": dict(self.sent), "serial": self._serial, "stopped_all": self.stopped_all,
                 "generation": {e: b.generation for e, b in self.boards.items() if b.generation}}
 
     def restore(self, snap: Mapping[str, Any]) -> None:
