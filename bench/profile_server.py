@@ -6,11 +6,15 @@
     .venv/bin/python bench/profile_server.py --readings 50000 --boards 500
     .venv/bin/python bench/profile_server.py --paced 1000 --seconds 20  # latency tail under a timer loop
     .venv/bin/python bench/profile_server.py --batch 50      # Server.on_ingest: the reader process's batches
+    .venv/bin/python bench/profile_server.py --batch 50 --decode  # the MQTT 5 link: decode + on_ingest
     .venv/bin/python bench/profile_server.py --soak 1000000 --detail  # RSS over a million readings, and where
 
 ``--batch N``: the readings are decoded first (untimed, as the ingest reader
 process does, engine/adapters/ingest.py) and handed to ``Server.on_ingest`` N at
 a time: the server process's own cost per reading with ``KAISER_INGEST=process``.
+With ``--decode`` the decoding is timed too (``ingest.item`` per message, then
+``on_ingest`` per batch): the event loop's cost per reading with the MQTT 5 link
+(engine/adapters/mqtt5link.py), the default.
 
 ``--soak N``: memory over N readings (``--soak 1000000``: issue 13's "RSS after
 1,000,000 readings through 1,000 rules"), ``--rate`` a second (5,000: more than
@@ -342,6 +346,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seconds", type=float, default=10.0, help="duration of --paced")
     ap.add_argument("--batch", type=int, default=0, metavar="N",
                     help="decode first, then hand N readings at a time to Server.on_ingest")
+    ap.add_argument("--decode", action="store_true",
+                    help="--batch: time the decoding too (ingest.item per message), as the MQTT 5 link does it")
     ap.add_argument("--soak", type=int, default=0, metavar="N",
                     help="memory: N readings (through on_ingest, --batch or 50 a batch), RSS every tenth")
     ap.add_argument("--memory-limit", type=parse_size, default=None, metavar="SIZE",
@@ -423,11 +429,14 @@ def main(argv: list[str] | None = None) -> int:
         # least disturbed by a busy machine
         slices: list[tuple[float, float]] = []
         step = max(1, len(timed) // 5)
-        items = [ingest_item(t, p, False, now) for t, p in timed] if a.batch else []
+        items = [ingest_item(t, p, False, now) for t, p in timed] if a.batch and not a.decode else []
         for k0 in range(0, len(timed), step):
             part = timed[k0:k0 + step]
             w0, c0 = time.perf_counter(), time.thread_time()
-            if a.batch:
+            if a.batch and a.decode:
+                for b0 in range(0, len(part), a.batch):
+                    server.on_ingest([ingest_item(t, p, False, now, plain=False) for t, p in part[b0:b0 + a.batch]])
+            elif a.batch:
                 chunk = items[k0:k0 + step]
                 for b0 in range(0, len(chunk), a.batch):
                     server.on_ingest(chunk[b0:b0 + a.batch])
@@ -446,7 +455,8 @@ def main(argv: list[str] | None = None) -> int:
         k = server.kaiser
         print(f"{len(timed)} readings, {a.boards} boards, {len(k.deployment.rules)} rules: "
               f"{wall / len(timed) * 1e6:.1f} us/reading{' (under cProfile)' if prof else ''}"
-              f"{f' through on_ingest, {a.batch} a batch' if a.batch else ''} "
+              f"{f' through on_ingest, {a.batch} a batch' if a.batch else ''}"
+              f"{', decoded in the loop' if a.batch and a.decode else ''} "
               f"(best fifth: {min(w for w, _ in slices) * 1e6:.1f} us wall, "
               f"{min(c for _, c in slices) * 1e6:.1f} us CPU), "
               f"{sent} commands, gc collections per generation {gcs}")

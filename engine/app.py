@@ -526,8 +526,9 @@ class Server:
         """A batch from the ingest reader (engine/adapters/ingest.py), in the order the
         broker delivered it: readings it decoded, ``("r", topic, esp_id, retained,
         values)``, and every other message undecoded, ``("m", topic, payload,
-        retained)``. Never raises."""
-        make = codec.SensorValue._make
+        retained)``. ``values``: ``codec.SensorValue`` (the MQTT 5 link) or their
+        fields as plain tuples (the reader process). Never raises."""
+        sensor_value, make = codec.SensorValue, codec.SensorValue._make
         ingest_seconds = self.telemetry.ingest
         # Readings of one read from the broker land together (Kaiser.receive_many: one
         # rule evaluation for all, about a quarter less CPU a reading) in runs without
@@ -547,8 +548,11 @@ class Server:
                 t0 = t_in
             self.metrics.messages += 1
             mark = len(run)
+            values = item[4]
+            if values and values[0].__class__ is not sensor_value:  # marshalled by the reader process
+                values = [make(v) for v in values]
             try:
-                self._on_values(item[2], [make(v) for v in item[4]], item[3], now, land=run)
+                self._on_values(item[2], values, item[3], now, land=run)
             except Exception as exc:  # as on_mqtt: record and go on
                 self._handler_failed(item[1], item[2], exc, now)
                 del run[mark:]

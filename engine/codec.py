@@ -671,13 +671,18 @@ def _check_esp(d: Mapping[str, Any], esp: str) -> None:
         raise _Bad(f"esp_id {_short(v)} in the payload disagrees with {esp} in the topic")
 
 
-def _dec_sensor_data(t: _Topic, d: dict[str, Any], h: dict[str, Any], received_at: float) -> Message:
+def _single_value(t: _Topic, d: dict[str, Any], received_at: float) -> SensorValue:
+    """The value of a ``sensor/{gpio}/data`` message (or the zone-master form)."""
     _check_esp(d, t.esp_id)
-    v = _sensor_value(d, t.gpio, None, t.zone, t.subzone, received_at)
+    return _sensor_value(d, t.gpio, None, t.zone, t.subzone, received_at)
+
+
+def _dec_sensor_data(t: _Topic, d: dict[str, Any], h: dict[str, Any], received_at: float) -> Message:
+    v = _single_value(t, d, received_at)
     return SensorData(values=(v,), zone_id=v.zone_id, subzone_id=v.subzone_id, **h)
 
 
-def _dec_sensor_batch(t: _Topic, d: dict[str, Any], h: dict[str, Any], received_at: float) -> Message:
+def _dec_sensor_batch(t: _Topic, d: dict[str, Any], h: dict[str, Any], received_at: float) -> SensorData:
     _check_esp(d, t.esp_id)
     items = d.get("sensors")
     if items is None:
@@ -880,7 +885,33 @@ def decode(topic: str, payload: bytes, *, retained: bool = False, received_at: f
                          _esp_guess(topic), _kind_guess(topic), "field")
 
 
+def sensor_values(topic: str, payload: bytes, *, received_at: float) -> tuple[str, tuple[SensorValue, ...]] | None:
+    """The board's esp id and the values of a sensor message (one value or a batch),
+    exactly as ``decode`` reads them, without the ``SensorData`` around them (the
+    event loop's hot path: building that frozen message costs as much as reading
+    the values). None for any other message and for one ``decode`` rejects (decode
+    that for the Rejection). Never raises."""
+    try:
+        t, d = _parse(topic, payload, received_at)
+        if t.kind == "sensor_data":
+            return t.esp_id, (_single_value(t, d, received_at),)
+        if t.kind == "sensor_batch":
+            h = {"topic": topic, "kaiser_id": t.kaiser_id, "esp_id": t.esp_id, "received_at": received_at}
+            return t.esp_id, _dec_sensor_batch(t, d, h, received_at).values
+    except Exception:  # decode() says why
+        return None
+    return None
+
+
 def _decode(topic: str, payload: bytes, retained: bool, received_at: float) -> Message | Rejection:
+    t, d = _parse(topic, payload, received_at)
+    h = {"topic": topic, "kaiser_id": t.kaiser_id, "esp_id": t.esp_id,
+         "received_at": received_at, "retained": bool(retained)}
+    return _DECODERS[t.kind](t, d, h, received_at)
+
+
+def _parse(topic: str, payload: bytes, received_at: float) -> tuple[_Topic, dict[str, Any]]:
+    """The topic and the JSON object of a message. Raises _Bad."""
     if topic.__class__ is not str:
         raise _Bad(f"topic must be a string, got {type(topic).__name__}", "topic")
     t = parse_topic(topic)
@@ -911,9 +942,7 @@ def _decode(topic: str, payload: bytes, retained: bool, received_at: float) -> M
             raise _Bad(f"payload is not valid JSON: {exc}", "json") from None
     if d.__class__ is not dict:
         raise _Bad(f"payload must be a JSON object, got {_json_kind(d)}", "json")
-    h = {"topic": topic, "kaiser_id": t.kaiser_id, "esp_id": t.esp_id,
-         "received_at": received_at, "retained": bool(retained)}
-    return _DECODERS[t.kind](t, d, h, received_at)
+    return t, d
 
 
 def _json_kind(v: object) -> str:

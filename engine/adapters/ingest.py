@@ -131,12 +131,17 @@ def read_packets(data: bytes) -> tuple[list[Any], int, Exception | None]:
     return out, pos, None
 
 
-def item(topic: str, payload: bytes, retained: bool, received_at: float) -> Item:
-    """One message as the reader hands it over: decoded when it is a reading."""
-    msg = codec.decode(topic, payload, retained=retained, received_at=received_at)
-    if msg.__class__ is codec.SensorData:
-        return ("r", topic, msg.esp_id, msg.retained, tuple(tuple(v) for v in msg.values))
-    return ("m", topic, payload, retained)
+def item(topic: str, payload: bytes, retained: bool, received_at: float, plain: bool = True) -> Item:
+    """One message as ``Server.on_ingest`` takes it: decoded when it is a reading.
+
+    ``plain``: the values as plain tuples, what ``marshal`` takes (the reader
+    process); the MQTT 5 link, in the server's own process, passes False and
+    hands over the ``codec.SensorValue`` themselves."""
+    found = codec.sensor_values(topic, payload, received_at=received_at)
+    if found is None:
+        return ("m", topic, payload, retained)
+    esp, values = found
+    return ("r", topic, esp, bool(retained), tuple(tuple(v) for v in values) if plain else values)
 
 
 # ============================================================================

@@ -249,7 +249,7 @@ class Mqtt5Link(LinkState):
         try:
             for packet in packets:
                 if packet.__class__ is publish:
-                    batch.append(item(packet.topic, packet.payload, packet.retain, now))
+                    batch.append(item(packet.topic, packet.payload, packet.retain, now, plain=False))
                     if packet.packet_id is not None:
                         pids.append(packet.packet_id)
                 else:

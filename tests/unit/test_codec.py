@@ -591,6 +591,29 @@ def test_truncated_and_spliced_fixtures_never_raise(i, cut, junk):
     _check(decode(topic, payload[:cut] + junk + payload[cut:], received_at=NOW))
 
 
+@given(i=st.integers(0, len(FIXTURES) - 1), key=KEYS, value=JSON_VALUES, drop=st.booleans(), cut=st.integers(0, 400),
+       junk=st.sampled_from([b"", b"nan", b"x", b'"'] + [b", " + w for w in (b"nan", b"-inf", b"ovf", b"1e999")]),
+       batch=st.booleans())
+def test_sensor_values_finds_exactly_what_decode_finds(i, key, value, drop, cut, junk, batch):
+    # the event loop's hot path (the MQTT 5 link) reads sensor messages without decode()
+    topic, payload = FIXTURES[i]
+    obj = json.loads(payload)
+    if drop:
+        obj.pop(key, None)
+    else:
+        obj[key] = value
+    if batch:
+        topic, obj = f"{BASE}/sensor/batch", {"ts": 1795000000, "sensors": [obj, dict(obj, gpio=5)]}
+    body = json.dumps(obj).encode()
+    body = body[:cut] + junk + body[cut:]
+    m = decode(topic, body, received_at=NOW)
+    found = codec.sensor_values(topic, body, received_at=NOW)
+    if isinstance(m, SensorData):
+        assert repr(found) == repr((m.esp_id, m.values))  # repr: a NaN value equals itself
+    else:
+        assert found is None
+
+
 def test_a_broken_receive_time_is_a_rejection_too():
     r = decode(*FIXTURES[0], received_at=float("nan"))
     assert isinstance(r, Rejection) and "received_at" in r.reason
