@@ -31,6 +31,7 @@ from engine import __version__, codec
 from engine.adapters.mqtt import MqttLink
 from engine.adapters.mqtt5link import Mqtt5Link, NoMqtt5, choose
 from engine.adapters.store import Store
+from engine.adapters.storeproc import StoreClient
 from engine.adapters.ws import ControlRefused, Hub
 from engine.clock import Clock, SystemClock
 from engine.config.settings import Settings
@@ -227,7 +228,7 @@ class Server:
         self.deployment: Deployment | None = None
         self.router: Router | None = None
         self.kaiser: Any = None
-        self.store: Store | None = None
+        self.store: Store | StoreClient | None = None
         self.mqtt: MqttLink | Mqtt5Link | None = None
         self.mqtt_client = ""
         self.ingest: Any = None  # engine.adapters.ingest.Ingest with KAISER_INGEST=process
@@ -261,7 +262,11 @@ class Server:
         for d in diagnostics:
             log.warning("%s", d.text())
         s = self.settings.store
-        self.store = Store(s.path, s.flush_interval, s.retention, now=self.clock.now, memory_limit=s.memory_limit)
+        # DuckDB in a process of its own by default (engine/adapters/storeproc.py: its
+        # work on a thread of this process delayed the readings)
+        store_class = StoreClient if s.writer == "process" else Store
+        self.store = store_class(s.path, s.flush_interval, s.retention, now=self.clock.now,
+                                 memory_limit=s.memory_limit)
         self.store.start()
         self.kaiser = Kaiser(deployment)
         self._install(deployment, version)

@@ -34,7 +34,7 @@ import json
 import logging
 import threading
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -350,12 +350,17 @@ class QueryPool:
     called on the worker before each query (the store's flush: a query sees what
     arrived before it). ``timeout``: seconds per query. ``workers``: queries at once;
     ``backlog``: queries waiting for a worker before QueryBusy.
+
+    ``submit``: instead of ``cursor``, for a store in another process
+    (engine/adapters/storeproc.py): ``submit(sql)`` starts the query there and
+    returns its future and a function that interrupts it (with a reason).
     """
 
     def __init__(
         self,
-        cursor: Callable[[], duckdb.DuckDBPyConnection],
+        cursor: Callable[[], duckdb.DuckDBPyConnection] | None,
         *,
+        submit: Callable[[str], tuple[Future[QueryResult], Callable[[str], None]]] | None = None,
         timeout: float = DEFAULT_TIMEOUT,
         workers: int = 2,
         backlog: int = 8,
@@ -363,13 +368,14 @@ class QueryPool:
         before: Callable[[], None] | None = None,
     ) -> None:
         self._cursor = cursor
+        self._submit = submit
         self.timeout = float(timeout)
         self.workers = max(1, int(workers))
         self.backlog = max(0, int(backlog))
         self.max_rows = max_rows
         self._before = before
         self._executor = ThreadPoolExecutor(self.workers, thread_name_prefix="kaiser-query")
-        self._jobs: set[_Job] = set()
+        self._cancels: set[Callable[[str], None]] = set()  # one for each query running or waiting
         self._running: set[asyncio.Future[QueryResult]] = set()
         self._closed = False
         self.done = 0
@@ -390,14 +396,18 @@ class QueryPool:
         if len(self._running) >= self.workers + self.backlog:
             self.refused_busy += 1
             raise QueryBusy(f"{len(self._running)} queries are running or waiting; try again shortly")
-        job = _Job(self.timeout)
-        future = asyncio.get_running_loop().run_in_executor(self._executor, self._work, job, sql)
-        self._jobs.add(job)
+        if self._submit is not None:
+            started, cancel = self._submit(sql)
+        else:
+            job = _Job(self.timeout)
+            started, cancel = self._executor.submit(self._work, job, sql), job.cancel
+        future = asyncio.wrap_future(started)
+        self._cancels.add(cancel)
         self._running.add(future)
 
         def finished(f: asyncio.Future[QueryResult]) -> None:
             self._running.discard(f)
-            self._jobs.discard(job)
+            self._cancels.discard(cancel)
             exc = None if f.cancelled() else f.exception()  # retrieved: nothing logs it later
             if exc is None and not f.cancelled():
                 self.done += 1
@@ -413,11 +423,11 @@ class QueryPool:
                         raise QueryCancelled("the server is shutting down")
                     return future.result()
                 if gone is not None and gone():
-                    job.cancel("the client went away")
+                    cancel("the client went away")
                     self.cancelled += 1
                     raise QueryCancelled("the client went away")
         except asyncio.CancelledError:
-            job.cancel("the request was cancelled")
+            cancel("the request was cancelled")
             raise
 
     def _work(self, job: _Job, sql: str) -> QueryResult:
@@ -425,13 +435,14 @@ class QueryPool:
             raise QueryCancelled(f"the query was interrupted: {job.why}")
         if self._before is not None:
             self._before()
+        assert self._cursor is not None
         return run_query(self._cursor, sql, max_rows=self.max_rows, job=job)
 
     def close(self) -> None:
         """Interrupt every query, drop the waiting ones; returns at once."""
         self._closed = True
-        for job in list(self._jobs):
-            job.cancel("the server is shutting down")
+        for cancel in list(self._cancels):
+            cancel("the server is shutting down")
         self._executor.shutdown(wait=False, cancel_futures=True)
 
     async def aclose(self, wait: float = 2.0) -> None:

@@ -255,97 +255,40 @@ def _empty(table: str) -> list[list[Any]]:
     return [[] for _ in TABLES[table]]
 
 
-class Store:
-    """Batched DuckDB writer plus read helpers.
+def json_column(values: Sequence[Any]) -> list[str | None]:
+    """A JSON column's values as text (a value already text is kept as it is)."""
+    return [v if v is None or isinstance(v, str) else _dumps(_plain(v)) for v in values]
 
-    ``path``: a file or ``":memory:"``. ``flush_interval``: seconds between batch
-    writes. ``retention``: seconds of history kept (0 = forever). ``memory_limit``:
-    bytes DuckDB may use (0 = DuckDB's default, 80 % of RAM; a ``":memory:"``
-    store is not limited: its rows are that memory). Raises StoreError when the
-    file cannot be opened (e.g. another process writes it).
+
+class Buffered:
+    """The append side of the store, shared by :class:`Store` (its writer thread
+    writes the buffers) and ``engine.adapters.storeproc.StoreClient`` (which hands
+    them to the store's own process): appends from any thread are cheap.
+
+    ``put_state(immediate=True)`` calls ``flush()``, which subclasses provide.
     """
 
-    def __init__(
-        self,
-        path: str,
-        flush_interval: float = 1.0,
-        retention: float = 90 * 86400.0,
-        *,
-        read_only: bool = False,
-        now: Callable[[], float] = time.time,
-        memory_limit: int = 0,
-    ) -> None:
-        self.path = path
-        self.flush_interval = max(0.01, float(flush_interval))
-        self.retention = float(retention)
-        self.read_only = read_only
-        self._now = now
-        try:
-            # sealed: no files, URLs or extensions, configuration locked (these settings
-            # belong to the database, and /query reads it: engine/adapters/query.py)
-            self._con = open_sealed(path, read_only=read_only, options=_memory_options(path, memory_limit))
-        except duckdb.Error as exc:
-            raise StoreError(f"cannot open store {path}: {exc}") from exc
-        if not read_only:
-            self._create()
+    def __init__(self) -> None:
         self._lock = threading.Lock()
         #: table -> one list per column (TABLES order)
         self._buf: dict[str, list[list[Any]]] = {t: _empty(t) for t in TABLES}
         self._state: dict[str, object] = {}
         self._extra: list[tuple[str, tuple[Any, ...]]] = []
-        self._wake = threading.Event()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        self._write_lock = threading.Lock()  # one flush at a time
-        self._last_retention = 0.0
-        self._no_room: dict[str, int] = {}  # table -> flushes in a row DuckDB had no memory for
-        self.rows_written = 0
-        self.flushes = 0
-        self.errors = 0
-        self.last_error = ""
         self.state_seconds = 0.0  # CPU time the last state serialisation took
 
-    # ------------------------------------------------------------------ lifecycle
-    def _create(self) -> None:
-        for table, cols in TABLES.items():
-            body = ", ".join(f"{c} {t}" for c, t, _ in cols)
-            self._con.execute(f"CREATE TABLE IF NOT EXISTS {table} ({body})")
-        for ddl in _DDL_EXTRA:
-            self._con.execute(ddl)
-        kinds = dict(self._con.execute(
-            "SELECT table_name, table_type FROM information_schema.tables WHERE table_name = 'latest_readings'"
-        ).fetchall())
-        if kinds.get("latest_readings") != "BASE TABLE":
-            if kinds.get("latest_readings") == "VIEW":  # a store from an earlier version
-                self._con.execute("DROP VIEW latest_readings")
-            self._con.execute(_LATEST_DDL)
-            self._con.execute(_LATEST_UPSERT.format(src="readings"))
+    def flush(self) -> None:
+        raise NotImplementedError
 
-    def start(self) -> None:
-        """Start the writer thread (idempotent)."""
-        if self._thread is None and not self.read_only:
-            self._thread = threading.Thread(target=self._run, name="kaiser-store", daemon=True)
-            self._thread.start()
-
-    def close(self) -> None:
-        """Flush everything buffered, stop the writer, close the file."""
-        if self.read_only:
-            self._con.close()
-            return
-        self._stop.set()
-        self._wake.set()
-        if self._thread is not None:
-            self._thread.join(timeout=30)
-            self._thread = None
-        self._write()
-        self._con.close()
-
-    def __enter__(self) -> Store:
-        self.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+    def _take(self) -> tuple[dict[str, list[list[Any]]], dict[str, object], list[tuple[str, tuple[Any, ...]]]]:
+        """Everything buffered so far (tables with rows, state, extra statements),
+        the buffers emptied."""
+        with self._lock:
+            batches = {t: cols for t, cols in self._buf.items() if cols[0]}
+            for t in batches:
+                self._buf[t] = _empty(t)
+            state, self._state = self._state, {}
+            extra, self._extra = self._extra, []
+        return batches, state, extra
 
     # ------------------------------------------------------------------ appends
     def _add(self, table: str, row: tuple[Any, ...]) -> None:
@@ -492,6 +435,108 @@ class Store:
         self.state_seconds = time.thread_time() - t
         return text
 
+    def _encode_state_retrying(self, key: str, value: object) -> str | None:
+        """The JSON of a state value; None, and the value kept for the next flush, when
+        its owner changed it while it was being encoded (``RuntimeError``: a dict
+        changed size during iteration)."""
+        for _ in range(3):
+            try:
+                return self._encode_state(value)
+            except RuntimeError:
+                time.sleep(0)
+        with self._lock:
+            self._state.setdefault(key, value)  # unless a newer one came meanwhile
+        log.debug("state %s changed while it was encoded; tried again at the next flush", key)
+        return None
+
+
+class Store(Buffered):
+    """Batched DuckDB writer plus read helpers.
+
+    ``path``: a file or ``":memory:"``. ``flush_interval``: seconds between batch
+    writes. ``retention``: seconds of history kept (0 = forever). ``memory_limit``:
+    bytes DuckDB may use (0 = DuckDB's default, 80 % of RAM; a ``":memory:"``
+    store is not limited: its rows are that memory). Raises StoreError when the
+    file cannot be opened (e.g. another process writes it).
+    """
+
+    def __init__(
+        self,
+        path: str,
+        flush_interval: float = 1.0,
+        retention: float = 90 * 86400.0,
+        *,
+        read_only: bool = False,
+        now: Callable[[], float] = time.time,
+        memory_limit: int = 0,
+    ) -> None:
+        self.path = path
+        self.flush_interval = max(0.01, float(flush_interval))
+        self.retention = float(retention)
+        self.read_only = read_only
+        self._now = now
+        try:
+            # sealed: no files, URLs or extensions, configuration locked (these settings
+            # belong to the database, and /query reads it: engine/adapters/query.py)
+            self._con = open_sealed(path, read_only=read_only, options=_memory_options(path, memory_limit))
+        except duckdb.Error as exc:
+            raise StoreError(f"cannot open store {path}: {exc}") from exc
+        if not read_only:
+            self._create()
+        super().__init__()
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._write_lock = threading.Lock()  # one flush at a time
+        self._last_retention = 0.0
+        self._no_room: dict[str, int] = {}  # table -> flushes in a row DuckDB had no memory for
+        self.rows_written = 0
+        self.flushes = 0
+        self.errors = 0
+        self.last_error = ""
+
+    # ------------------------------------------------------------------ lifecycle
+    def _create(self) -> None:
+        for table, cols in TABLES.items():
+            body = ", ".join(f"{c} {t}" for c, t, _ in cols)
+            self._con.execute(f"CREATE TABLE IF NOT EXISTS {table} ({body})")
+        for ddl in _DDL_EXTRA:
+            self._con.execute(ddl)
+        kinds = dict(self._con.execute(
+            "SELECT table_name, table_type FROM information_schema.tables WHERE table_name = 'latest_readings'"
+        ).fetchall())
+        if kinds.get("latest_readings") != "BASE TABLE":
+            if kinds.get("latest_readings") == "VIEW":  # a store from an earlier version
+                self._con.execute("DROP VIEW latest_readings")
+            self._con.execute(_LATEST_DDL)
+            self._con.execute(_LATEST_UPSERT.format(src="readings"))
+
+    def start(self) -> None:
+        """Start the writer thread (idempotent)."""
+        if self._thread is None and not self.read_only:
+            self._thread = threading.Thread(target=self._run, name="kaiser-store", daemon=True)
+            self._thread.start()
+
+    def close(self) -> None:
+        """Flush everything buffered, stop the writer, close the file."""
+        if self.read_only:
+            self._con.close()
+            return
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout=30)
+            self._thread = None
+        self._write()
+        self._con.close()
+
+    def __enter__(self) -> Store:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     # ------------------------------------------------------------------ writer
     def flush(self) -> None:
         """Write everything buffered so far; returns once it is in the file."""
@@ -507,12 +552,7 @@ class Store:
 
     def _write(self) -> None:
         with self._write_lock:
-            with self._lock:
-                batches = {t: cols for t, cols in self._buf.items() if cols[0]}
-                for t in batches:
-                    self._buf[t] = _empty(t)
-                state, self._state = self._state, {}
-                extra, self._extra = self._extra, []
+            batches, state, extra = self._take()
             if not (batches or state or extra):
                 return
             cur = self._con.cursor()
@@ -593,20 +633,6 @@ class Store:
         _in_transaction(cur, ("DELETE FROM state WHERE key = ?", (key,)),
                         ("INSERT INTO state VALUES (?, ?, to_timestamp(?))", (key, text, now)))
 
-    def _encode_state_retrying(self, key: str, value: object) -> str | None:
-        """The JSON of a state value; None, and the value kept for the next flush, when
-        its owner changed it while it was being encoded (``RuntimeError``: a dict
-        changed size during iteration)."""
-        for _ in range(3):
-            try:
-                return self._encode_state(value)
-            except RuntimeError:
-                time.sleep(0)
-        with self._lock:
-            self._state.setdefault(key, value)  # unless a newer one came meanwhile
-        log.debug("state %s changed while it was encoded; tried again at the next flush", key)
-        return None
-
     def _append(self, cur: duckdb.DuckDBPyConnection, table: str, columns: list[list[Any]]) -> None:
         cols = TABLES[table]
         arrays = []
@@ -616,8 +642,7 @@ class Store:
                 arrays.append(pc.cast(us, pa.int64(), safe=False).cast(_TS))
             elif dtype == "JSON":
                 # serialised here, in the writer thread, not on the message path
-                arrays.append(pa.array([v if v is None or isinstance(v, str) else _dumps(_plain(v))
-                                        for v in values], typ))
+                arrays.append(pa.array(json_column(values), typ))
             else:
                 arrays.append(pa.array(values, typ))
         cur.register("kaiser_batch", pa.Table.from_arrays(arrays, names=[c[0] for c in cols]))

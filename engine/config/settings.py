@@ -33,6 +33,8 @@ PASSWORD_ENV = "KAISER_MQTT_PASSWORD"
 DEFAULT_PATH = "kaiser.toml"
 #: [mqtt] client values (engine/adapters/mqtt5link.py ``choose``)
 MQTT_CLIENTS = ("auto", "mqtt5", "aiomqtt", "process")
+#: [store] writer values (engine/adapters/storeproc.py)
+STORE_WRITERS = ("process", "thread")
 MIN_MEMORY_LIMIT = 16_000_000  # bytes: below it DuckDB spills or refuses even small flushes
 
 #: a size as DuckDB writes one: KB, MB, GB, TB are powers of 1000, KiB, MiB, GiB, TiB of 1024
@@ -85,6 +87,8 @@ class StoreSettings:
     #: bytes DuckDB may use for its buffer pool and queries (0: DuckDB's own default,
     #: 80 % of RAM); not for ":memory:", whose rows are that memory
     memory_limit: int = 64_000_000
+    #: where DuckDB runs: "process" (a process of its own) or "thread" (the server's)
+    writer: str = "process"
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,7 +145,8 @@ class Settings:
 _SCHEMA: dict[str, dict[str, str]] = {
     "kaiser": {"id": "str", "rules": "str", "tz": "str", "max_unknown_devices": "int"},
     "mqtt": {"url": "str", "client_id": "str", "username": "str", "client": "str"},
-    "store": {"path": "str", "flush_interval": "duration", "retention": "duration", "memory_limit": "size"},
+    "store": {"path": "str", "flush_interval": "duration", "retention": "duration", "memory_limit": "size",
+              "writer": "str"},
     "websocket": {"listen": "str", "token_env": "str", "tokens_env": "str", "max_clients": "int",
                   "query_timeout": "duration", "query_workers": "int"},
     "gitops": {"repo": "str", "branch": "str", "path": "str", "interval": "duration", "require_tests": "bool"},
@@ -161,7 +166,9 @@ _DOCS: dict[str, dict[str, str]] = {
               "flush_interval": "at most this much data is lost on a crash",
               "retention": "readings older than this are deleted",
               "memory_limit": "memory DuckDB may use (buffer pool, queries; more spills to disk), e.g. \"64MB\"; "
-                              "0: DuckDB's default, 80 % of RAM"},
+                              "0: DuckDB's default, 80 % of RAM",
+              "writer": "process (DuckDB in a process of its own: its work never delays the readings) or "
+                        "thread (in the server's process)"},
     "websocket": {"listen": "HOST:PORT for ws://HOST:PORT/ws, GET /health and /metrics",
                   "token_env": "environment variable holding a control token (named \"shared\")",
                   "tokens_env": "environment variable holding named control tokens: NAME=TOKEN pairs",
@@ -363,6 +370,9 @@ def _build(values: dict[str, dict[str, Any]], file: str, base: Path | None, line
     if 0 < int(s["memory_limit"]) < MIN_MEMORY_LIMIT:
         lines_needed.append(("store", "memory_limit", "store.memory_limit must be 0 (DuckDB's default) or at "
                              f"least {MIN_MEMORY_LIMIT // 1_000_000}MB", "e.g. 64MB"))
+    if s["writer"] not in STORE_WRITERS:
+        lines_needed.append(("store", "writer", f"store.writer {s['writer']!r} is not one of "
+                             f"{', '.join(STORE_WRITERS)}", "process is right unless you measured otherwise"))
     listen = str(w["listen"])
     _host, sep, port = listen.rpartition(":")
     if not sep or not port.isdigit() or not 0 < int(port) < 65536:
@@ -399,7 +409,8 @@ def _build(values: dict[str, dict[str, Any]], file: str, base: Path | None, line
         mqtt=MqttSettings(url=url, client_id=str(m["client_id"]), username=str(m["username"]),
                           password=os.environ.get(PASSWORD_ENV, ""), client=str(m["client"])),
         store=StoreSettings(path=store_path, flush_interval=float(s["flush_interval"]),
-                            retention=float(s["retention"]), memory_limit=int(s["memory_limit"])),
+                            retention=float(s["retention"]), memory_limit=int(s["memory_limit"]),
+                            writer=str(s["writer"])),
         websocket=WebsocketSettings(listen=listen, token_env=str(w["token_env"]),
                                     tokens_env=str(w["tokens_env"]), max_clients=int(w["max_clients"]),
                                     query_timeout=float(w["query_timeout"]),

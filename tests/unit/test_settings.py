@@ -213,3 +213,11 @@ def test_any_text_gives_settings_or_config_error(text: str) -> None:
         assert e.diagnostics and all(d.pos.line >= 1 for d in e.diagnostics)
     else:
         assert isinstance(s, Settings)
+
+
+def test_the_store_writer_is_a_process_or_a_thread(tmp_path: Path) -> None:
+    assert parse_settings("").store.writer == "process"
+    assert parse_settings('[store]\nwriter = "thread"\n').store.writer == "thread"
+    got = errors(tmp_path, '[store]\nwriter = "fork"\n')
+    assert [(c, line) for c, line, _ in got] == [("K804", 2)]
+    assert "process, thread" in got[0][2]
