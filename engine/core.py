@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import heapq
 import math
+from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from zoneinfo import ZoneInfo
@@ -138,7 +139,8 @@ class BaseEngine:
         self._held_by: dict[str, set[str]] = {}  # actuator -> rules holding it
         self._waits: list[tuple[float, int, str, str, int]] = []  # (due, seq, rule, list, index)
         self._wait_seq = 0
-        self._switches: dict[str, list[float]] = {}
+        #: rule|actuator -> when it switched in the last minute, oldest first
+        self._switches: dict[str, deque[float]] = {}
         self._suspended: set[str] = set()
         self._follow_last: dict[tuple[str, str], float] = {}  # (rule, actuator) -> last duty proposed
         self._moved: list[str] = []  # followed sensors read in this step
@@ -628,7 +630,13 @@ class BaseEngine:
             out.blocked.append(Blocked(cmd, Code.RATE_LIMIT,
                                        f"rule {p.rule.name} is suspended for {cmd.actuator} (switching too often)"))
             return True
-        times = [t for t in self._switches.get(key, []) if now - t < 60.0]
+        times = self._switches.get(key)
+        if times is None:
+            times = self._switches[key] = deque()
+        # a step's now never goes back, so the oldest switches leave the minute first
+        # (a list filtered at every command cost O(switches a minute) at high rates)
+        while times and now - times[0] >= 60.0:
+            times.popleft()
         if len(times) >= self._max_switches and not cmd.is_off:
             self._suspended.add(key)
             self._switches.pop(key, None)
@@ -640,7 +648,6 @@ class BaseEngine:
             out.runs.append(RuleRun(p.rule.name, now, self._trigger(p.rule), (), "suspended", self.version))
             return True
         times.append(now)
-        self._switches[key] = times
         return False
 
     # ------------------------------------------------------------------ helpers
@@ -723,7 +730,7 @@ class BaseEngine:
         self._waits = [(float(w[0]), int(w[1]), str(w[2]), str(w[3]), int(w[4])) for w in list(g("waits") or [])  # type: ignore[call-overload]
                        if w[2] in self._rules]
         self._wait_seq = int(g("wait_seq") or 0)  # type: ignore[call-overload]
-        self._switches = {k: [float(t) for t in v] for k, v in dict(g("switches") or {}).items()}  # type: ignore[call-overload]
+        self._switches = {k: deque(sorted(float(t) for t in v)) for k, v in dict(g("switches") or {}).items()}  # type: ignore[call-overload]
         self._suspended = set(g("suspended") or [])  # type: ignore[call-overload]
         self._follow_last = {(str(r), str(a)): float(v) for r, a, v in list(g("follow") or [])  # type: ignore[call-overload]
                              if r in self._holds}
