@@ -845,8 +845,6 @@ class Engine(BaseEngine):
         r = self._readings.get(ref)
         v = freshness.value(r, now, self._stale_after)
         self._schedule(f"stale:{ref}", None if v is None else freshness.lost_at(r[1], self._stale_after))  # type: ignore[index]
-        if not self._net.mentions(f"s:{ref}"):
-            return set()
         fields: dict[str, object] = {"ok": 1, "v": v} if v is not None else {"ok": 0, "v": 0}
         return self._net.set_fact(f"s:{ref}", fields)
 

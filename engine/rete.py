@@ -191,15 +191,15 @@ class Network:
     def set_fact(self, fid: str, fields: dict[str, object]) -> set[str]:
         """Replace fact ``fid`` (retract + assert in every ruleset mentioning it).
 
-        Returns the rules to re-read (empty when nothing changed)."""
+        Returns the rules to re-read (empty when nothing changed or no ruleset
+        mentions ``fid``: then nothing is stored)."""
         sets = self._by_fact.get(fid)
         if not sets:
             return set()
         old = self._facts.get(fid)
         if old is not None and old[0] == fields:
             return set()
-        for t in self._terms_by_fact.get(fid, ()):
-            self._live.discard(t)
+        self._live.difference_update(self._terms_by_fact.get(fid, ()))
         text = self._store(fid, fields)
         for rs in sets:
             if old is not None:
@@ -208,8 +208,7 @@ class Network:
         return self._rules_by_fact.get(fid, set())
 
     def is_true(self, rule: str) -> bool:
-        live = self._live
-        return any(t in live for t in self._terms.get(rule, ()))
+        return not self._live.isdisjoint(self._terms.get(rule, ()))
 
     def size(self) -> tuple[int, int]:
         """(rulesets, facts) for metrics."""
