@@ -57,7 +57,7 @@ from engine.adapters.query import (
     _Job,
     run_query,
 )
-from engine.adapters.store import CHUNK, TABLES, Buffered, Store, json_column
+from engine.adapters.store import TABLES, Buffered, Store, json_column
 from engine.errors import StoreError
 from engine.model import Reading
 
@@ -69,6 +69,9 @@ OPEN_TIMEOUT = 60.0
 CALL_TIMEOUT = 60.0
 #: seconds between two restarts of a child that keeps dying
 RESTART_BACKOFF = 1.0
+
+#: rows a message: one pickle call (~0.1 ms) holds the GIL at most this long
+SEND_CHUNK = 500
 
 _JSON = {t: [i for i, (_c, dtype, _a) in enumerate(cols) if dtype == "JSON"] for t, cols in TABLES.items()}
 
@@ -205,7 +208,9 @@ class StoreClient(Buffered):
                     again = [m for seq in sorted(self._unacked) for m in self._unacked[seq]]
                 try:
                     for m in again:  # what it had not acknowledged, in order
-                        conn.send(m)
+                        # (a state part pickle cannot take is skipped: its "end" carries the text)
+                        with contextlib.suppress(pickle.PicklingError, TypeError, AttributeError):
+                            conn.send(m)
                 except OSError:
                     continue  # it died again: the receiver finds out
             log.warning("store process %d started; %d unacknowledged messages sent again", proc.pid, len(again))
@@ -266,10 +271,11 @@ class StoreClient(Buffered):
         """Hand everything buffered to the child; returns the flush's number (0: nothing).
 
         The rows go as they were appended, JSON values and state as objects: the
-        child makes their text. Here only ``pickle`` runs, a C call a chunk, so the
-        event loop never waits long for the GIL (Python-level JSON of a second's
+        child makes their text. Here only ``pickle`` runs, a C call for each
+        ``SEND_CHUNK`` rows or each part of a state value (``_parts``), so the
+        event loop never waits long for the GIL: Python-level JSON of a second's
         rule runs, or of a state snapshot, kept it waiting up to a switch interval
-        at a time)."""
+        at a time, and one pickle of a 1,000-rule snapshot holds the GIL ~2.5 ms."""
         with self._send_lock:
             batches, state, extra = self._take()
             if not (batches or state or extra):
@@ -280,35 +286,49 @@ class StoreClient(Buffered):
             for table, cols in batches.items():
                 n = len(cols[0])
                 rows += n
-                for i in range(0, n, CHUNK):
-                    msgs.append(("rows", table, cols if n <= CHUNK else [c[i:i + CHUNK] for c in cols]))
-            msgs.append(("end", seq, state, extra, self._now()))
+                for i in range(0, n, SEND_CHUNK):
+                    msgs.append(("rows", table, cols if n <= SEND_CHUNK else [c[i:i + SEND_CHUNK] for c in cols]))
+            texts: dict[str, str] = {}
+            for key, value in state.items():
+                if isinstance(value, str):
+                    texts[key] = value
+                else:
+                    msgs.extend(("state", key, path, part) for path, part in _parts(value))
+            msgs.append(("end", seq, texts, extra, self._now()))
             with self._acked:
                 self._unacked[seq] = msgs
                 self._unacked_rows[seq] = rows
-            try:
-                for i, m in enumerate(msgs):
-                    try:
-                        self._conn.send(m)
-                    except (pickle.PicklingError, TypeError, AttributeError):
-                        msgs[i] = m = self._as_text(m)  # a value pickle cannot take: as JSON, as before
-                        self._conn.send(m)
-                    time.sleep(0)  # let the event loop in between chunks
-            except OSError:
-                pass  # the child died: the receiver starts it again and sends these again
+            with contextlib.suppress(OSError):  # the child died: the receiver starts it again and sends these again
+                self._send_all(msgs, state)
             return seq
 
-    def _as_text(self, msg: tuple[Any, ...]) -> tuple[Any, ...]:
-        if msg[0] == "rows":
-            _, table, cols = msg
-            return ("rows", table, [json_column(c) if i in _JSON[table] else c for i, c in enumerate(cols)])
-        _, seq, state, extra, now = msg
-        texts = {}
-        for key, value in state.items():
-            text = value if isinstance(value, str) else self._encode_state_retrying(key, value)
-            if text is not None:
-                texts[key] = text
-        return ("end", seq, texts, extra, now)
+    def _send_all(self, msgs: list[tuple[Any, ...]], state: Mapping[str, object]) -> None:
+        """Send ``msgs`` (the last one is ``end``) in order. A value pickle cannot take
+        goes as JSON text, as the writer thread made it: its rows' JSON columns, or
+        its whole state value (the child prefers a text to the parts of the same key)."""
+        as_text: set[str] = set()
+        for i, m in enumerate(msgs[:-1]):
+            if m[0] == "state" and m[1] in as_text:
+                continue
+            try:
+                self._conn.send(m)
+            except (pickle.PicklingError, TypeError, AttributeError):
+                if m[0] != "rows":
+                    as_text.add(m[1])
+                    continue
+                _, table, cols = m
+                msgs[i] = m = ("rows", table, [json_column(c) if j in _JSON[table] else c
+                                               for j, c in enumerate(cols)])
+                self._conn.send(m)
+            time.sleep(0)  # let the event loop in between chunks
+        if as_text:
+            _, seq, texts, extra, now = msgs[-1]
+            for key in as_text:
+                text = self._encode_state_retrying(key, state[key])
+                if text is not None:
+                    texts[key] = text
+            msgs[-1] = ("end", seq, texts, extra, now)
+        self._conn.send(msgs[-1])
 
     def flush(self) -> None:
         """Write everything buffered so far; returns once it is in the file. Raises
@@ -399,6 +419,53 @@ class StoreClient(Buffered):
         return self._local_error or str(self._stats.get("last_error", ""))
 
 
+#: entries of a state dict a message: one pickle call holds the GIL ~0.1 ms
+STATE_CHUNK = 256
+
+
+def _splittable(value: object) -> bool:
+    return type(value) is dict and all(type(k) is str for k in value)
+
+
+def _parts(value: object, depth: int = 3, path: tuple[str, ...] = ()) -> list[tuple[tuple[str, ...] | None, Any]]:
+    """A state value as parts pickled one by one: (path, entries) merges ``entries``
+    into the dict at ``path``; (None, value) is a value that is not a dict of
+    string keys. The top level's dicts, and dicts of 32 entries or more, are split
+    down to ``depth`` levels, ``STATE_CHUNK`` entries a part; ``_assemble`` puts them together in order."""
+    if not _splittable(value):
+        return [(None, value)]
+    assert isinstance(value, dict)
+    out: list[tuple[tuple[str, ...] | None, Any]] = [(path, {})]
+    chunk: dict[str, Any] = {}
+    for k, v in value.items():
+        # the top level's dicts, and big dicts below it (not each board's two item maps)
+        if depth > 1 and _splittable(v) and (len(v) >= 32 or (not path and len(v) > 1)):
+            if chunk:
+                out.append((path, chunk))
+                chunk = {}
+            out.extend(_parts(v, depth - 1, (*path, k)))
+        else:
+            chunk[k] = v
+            if len(chunk) >= STATE_CHUNK:
+                out.append((path, chunk))
+                chunk = {}
+    if chunk:
+        out.append((path, chunk))
+    return out
+
+
+def _assemble(parts: list[tuple[tuple[str, ...] | None, Any]]) -> object:
+    if parts and parts[0][0] is None:
+        return parts[0][1]
+    root: dict[str, Any] = {}
+    for path, entries in parts:
+        node = root
+        for k in path or ():
+            node = node.setdefault(k, {})
+        node.update(entries)
+    return root
+
+
 # ---------------------------------------------------------------------- child side
 _CALLS = ("get_state", "latest_readings", "readings_since", "counts", "apply_retention")
 
@@ -450,6 +517,7 @@ class _Child:
     def _loop(self) -> None:
         store = self.store
         assert store is not None
+        parts: dict[str, list[tuple[tuple[str, ...] | None, Any]]] = {}  # state values in parts, until "end"
         while True:
             try:
                 msg = self.conn.recv()
@@ -461,11 +529,17 @@ class _Child:
                 with store._lock:
                     for col, values in zip(store._buf[table], cols, strict=True):
                         col.extend(values)
+            elif kind == "state":
+                _, key, path, part = msg
+                parts.setdefault(key, []).append((path, part))
             elif kind == "end":
-                _, seq, state, extra, now = msg
+                _, seq, texts, extra, now = msg
                 self.now = now
+                state = {key: _assemble(p) for key, p in parts.items() if key not in texts}
+                parts.clear()
                 with store._lock:
                     store._state.update(state)
+                    store._state.update(texts)
                     store._extra.extend(extra)
                 store._write()
                 store._maybe_retain()

@@ -169,3 +169,24 @@ def test_a_file_another_process_holds_is_a_clear_error(tmp_path: Path) -> None:
     path = str(tmp_path / "k.duckdb")
     with Store(path), pytest.raises(StoreError, match="cannot open store"):
         StoreClient(path)
+
+
+def test_state_goes_in_parts_and_comes_back_the_same(tmp_path: Path) -> None:
+    from engine.adapters.storeproc import _assemble, _parts
+
+    snap = {"engine": {"readings": {f"s{i}.t": [float(i), T0, "good"] for i in range(100)}, "holds": {},
+                       "version": 3}, "guard": {"latched": ["all"]}, "start": T0, "empty": {}}
+    parts = _parts(snap)
+    assert 3 < len(parts) < 10  # the readings in one part of their own
+    assert _parts([1, 2]) == [(None, [1, 2])]
+    assert _assemble(parts) == snap and list(_assemble(parts)) == list(snap)
+
+    class Odd:
+        def __str__(self) -> str:
+            return "odd"
+    with StoreClient(str(tmp_path / "k.duckdb"), flush_interval=3600) as c:
+        c.put_state("pipeline", snap)
+        c.put_state("devices", {"sent": {"ESP_A": {"x": Odd()}}, "serial": 4})
+        c.flush()
+        assert c.get_state("pipeline") == snap
+        assert c.get_state("devices") == {"sent": {"ESP_A": {"x": "odd"}}, "serial": 4}
