@@ -190,6 +190,14 @@ class KaiserProc:
     def cpu_s(self) -> float:
         return _cpu_s(self.p.pid)
 
+    def store_pid(self) -> int | None:
+        """The store's own process (``[store] writer = "process"``), if any."""
+        try:
+            pid = json.loads(self.get("/health"))["store"].get("pid")
+        except (OSError, ValueError, KeyError):
+            return None
+        return pid if isinstance(pid, int) else None
+
     def ingest_pid(self) -> int | None:
         try:
             pid = json.loads(self.get("/health"))["mqtt"].get("ingest", {}) or {}
@@ -199,7 +207,7 @@ class KaiserProc:
 
     def cpu_by_thread(self) -> dict[str, float]:
         """CPU seconds of the main thread (the event loop: MQTT, rules, guard) and of
-        all other threads together (the store's writer, DuckDB's workers)."""
+        all other threads together (the store's sender; with writer = "thread" its writer and DuckDB)."""
         out: dict[str, float] = {}
         tck = os.sysconf("SC_CLK_TCK")
         try:
@@ -401,7 +409,7 @@ def phase(tools: Path, a: argparse.Namespace, who: str, rate: float, work: Path,
             time.sleep(1.0)
         pids: list[int | None] = []
         if k is not None:
-            pids = [k.p.pid, k.ingest_pid()]
+            pids = [k.p.pid, k.ingest_pid(), k.store_pid()]
             s0, t0 = k.query("SELECT count(*) FROM readings")[0][0], k.cpu_by_thread()
         elif peer is not None:
             pids = [peer.p.pid]
@@ -416,8 +424,9 @@ def phase(tools: Path, a: argparse.Namespace, who: str, rate: float, work: Path,
             r["stored"] = s1 - s0
             r["cpu_us_by_thread"] = {name: round(1e6 * (t1[name] - t0.get(name, 0.0)) / n)
                                      for name in t1 if t1[name] - t0.get(name, 0.0) > 0}
-            if len(c0) > 1 and not math.isnan(c1[1] - c0[1]):
-                r["cpu_us_by_thread"]["ingest"] = round(1e6 * (c1[1] - c0[1]) / n)
+            for i, name in ((1, "ingest"), (2, "store")):
+                if len(c0) > i and not math.isnan(c1[i] - c0[i]):
+                    r["cpu_us_by_thread"][name] = round(1e6 * (c1[i] - c0[i]) / n)
         r["sustained"] = sustained(r, stored_ok=r.get("stored", r["sent"]) == r["sent"])
         return r
     finally:

@@ -562,12 +562,13 @@ class Server:
                 self._handler_failed(item[1], item[2], exc, now)
                 del run[mark:]
             new = run[mark:]
-            if mark and new and (new[0].retained != run[0].retained or any(r.sensor in refs for r in new)):
+            sensors = [r.sensor for r in new]
+            if mark and new and (new[0].retained != run[0].retained or not refs.isdisjoint(sensors)):
                 del run[mark:]
                 self._land(run, refs, now, t0)
                 run.extend(new)
                 t0 = t_in
-            refs.update(r.sensor for r in new)
+            refs.update(sensors)
             ingest_seconds.observe(time.perf_counter() - t_in)
         self._land(run, refs, now, t0)
         self._check_due()
@@ -1168,7 +1169,8 @@ class Server:
                          "restarts": self.ingest.restarts}},
             "store": {"path": self.settings.store.path, "ok": bool(store and not store.last_error),
                       "pending": store.pending() if store else 0, "rows_written": store.rows_written if store else 0,
-                      "last_error": store.last_error if store else ""},
+                      "last_error": store.last_error if store else "", "writer": self.settings.store.writer,
+                      "pid": store.pid if isinstance(store, StoreClient) else None},
             "rules_version": self.version.id if self.version else None,
             "git_commit": self.version.git_commit if self.version else None,
             "devices": {b.device or esp: ("online" if self.online.get(esp) else "offline")

@@ -156,7 +156,8 @@ class BaseEngine:
         self._rules: dict[str, Rule] = {r.name: r for r in dep.rules if r.enabled}
         self._index = {r.name: (r.index, i) for i, r in enumerate(dep.rules)}
         self._keep_history: dict[str, float] = {}
-        self._trigger_refs: dict[str, list[str]] = {}
+        #: rule -> (ref, a device of the map, an actuator of the map) of each fact its condition reads
+        self._trigger_refs: dict[str, list[tuple[str, bool, bool]]] = {}
         self._summaries: dict[str, tuple[Rule, tuple[str, ...]]] = {}  # rule -> its actions described
         #: sensor -> (rule, index in ``hold``) of computed duties that follow it
         self._followers: dict[str, list[tuple[str, int]]] = {}
@@ -170,7 +171,8 @@ class BaseEngine:
                 for what, ref in kind.refs(leaf):
                     if what != "sensor" and ref not in refs:
                         refs.append(ref)
-            self._trigger_refs[r.name] = refs
+            # what each ref is, looked up once (RuleRun.trigger is made at every run)
+            self._trigger_refs[r.name] = [(ref, ref in dep.devices, dep.actuator(ref) is not None) for ref in refs]
             if r.kind == "level":
                 for i, a in enumerate(r.actions):
                     if isinstance(a, SetActuator) and isinstance(a.state, Follow):
@@ -256,7 +258,7 @@ class BaseEngine:
 
     def _store_reading(self, r: Reading, now: float) -> None:
         v = C.normalise(r.value)
-        ts = r.ts if isinstance(r.ts, int | float) and math.isfinite(r.ts) else now
+        ts = r.ts if isinstance(r.ts, (int, float)) and math.isfinite(r.ts) else now
         self._readings[r.sensor] = (v, ts, r.quality)
         self._last_data[r.sensor] = now
         within = self._keep_history.get(r.sensor)
@@ -654,11 +656,11 @@ class BaseEngine:
     def _trigger(self, rule: Rule) -> dict[str, float | None]:
         now = self._now if self._now is not None else 0.0
         out: dict[str, float | None] = {}
-        for ref in self._trigger_refs.get(rule.name, ()):
-            if ref in self._dep.devices:
+        for ref, device, actuator in self._trigger_refs.get(rule.name, ()):
+            if device:
                 st = self._devices.get(ref)
                 out[ref] = None if st is None else float(st)
-            elif ref in self._actuators or self._dep.actuator(ref) is not None:
+            elif ref in self._actuators or actuator:
                 out[ref] = self._actuators.get(ref)
             else:
                 out[ref] = self.usable(ref, now)
