@@ -159,6 +159,9 @@ class BaseEngine:
         #: rule -> (ref, a device of the map, an actuator of the map) of each fact its condition reads
         self._trigger_refs: dict[str, list[tuple[str, bool, bool]]] = {}
         self._summaries: dict[str, tuple[Rule, tuple[str, ...]]] = {}  # rule -> its actions described
+        #: (id(rule), id(action), hold) -> (rule, action, its command) of actions with a fixed value:
+        #: the same immutable command at every run (the entry keeps both ids theirs)
+        self._fixed: dict[tuple[int, int, bool], tuple[Rule, SetActuator, Command]] = {}
         #: sensor -> (rule, index in ``hold``) of computed duties that follow it
         self._followers: dict[str, list[tuple[str, int]]] = {}
         for r in self._rules.values():
@@ -538,9 +541,14 @@ class BaseEngine:
         says why, when ``batch`` is given)."""
         state = a.state
         toggle = state == "toggle"
-        reason = f"rule {rule.name}"
-        if rule.description:
-            reason += f": {rule.description}"
+        if not toggle and not isinstance(state, Follow):
+            key = (id(rule), id(a), hold)
+            hit = self._fixed.get(key)
+            if hit is None or hit[0] is not rule or hit[1] is not a:
+                hit = self._fixed[key] = (rule, a, Command(a.actuator, float(state), a.for_, "rule", rule.name,
+                                                           rule.priority, self._reason(rule), False, hold))
+            return hit[2]
+        reason = self._reason(rule)
         if isinstance(state, Follow):
             x = self.usable(state.sensor, now)
             if x is not None:
@@ -559,12 +567,14 @@ class BaseEngine:
                 value = last
             if hold:
                 self._follow_last[(rule.name, a.actuator)] = value
-        elif toggle:
+        else:  # toggle
             cur = self._actuators.get(a.actuator, self._commanded.get(a.actuator, 0.0))
             value = 0.0 if cur > 0 else 1.0
-        else:
-            value = float(state)
         return Command(a.actuator, value, a.for_, "rule", rule.name, rule.priority, reason, toggle, hold)
+
+    @staticmethod
+    def _reason(rule: Rule) -> str:
+        return f"rule {rule.name}: {rule.description}" if rule.description else f"rule {rule.name}"
 
     def _track(self, batch: _Batch) -> None:
         """Computed duties of holding rules follow their sensor: re-sent when the duty
