@@ -8,6 +8,7 @@
     .venv/bin/python bench/profile_server.py --batch 50      # Server.on_ingest: the reader process's batches
     .venv/bin/python bench/profile_server.py --batch 50 --decode  # the MQTT 5 link: decode + on_ingest
     .venv/bin/python bench/profile_server.py --soak 1000000 --detail  # RSS over a million readings, and where
+    .venv/bin/python bench/profile_server.py --soak 1000000 --writer process  # the same, the store in its own process (both counted)
 
 ``--batch N``: the readings are decoded first (untimed, as the ingest reader
 process does, engine/adapters/ingest.py) and handed to ``Server.on_ingest`` N at
@@ -71,6 +72,7 @@ from bench_server import write_deployment  # noqa: E402
 import engine.app as app  # noqa: E402
 from engine.adapters.ingest import item as ingest_item  # noqa: E402
 from engine.adapters.store import Store  # noqa: E402
+from engine.adapters.storeproc import StoreClient  # noqa: E402
 from engine.config.settings import load_settings, parse_size  # noqa: E402
 from engine.pipeline import Kaiser  # noqa: E402
 
@@ -99,7 +101,8 @@ def payloads(boards: int, n: int, t0: float) -> list[tuple[str, bytes]]:
     return out
 
 
-def build(work: Path, boards: int, flush_interval: float = 1.0, memory_limit: int | None = None) -> app.Server:
+def build(work: Path, boards: int, flush_interval: float = 1.0, memory_limit: int | None = None,
+          writer: str = "thread") -> app.Server:
     toml = write_deployment(work, boards, "127.0.0.1", 1, 1)
     settings = load_settings(toml)
     if memory_limit is not None:
@@ -109,8 +112,9 @@ def build(work: Path, boards: int, flush_interval: float = 1.0, memory_limit: in
     errors = [d for d in app._errors(diags) if d.code != "K306"]
     if errors:
         sys.exit("bench deployment has errors: " + "; ".join(d.text() for d in errors))
-    server.store = Store(str(work / "bench.duckdb"), flush_interval, 0.0, now=server.clock.now,
-                         memory_limit=settings.store.memory_limit)  # as Server.start opens it
+    store_class = StoreClient if writer == "process" else Store
+    server.store = store_class(str(work / "bench.duckdb"), flush_interval, 0.0, now=server.clock.now,
+                               memory_limit=settings.store.memory_limit)  # as Server.start opens it
     server.store.start()
     server.kaiser = Kaiser(deployment)  # before _install, as Server.start does (one version id)
     server._install(deployment, version)
@@ -118,10 +122,10 @@ def build(work: Path, boards: int, flush_interval: float = 1.0, memory_limit: in
     return server
 
 
-def rss_mb() -> float:
-    """Resident set size of this process now (MB)."""
+def rss_mb(pid: int | str = "self") -> float:
+    """Resident set size of this process (or ``pid``) now (MB)."""
     try:
-        with open("/proc/self/statm") as f:
+        with open(f"/proc/{pid}/statm") as f:
             return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
     except OSError:
         return float("nan")
@@ -204,6 +208,10 @@ def where_memory(server: app.Server) -> str:
     import pyarrow as pa
 
     assert server.store is not None
+    if isinstance(server.store, StoreClient):
+        return (f"this process anonymous {_anonymous_rss():.0f}, python {len(gc.get_objects()) / 1e3:.0f}k gc "
+                f"objects; the store's process RSS {rss_mb(server.store.pid):.0f}; store: "
+                f"{server.store.pending()} rows waiting")
     cur = server.store._con.cursor()
     try:
         duck = cur.execute("SELECT sum(memory_usage_bytes), sum(temporary_storage_bytes) FROM duckdb_memory()"
@@ -247,8 +255,13 @@ async def soak(server: app.Server, boards: int, n: int, batch: int, now: float, 
     timer = asyncio.get_running_loop().create_task(server._timer_loop())
     spacing = 1 / rate if rate else 0.001  # seconds between two readings' time stamps
 
+    def total() -> float:
+        """RSS of this process plus, with ``--writer process``, the store's process."""
+        child = server.store.pid if isinstance(server.store, StoreClient) else None
+        return rss_mb() + (rss_mb(child) if child else 0.0)
+
     def line(label: str) -> float:
-        rss = rss_mb()
+        rss = total()
         since = f"{rss - rss_warm:+.0f} MB since warm, " if rss_warm == rss_warm else ""
         print(f"{label}: RSS {rss:.0f} MB ({since}{rss - rss_built:+.0f} MB since built), "
               f"{time.perf_counter() - t0:.0f} s", flush=True)
@@ -268,12 +281,12 @@ async def soak(server: app.Server, boards: int, n: int, batch: int, now: float, 
         del items
         done += k
         if done > warm:
-            samples.append(rss_mb())
+            samples.append(total())
         if done == warm:
             assert server.store is not None
             server.store.flush()
             gc.collect()
-            rss_warm = rss_mb()
+            rss_warm = total()
             line(f"{done:>9} readings (warm, the baseline; store flushed, full collection)")
             if trace:
                 tracemalloc.start(1)
@@ -362,13 +375,16 @@ def main(argv: list[str] | None = None) -> int:
                     help="--soak: tracemalloc from the baseline on, print the top N lines by growth (slow)")
     ap.add_argument("--no-flush", action="store_true",
                     help="the store's writer never flushes during the run (what its DuckDB writes cost the tail)")
+    ap.add_argument("--writer", choices=("thread", "process"), default="thread",
+                    help="the store's writer: a thread here (default) or its own process as the server runs it "
+                         "(--soak then counts both processes' RSS; us/reading leaves the store's process out)")
     ap.add_argument("--no-gc-tuning", action="store_true", help="leave the collector as Python starts it")
     a = ap.parse_args(argv)
     if a.soak and (a.warm <= 0 or a.warm % 10_000 or a.warm >= a.soak):
         ap.error("--warm must be a multiple of 10,000 below --soak")
     with tempfile.TemporaryDirectory(prefix="kaiser-prof-") as tmp:
         rss0, t_build = rss_mb(), time.perf_counter()
-        server = build(Path(tmp), a.boards, 1e9 if a.no_flush else 1.0, a.memory_limit)
+        server = build(Path(tmp), a.boards, 1e9 if a.no_flush else 1.0, a.memory_limit, a.writer)
         t_build = time.perf_counter() - t_build
         rss_built = rss_mb()
         print(f"{a.boards} boards, {2 * a.boards} rules: loaded, linted, compiled and the server built in "
