@@ -39,7 +39,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, Self
 
 import duckdb
 import pyarrow as pa
@@ -276,8 +276,21 @@ class Buffered:
         self._extra: list[tuple[str, tuple[Any, ...]]] = []
         self.state_seconds = 0.0  # CPU time the last state serialisation took
 
+    def start(self) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        raise NotImplementedError
+
     def flush(self) -> None:
         raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     def _take(self) -> tuple[dict[str, list[list[Any]]], dict[str, object], list[tuple[str, tuple[Any, ...]]]]:
         """Everything buffered so far (tables with rows, state, extra statements),
@@ -529,13 +542,6 @@ class Store(Buffered):
             self._thread = None
         self._write()
         self._con.close()
-
-    def __enter__(self) -> Store:
-        self.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     # ------------------------------------------------------------------ writer
     def flush(self) -> None:

@@ -265,13 +265,6 @@ class StoreClient(Buffered):
         self._receiver.join(timeout=5)
         self._conn.close()
 
-    def __enter__(self) -> StoreClient:
-        self.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
     # ------------------------------------------------------------------ writes
     def _send_pending(self) -> int:
         """Hand everything buffered to the child; returns the flush's number (0: nothing).
