@@ -233,7 +233,11 @@ class DeviceTracker:
 
     def seen(self, esp_id: str, now: float) -> tuple[Board, bool]:
         """A board spoke (not a retained snapshot). Returns (board, first time)."""
-        known = esp_id in self.boards or esp_id in self.unknown
+        b = self.boards.get(esp_id)
+        if b is not None:  # a board of the map heard before: every reading takes this way
+            b.last_seen = now
+            return b, False
+        known = esp_id in self.unknown
         b = self.board(esp_id, now)
         b.last_seen = now
         return b, not known
