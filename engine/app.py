@@ -316,7 +316,7 @@ class Server:
             url = self.broker.url
         now = self.clock.now()
         # which client reads the broker (engine/adapters/mqtt5link.py, docs/performance.md):
-        # MQTT 5 on the mqtt5 codec in this process by default; aiomqtt for TLS and the
+        # MQTT 5 on the mqtt5 codec in this process by default (TLS too); aiomqtt for the
         # embedded broker (MQTT 3.1.1 only); a reader process with KAISER_INGEST=process
         configured = self.settings.mqtt.client
         self.mqtt_client = client = "aiomqtt" if self.broker is not None else mqtt_client(url, configured)

@@ -12,6 +12,7 @@
   unless older than ``max_queue_age`` seconds (a stale ON is worse than none);
 - ``publish()`` never awaits: it hands the message to paho, which writes it when
   the socket is ready (awaiting every PUBACK would serialise all commands).
+- ``mqtts://`` is TLS (:func:`tls_context`, shared with engine/adapters/mqtt5link.py).
 
 Private internals used (pyproject pins aiomqtt and paho-mqtt below their next major;
 tests/unit/test_dependencies.py fails loudly when a release drops one): aiomqtt's
@@ -25,7 +26,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import socket
+import ssl
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
@@ -108,9 +111,34 @@ def buffer_reads(paho: Any) -> None:
 
 
 def parse_url(url: str) -> tuple[str, int]:
-    """``mqtt://host:port`` (or ``host:port``, ``host``) -> (host, port); port 1883 by default."""
+    """``mqtt://host:port`` (or ``host:port``, ``host``) -> (host, port); port 1883 by
+    default, 8883 for ``mqtts://``."""
     u = urlparse(url if "://" in url else f"mqtt://{url}")
-    return u.hostname or "127.0.0.1", u.port or 1883
+    return u.hostname or "127.0.0.1", u.port or (8883 if u.scheme == "mqtts" else 1883)
+
+
+def tls_context(url: str) -> ssl.SSLContext | None:
+    """TLS for an ``mqtts://`` URL (None for ``mqtt://``), the same for every MQTT
+    client: the broker's certificate must chain to a CA the system trusts (or to the
+    CAs in ``$SSL_CERT_FILE`` / ``$SSL_CERT_DIR``, which replace the system's) and
+    name the host of the URL."""
+    if urlparse(url).scheme != "mqtts":
+        return None
+    return ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
+
+
+def describe(exc: BaseException) -> str:
+    """A connection error as the log shows it; a broker certificate that was not
+    accepted says so and where trust comes from (aiomqtt hands the ssl error on as
+    text only, hence the match on it)."""
+    text = str(exc) or type(exc).__name__
+    if "CERTIFICATE_VERIFY_FAILED" not in text:
+        return text
+    said = re.search(r"certificate verify failed: (.*?)(?: \(_ssl\.c:\d+\))?$", text)
+    reason = getattr(exc, "verify_message", None) or (said.group(1) if said else None)
+    detail = f"certificate verify failed: {reason}" if reason else text
+    return (f"TLS: the broker's certificate was not accepted ({detail}); Kaiser trusts the "
+            "system's CAs, or only those in $SSL_CERT_FILE when it is set")
 
 
 def _as_publish(m: Any) -> Publish:
@@ -186,6 +214,7 @@ class MqttLink(LinkState):
         backoff: tuple[float, float] = (0.5, 30.0),
     ) -> None:
         self.host, self.port = parse_url(url)
+        self.tls = tls_context(url)
         self.client_id = client_id
         self.subscriptions = list(subscriptions)
         self.unsubscribe = [t for t in unsubscribe if t not in self.subscriptions]
@@ -260,6 +289,7 @@ class MqttLink(LinkState):
             # latency at light load: do not let Nagle hold back a command
             socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)],
             max_queued_incoming_messages=0,
+            tls_context=self.tls,
         )
         buffer_reads(client._client)
         return client
@@ -291,7 +321,7 @@ class MqttLink(LinkState):
             except aiomqtt.MqttError as exc:
                 if not self._closing:
                     log.warning("MQTT connection to %s:%d lost: %s (retry in %.1f s)",
-                                self.host, self.port, exc, delay)
+                                self.host, self.port, describe(exc), delay)
             finally:
                 self._paho = None
                 self._client = None

@@ -8,9 +8,10 @@ broker's PUBACK of every QoS 1 command with another ~100 us; on the bench that w
 over a third of the server's CPU (docs/performance.md). ``mqtt5`` (PyPI, by
 aiomqtt's maintainer) is a sans-I/O MQTT 5 packet codec written in Rust: about
 1 us to read a PUBLISH, 1-2 us to write one. This module is the connection state
-machine around it on an ``asyncio.Protocol``. aiomqtt stays the client for TLS
-(``mqtts://``) and for brokers without MQTT 5 (the embedded broker of ``kaiser
-demo``): :func:`choose` picks.
+machine around it on an ``asyncio.Protocol`` (over asyncio's TLS for ``mqtts://``,
+with the same trust as aiomqtt's: :func:`engine.adapters.mqtt.tls_context`).
+aiomqtt stays the client for brokers without MQTT 5 (the embedded broker of
+``kaiser demo``): :func:`choose` picks.
 
 One connection for both directions, on purpose: a command, a config push and an
 emergency stop leave in the order the server made them. Two connections (readings
@@ -53,7 +54,7 @@ from typing import Any
 import mqtt5
 
 from engine.adapters.ingest import Item, item, read_packets
-from engine.adapters.mqtt import LinkState, Publish, _as_publish, parse_url
+from engine.adapters.mqtt import LinkState, Publish, _as_publish, describe, parse_url, tls_context
 
 log = logging.getLogger("kaiser.mqtt")
 
@@ -137,6 +138,7 @@ class Mqtt5Link(LinkState):
         fallback: bool = False,
     ) -> None:
         self.host, self.port = parse_url(url)
+        self.tls = tls_context(url)
         self.client_id = client_id
         self.subscriptions = list(subscriptions)
         self.on_batch = on_batch
@@ -324,10 +326,10 @@ class Mqtt5Link(LinkState):
             except (OSError, TimeoutError, ConnectionError) as exc:
                 if self.fallback and not self._spoke_mqtt5 and self._refused_connects and not self._closing:
                     raise NoMqtt5(f"the broker at {self.host}:{self.port} answers, but not to MQTT 5 "
-                                  f"({exc or type(exc).__name__})") from exc
+                                  f"({describe(exc)})") from exc
                 if not self._closing:
                     log.warning("MQTT connection to %s:%d lost: %s (retry in %.1f s)",
-                                self.host, self.port, exc or type(exc).__name__, delay)
+                                self.host, self.port, describe(exc), delay)
             finally:
                 self._set_state(False)
                 self._transport = None
@@ -351,8 +353,10 @@ class Mqtt5Link(LinkState):
     async def _session(self) -> None:
         """One connection: connect, subscribe, resend, read until it ends."""
         loop = asyncio.get_running_loop()
+        # a TLS handshake that fails (an untrusted certificate) is an OSError here,
+        # before any CONNECT: never taken for a broker without MQTT 5
         transport, proto = await asyncio.wait_for(
-            loop.create_connection(lambda: _Protocol(self), self.host, self.port), 10)
+            loop.create_connection(lambda: _Protocol(self), self.host, self.port, ssl=self.tls), 10)
         self._transport = transport
         self._rest, self._out, self._flush_due = b"", [], False
         try:
@@ -457,14 +461,13 @@ class Mqtt5Link(LinkState):
 
 
 def choose(url: str, mode: str) -> str:
-    """Which client reads the broker: ``mqtt5`` (this module, the default for
-    ``mqtt://``), ``process`` (the ingest reader process, engine/adapters/ingest.py,
-    with aiomqtt publishing) or ``aiomqtt``. TLS (``mqtts://``) always uses aiomqtt."""
+    """Which client reads the broker: ``mqtt5`` (this module, the default, also for
+    TLS), ``process`` (the ingest reader process, engine/adapters/ingest.py, with
+    aiomqtt publishing; not over TLS) or ``aiomqtt``."""
     mode = (mode or "auto").strip().lower()
-    if url.startswith("mqtts://"):
-        if mode not in ("auto", "aiomqtt"):
-            log.warning("MQTT client %s does not speak TLS yet: using aiomqtt", mode)
-        return "aiomqtt"
+    if mode == "process" and url.startswith("mqtts://"):
+        log.warning("MQTT client process does not speak TLS yet: using mqtt5")
+        return "mqtt5"
     if mode in ("auto", "mqtt5"):
         return "mqtt5"
     if mode in ("process", "aiomqtt"):

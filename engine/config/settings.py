@@ -160,7 +160,7 @@ _DOCS: dict[str, dict[str, str]] = {
     "mqtt": {"url": "mqtt://host:port, mqtts://host:port, or \"embedded\" (in-process broker)",
              "client_id": "MQTT client id (persistent session)",
              "username": "MQTT user name; the password comes only from env KAISER_MQTT_PASSWORD",
-             "client": "auto (MQTT 5 on the mqtt5 codec; aiomqtt for mqtts:// and brokers without MQTT 5), "
+             "client": "auto (MQTT 5 on the mqtt5 codec, also for mqtts://; aiomqtt for brokers without MQTT 5), "
                        "mqtt5, aiomqtt, or process (a reader process); env KAISER_MQTT_CLIENT overrides"},
     "store": {"path": "DuckDB file, relative to kaiser.toml; \":memory:\" allowed",
               "flush_interval": "at most this much data is lost on a crash",

@@ -5,12 +5,13 @@ a reconnect) on a transport that records what it is given."""
 from __future__ import annotations
 
 import asyncio
+import ssl
 from typing import Any
 
 import mqtt5
 import pytest
 
-from engine.adapters.mqtt import Publish
+from engine.adapters.mqtt import Publish, describe, parse_url, tls_context
 from engine.adapters.mqtt5link import Mqtt5Link, choose
 
 pytestmark = pytest.mark.anyio
@@ -124,11 +125,34 @@ async def test_stale_messages_in_flight_are_not_sent_again() -> None:
 
 def test_tls_and_unknown_modes_choose_a_client() -> None:
     assert choose("mqtt://h", "auto") == "mqtt5"
-    assert choose("mqtts://h", "auto") == "aiomqtt"
-    assert choose("mqtts://h", "mqtt5") == "aiomqtt"
+    assert choose("mqtts://h", "auto") == "mqtt5"
+    assert choose("mqtts://h", "mqtt5") == "mqtt5"
+    assert choose("mqtts://h", "aiomqtt") == "aiomqtt"
+    assert choose("mqtts://h", "process") == "mqtt5"  # the reader process has no TLS
     assert choose("mqtt://h", "process") == "process"
     assert choose("mqtt://h", "aiomqtt") == "aiomqtt"
     assert choose("mqtt://h", "nonsense") == "mqtt5"
+
+
+def test_mqtts_is_tls_that_checks_the_certificate_and_the_host_name() -> None:
+    assert tls_context("mqtt://h:1883") is None
+    ctx = tls_context("mqtts://broker.example")
+    assert ctx is not None and ctx.verify_mode == ssl.CERT_REQUIRED and ctx.check_hostname
+    assert parse_url("mqtts://broker.example") == ("broker.example", 8883)
+    assert Mqtt5Link("mqtts://h", "k", [], lambda items: None).tls is not None
+    assert Mqtt5Link("mqtt://h", "k", [], lambda items: None).tls is None
+
+
+def test_an_untrusted_broker_certificate_reads_the_same_from_either_client() -> None:
+    exc = ssl.SSLCertVerificationError(1, "[SSL: CERTIFICATE_VERIFY_FAILED] certificate verify failed: "
+                                          "unable to get local issuer certificate (_ssl.c:1006)")
+    exc.verify_message = "unable to get local issuer certificate"
+    as_text = Exception(str(exc))  # aiomqtt hands it on as MqttError(str(exc))
+    assert describe(exc) == describe(as_text)
+    assert describe(exc).startswith("TLS: the broker's certificate was not accepted (certificate verify failed: "
+                                    "unable to get local issuer certificate)")
+    assert describe(ConnectionRefusedError(111, "Connection refused")) == "[Errno 111] Connection refused"
+    assert describe(TimeoutError()) == "TimeoutError"
 
 
 async def test_a_smaller_window_after_a_reconnect_keeps_the_order() -> None:
