@@ -914,8 +914,10 @@ class Engine(BaseEngine):
         if not atoms and not self._net.mentions(f"s:{ref}"):
             return set()
         aff = self._sensor_fact(ref, now)
-        for key in atoms:
-            aff |= self._compute(key, now, reading)
+        if atoms:
+            aff = set(aff)  # set_fact hands out the network's own set: never add to it
+            for key in atoms:
+                aff |= self._compute(key, now, reading)
         return aff
 
     def _on_device(self, device: str, now: float) -> set[str]:

@@ -192,7 +192,8 @@ class Network:
         """Replace fact ``fid`` (retract + assert in every ruleset mentioning it).
 
         Returns the rules to re-read (empty when nothing changed or no ruleset
-        mentions ``fid``: then nothing is stored)."""
+        mentions ``fid``: then nothing is stored): the network's own set, which
+        the caller must not change."""
         sets = self._by_fact.get(fid)
         if not sets:
             return set()
