@@ -19,6 +19,8 @@ function -> mqtt out`` answering ``{"command":"ON","value":1.0,"duration":0}`` o
 ``kaiser/god/esp/{esp}/actuator/{gpio}/command`` at QoS 1 like Kaiser, editor and
 HTTP nodes off), ``kaiser`` (``kaiser run`` as it starts by default: one MQTT 5
 connection on the ``mqtt5`` codec, engine/adapters/mqtt5link.py),
+``kaiser-thread`` (the same with ``[store] writer = "thread"``: DuckDB on a
+thread of the server's process instead of its own process),
 ``kaiser-process`` (the ingest reader process reading, aiomqtt publishing:
 ``KAISER_MQTT_CLIENT=process``) and ``kaiser-inline`` (aiomqtt for everything,
 ``KAISER_MQTT_CLIENT=aiomqtt``).
@@ -68,9 +70,9 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
-PEERS = ("floor", "node-red", "kaiser", "kaiser-process", "kaiser-inline")
+PEERS = ("floor", "node-red", "kaiser", "kaiser-thread", "kaiser-process", "kaiser-inline")
 #: peer -> the MQTT client ``kaiser run`` uses (``KAISER_MQTT_CLIENT``)
-CLIENTS = {"kaiser": "mqtt5", "kaiser-process": "process", "kaiser-inline": "aiomqtt"}
+CLIENTS = {"kaiser": "mqtt5", "kaiser-thread": "mqtt5", "kaiser-process": "process", "kaiser-inline": "aiomqtt"}
 NODE_RED_VERSION = "4"
 
 
@@ -391,6 +393,9 @@ def phase(tools: Path, a: argparse.Namespace, who: str, rate: float, work: Path,
     k: KaiserProc | None = None
     peer: Echo | NodeRed | None = None
     if who.startswith("kaiser"):
+        if who == "kaiser-thread":  # DuckDB on a thread of the server's process, as before the store's own
+            toml = toml.with_name("kaiser-thread.toml")
+            toml.write_text(toml.with_name("kaiser.toml").read_text().replace("[store]\n", '[store]\nwriter = "thread"\n'))
         k = KaiserProc(work, toml, ws_port, client=CLIENTS[who])
         heartbeats(a)
         time.sleep(0.5)
