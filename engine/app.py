@@ -255,18 +255,25 @@ class Server:
 
         if self.gitops is not None:  # the commit that ran last, or the branch head
             self.rules_dir = await self.gitops.startup(self.rules_dir)
-        deployment, diagnostics, version = load_rules(self.rules_dir, self.tz)
-        errors = _errors(diagnostics)
-        if errors:
-            raise ConfigError(f"{len(errors)} error(s) in {self.rules_dir}", diagnostics)
-        for d in diagnostics:
-            log.warning("%s", d.text())
         s = self.settings.store
         # DuckDB in a process of its own by default (engine/adapters/storeproc.py: its
-        # work on a thread of this process delayed the readings)
-        store_class = StoreClient if s.writer == "process" else Store
-        self.store = store_class(s.path, s.flush_interval, s.retention, now=self.clock.now,
-                                 memory_limit=s.memory_limit)
+        # work on a thread of this process delayed the readings); that process starts
+        # now and opens the file while the rules load
+        remote = StoreClient(s.path, s.flush_interval, s.retention, now=self.clock.now,
+                             memory_limit=s.memory_limit, wait=False) if s.writer == "process" else None
+        try:
+            deployment, diagnostics, version = load_rules(self.rules_dir, self.tz)
+            errors = _errors(diagnostics)
+            if errors:
+                raise ConfigError(f"{len(errors)} error(s) in {self.rules_dir}", diagnostics)
+        except BaseException:
+            if remote is not None:
+                remote.close()
+            raise
+        for d in diagnostics:
+            log.warning("%s", d.text())
+        self.store = remote if remote is not None else Store(
+            s.path, s.flush_interval, s.retention, now=self.clock.now, memory_limit=s.memory_limit)
         self.store.start()
         self.kaiser = Kaiser(deployment)
         self._install(deployment, version)

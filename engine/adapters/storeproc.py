@@ -95,6 +95,7 @@ class StoreClient(Buffered):
         *,
         now: Callable[[], float] = time.time,
         memory_limit: int = 0,
+        wait: bool = True,
     ) -> None:
         super().__init__()
         self.path = path
@@ -120,12 +121,30 @@ class StoreClient(Buffered):
         self.restarts = 0
         self._local_errors = 0
         self._local_error = ""
-        self._conn, self._proc = self._spawn()
         self._receiver = threading.Thread(target=self._receive, name="kaiser-store-replies", daemon=True)
-        self._receiver.start()
+        self._ready_lock = threading.Lock()
+        self._conn, self._proc = self._launch()
+        if wait:
+            self._ready()
 
     # ------------------------------------------------------------------ the child
+    def _ready(self) -> None:
+        """Wait for the child to have opened the store (``wait=False`` leaves it to
+        here: the server starts the child before it loads the rules, and the two
+        overlap). Raises StoreError when it could not."""
+        with self._ready_lock:
+            if self._receiver.is_alive() or self._closing:
+                return
+            self._stats = self._handshake(self._conn, self._proc)
+            self._receiver.start()
+
     def _spawn(self) -> tuple[Connection, subprocess.Popen[bytes]]:
+        conn, proc = self._launch()
+        self._stats = self._handshake(conn, proc)
+        return conn, proc
+
+    def _launch(self) -> tuple[Connection, subprocess.Popen[bytes]]:
+        """Start the child and ask it to open the store; ``_handshake`` waits for it."""
         ours, theirs = socket.socketpair()
         root = str(Path(__file__).resolve().parents[2])
         env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p))
@@ -135,9 +154,13 @@ class StoreClient(Buffered):
         finally:
             theirs.close()
         conn = Connection(ours.detach())
-        try:
+        with contextlib.suppress(OSError):  # a child that died at once: the handshake says so
             conn.send(("open", {"path": self.path, "flush_interval": self.flush_interval,
                                 "retention": self.retention, "memory_limit": self.memory_limit}))
+        return conn, proc
+
+    def _handshake(self, conn: Connection, proc: subprocess.Popen[bytes]) -> dict[str, Any]:
+        try:
             if not conn.poll(OPEN_TIMEOUT):
                 raise StoreError(f"cannot open store {self.path}: its process did not answer in {OPEN_TIMEOUT:.0f} s")
             kind, detail = conn.recv()
@@ -150,8 +173,7 @@ class StoreClient(Buffered):
         if kind != "opened":
             proc.wait(5)
             raise StoreError(str(detail))
-        self._stats = dict(detail)
-        return conn, proc
+        return dict(detail)
 
     @property
     def pid(self) -> int:
@@ -229,7 +251,9 @@ class StoreClient(Buffered):
 
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> None:
-        """Start the sender thread (idempotent)."""
+        """Start the sender thread (idempotent). Raises StoreError when the store's
+        process could not open the file."""
+        self._ready()
         if self._sender is None:
             self._sender = threading.Thread(target=self._run, name="kaiser-store", daemon=True)
             self._sender.start()
@@ -252,7 +276,7 @@ class StoreClient(Buffered):
             self._sender = None
         try:
             self.flush()
-        except StoreError as exc:
+        except StoreError as exc:  # (also a child that never opened the file: it has ended)
             log.error("store: the last flush failed: %s", exc)
         self._closing = True
         with self._send_lock, contextlib.suppress(OSError):
@@ -262,7 +286,8 @@ class StoreClient(Buffered):
         except subprocess.TimeoutExpired:
             log.error("store: its process did not close in 30 s; killed")
             self._proc.kill()
-        self._receiver.join(timeout=5)
+        if self._receiver.is_alive():
+            self._receiver.join(timeout=5)
         self._conn.close()
 
     # ------------------------------------------------------------------ writes
@@ -332,6 +357,7 @@ class StoreClient(Buffered):
     def flush(self) -> None:
         """Write everything buffered so far; returns once it is in the file. Raises
         StoreError when the store process does not confirm it in CALL_TIMEOUT s."""
+        self._ready()
         seq = self._send_pending()
         with self._acked:
             target = max(seq, max(self._unacked, default=0))
@@ -345,6 +371,7 @@ class StoreClient(Buffered):
 
     # ------------------------------------------------------------------ reads
     def _start_call(self, kind: str, *args: Any) -> tuple[int, Future[Any]]:
+        self._ready()
         call_id = next(self._ids)
         fut: Future[Any] = Future()
         self._calls[call_id] = fut

@@ -190,3 +190,15 @@ def test_state_goes_in_parts_and_comes_back_the_same(tmp_path: Path) -> None:
         c.flush()
         assert c.get_state("pipeline") == snap
         assert c.get_state("devices") == {"sent": {"ESP_A": {"x": "odd"}}, "serial": 4}
+
+
+def test_a_store_started_without_waiting_says_at_start_that_the_file_is_held(tmp_path: Path) -> None:
+    path = str(tmp_path / "k.duckdb")
+    with Store(path):
+        c = StoreClient(path, wait=False)  # returns at once: the server loads its rules meanwhile
+        with pytest.raises(StoreError, match="cannot open store"):
+            c.start()
+        c.close()  # nothing to write, nothing hangs
+    with StoreClient(path, wait=False) as c:
+        c.reading(Reading("north.t", 1.0, T0), esp_id="ESP_AAAAAA", gpio=4)
+    assert len(_tables(path)["readings"]) == 1
