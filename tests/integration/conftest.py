@@ -5,6 +5,7 @@ a Kaiser server on a free WebSocket port, and a firmware-speaking test board."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import socket
@@ -156,27 +157,37 @@ class Board:
                     return t, p
 
 
+@contextlib.asynccontextmanager
+async def listening(c: aiomqtt.Client, kaiser_id: str) -> AsyncIterator[Board]:
+    """A Board on the connected client ``c``: every message it receives is kept in
+    ``seen`` and queued for ``expect`` (JSON decoded where it is JSON)."""
+    b = Board(c, kaiser_id)
+
+    async def pump() -> None:
+        async for m in c.messages:
+            try:
+                p: Any = json.loads(m.payload) if m.payload else None
+            except ValueError:
+                p = m.payload
+            item = (m.topic.value, p, bool(m.retain))
+            b.seen.append(item)
+            b.inbox.put_nowait(item)
+
+    task = asyncio.create_task(pump())
+    try:
+        yield b
+    finally:
+        task.cancel()
+
+
 @pytest.fixture
 async def board(broker_url: str, kaiser_id: str) -> AsyncIterator[Board]:
     host, port = parse_url(broker_url)
     async with aiomqtt.Client(host, port, identifier=f"{kaiser_id}-board") as c:
         await c.subscribe(f"kaiser/{kaiser_id}/#", qos=1)
         await c.subscribe("kaiser/broadcast/#", qos=1)
-        b = Board(c, kaiser_id)
-
-        async def pump() -> None:
-            async for m in c.messages:
-                try:
-                    p: Any = json.loads(m.payload) if m.payload else None
-                except ValueError:
-                    p = m.payload
-                item = (m.topic.value, p, bool(m.retain))
-                b.seen.append(item)
-                b.inbox.put_nowait(item)
-
-        task = asyncio.create_task(pump())
-        yield b
-        task.cancel()
+        async with listening(c, kaiser_id) as b:
+            yield b
 
 
 @pytest.fixture

@@ -6,7 +6,6 @@ clear connection error, and a TLS broker without MQTT 5 gets aiomqtt over TLS.""
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import os
 import shutil
@@ -17,7 +16,6 @@ import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import aiomqtt
 import pytest
@@ -25,7 +23,7 @@ import pytest
 from engine.adapters.broker import _broker_class, free_port
 from engine.app import Server
 
-from .conftest import Board, make_settings
+from .conftest import Board, listening, make_settings
 
 pytestmark = [pytest.mark.integration, pytest.mark.anyio]
 
@@ -123,18 +121,8 @@ async def tls_board(tls_broker: str, certs: Certs, kaiser_id: str) -> AsyncItera
     ctx = ssl.create_default_context(cafile=str(certs.ca))
     async with aiomqtt.Client("localhost", port, identifier=f"{kaiser_id}-board", tls_context=ctx) as c:
         await c.subscribe(f"kaiser/{kaiser_id}/#", qos=1)
-        b = Board(c, kaiser_id)
-
-        async def pump() -> None:
-            async for m in c.messages:
-                payload: Any = json.loads(m.payload) if isinstance(m.payload, bytes) and m.payload else m.payload
-                item = (m.topic.value, payload, bool(m.retain))
-                b.seen.append(item)
-                b.inbox.put_nowait(item)
-
-        task = asyncio.create_task(pump())
-        yield b
-        task.cancel()
+        async with listening(c, kaiser_id) as b:
+            yield b
         await c.publish(f"kaiser/{kaiser_id}/server/status", b"", qos=1, retain=True)
 
 
