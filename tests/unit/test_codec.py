@@ -572,15 +572,21 @@ def test_random_json_objects_never_raise(topic, obj):
     _check(decode(topic, json.dumps(obj).encode(), received_at=NOW))
 
 
-@given(i=st.integers(0, len(FIXTURES) - 1), key=KEYS, value=JSON_VALUES, drop=st.booleans(),
-       received_at=st.floats(0, 4e9))
-def test_mutated_fixtures_never_raise(i, key, value, drop, received_at):
+def _mutated(i: int, key: str, value: object, drop: bool) -> tuple[str, dict]:
+    """Fixture ``i`` with ``key`` dropped or set to ``value``."""
     topic, payload = FIXTURES[i]
     obj = json.loads(payload)
     if drop:
         obj.pop(key, None)
     else:
         obj[key] = value
+    return topic, obj
+
+
+@given(i=st.integers(0, len(FIXTURES) - 1), key=KEYS, value=JSON_VALUES, drop=st.booleans(),
+       received_at=st.floats(0, 4e9))
+def test_mutated_fixtures_never_raise(i, key, value, drop, received_at):
+    topic, obj = _mutated(i, key, value, drop)
     m = decode(topic, json.dumps(obj).encode(), received_at=received_at)
     _check(m)
 
@@ -596,12 +602,7 @@ def test_truncated_and_spliced_fixtures_never_raise(i, cut, junk):
        batch=st.booleans())
 def test_sensor_values_finds_exactly_what_decode_finds(i, key, value, drop, cut, junk, batch):
     # the event loop's hot path (the MQTT 5 link) reads sensor messages without decode()
-    topic, payload = FIXTURES[i]
-    obj = json.loads(payload)
-    if drop:
-        obj.pop(key, None)
-    else:
-        obj[key] = value
+    topic, obj = _mutated(i, key, value, drop)
     if batch:
         topic, obj = f"{BASE}/sensor/batch", {"ts": 1795000000, "sensors": [obj, dict(obj, gpio=5)]}
     body = json.dumps(obj).encode()
