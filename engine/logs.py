@@ -41,6 +41,9 @@ def setup(fmt: str | None = None, stream: TextIO | None = None) -> None:
     """Configure the root logger once for ``kaiser run``: ``fmt`` text|json (default
     ``$KAISER_LOG_FORMAT`` or text), level ``$KAISER_LOG`` (default INFO)."""
     fmt = (fmt or os.environ.get("KAISER_LOG_FORMAT") or "text").lower()
+    # the server's child processes (the store's, the ingest reader) log to the same
+    # stream: in the same format
+    os.environ["KAISER_LOG_FORMAT"] = fmt
     level = os.environ.get("KAISER_LOG", "INFO").upper()
     handler = logging.StreamHandler(stream or sys.stderr)
     handler.setFormatter(JsonFormatter() if fmt == "json" else logging.Formatter(TEXT_FORMAT))

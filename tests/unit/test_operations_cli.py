@@ -8,6 +8,7 @@ import argparse
 import datetime as dt
 import io
 import json
+import os
 import logging
 import shutil
 import subprocess
@@ -122,6 +123,7 @@ def test_json_logs_are_one_object_per_line() -> None:
     stream = io.StringIO()
     logs.setup("json", stream)
     try:
+        assert os.environ["KAISER_LOG_FORMAT"] == "json"  # the store's process logs to the same stream alike
         logging.getLogger("kaiser").warning("EMERGENCY STOP %s by %s: %s", "all", "local", "two\nlines")
         try:
             raise ValueError("boom")
