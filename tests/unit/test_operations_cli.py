@@ -8,8 +8,8 @@ import argparse
 import datetime as dt
 import io
 import json
-import os
 import logging
+import os
 import shutil
 import subprocess
 import sys
