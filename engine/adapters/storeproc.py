@@ -331,9 +331,11 @@ class StoreClient(Buffered):
         goes as JSON text, as the writer thread made it: its rows' JSON columns, or
         its whole state value (the child prefers a text to the parts of the same key)."""
         as_text: set[str] = set()
+        state_cpu = 0.0
         for i, m in enumerate(msgs[:-1]):
             if m[0] == "state" and m[1] in as_text:
                 continue
+            t = time.thread_time()
             try:
                 self._conn.send(m)
             except (pickle.PicklingError, TypeError, AttributeError):
@@ -344,7 +346,13 @@ class StoreClient(Buffered):
                 msgs[i] = m = ("rows", table, [json_column(c) if j in _JSON[table] else c
                                                for j, c in enumerate(cols)])
                 self._conn.send(m)
+            if m[0] == "state":
+                state_cpu += time.thread_time() - t
             time.sleep(0)  # let the event loop in between chunks
+        if state:
+            # what a state snapshot costs this process (the server's timer loop saves
+            # less often when it is expensive), as the writer thread's JSON counted
+            self.state_seconds = state_cpu
         if as_text:
             _, seq, texts, extra, now = msgs[-1]
             for key in as_text:
