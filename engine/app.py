@@ -1174,7 +1174,7 @@ class Server:
                          "connected": self.ingest.connected, "pid": self.ingest.pid,
                          "messages": self.ingest.received, "batches": self.ingest.batches,
                          "restarts": self.ingest.restarts}},
-            "store": {"path": self.settings.store.path, "ok": bool(store and not store.last_error),
+            "store": {"path": self.settings.store.path, "ok": bool(store and not store.failing),
                       "pending": store.pending() if store else 0, "rows_written": store.rows_written if store else 0,
                       "last_error": store.last_error if store else "", "writer": self.settings.store.writer,
                       "pid": store.pid if isinstance(store, StoreClient) else None},

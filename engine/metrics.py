@@ -240,7 +240,7 @@ def render(server: Server) -> str:
     if server.store is not None:
         x.one("store_rows_written_total", server.store.rows_written, "rows written to DuckDB")
         x.one("store_pending_rows", server.store.pending(), "rows waiting for the next flush", "gauge")
-        x.one("store_ok", int(not server.store.last_error), "0 while the last store flush failed", "gauge")
+        x.one("store_ok", int(not server.store.failing), "0 while the last store flush failed", "gauge")
         restarts = getattr(server.store, "restarts", None)  # the store's own process ([store] writer)
         if restarts is not None:
             x.one("store_process_restarts_total", restarts, "times the store's process died and was started again")

@@ -506,7 +506,8 @@ class Store(Buffered):
         self.rows_written = 0
         self.flushes = 0
         self.errors = 0
-        self.last_error = ""
+        self.last_error = ""  # the latest failure, kept after the store recovered
+        self.failing = False  # the latest flush failed (``/health`` store.ok, metric store_ok)
 
     # ------------------------------------------------------------------ lifecycle
     def _create(self) -> None:
@@ -594,6 +595,7 @@ class Store(Buffered):
                                 self._state.setdefault(key, text)  # unless a newer one came meanwhile
                 if ok:
                     self.flushes += 1
+                self.failing = not ok
             finally:
                 cur.close()
 

@@ -119,6 +119,7 @@ class StoreClient(Buffered):
         self._closing = False
         self._sender: threading.Thread | None = None
         self.restarts = 0
+        self._down = False  # the child died and is not running again yet
         self._local_errors = 0
         self._local_error = ""
         self._receiver = threading.Thread(target=self._receive, name="kaiser-store-replies", daemon=True)
@@ -217,6 +218,7 @@ class StoreClient(Buffered):
         if code is None:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 code = self._proc.wait(5)
+        self._down = True
         self._note(f"the store process ended (exit code {code}); starting it again")
         for call_id in list(self._calls):
             fut = self._calls.pop(call_id, None)
@@ -241,6 +243,7 @@ class StoreClient(Buffered):
                             conn.send(m)
                 except OSError:
                     continue  # it died again: the receiver finds out
+            self._down = False
             log.warning("store process %d started; %d unacknowledged messages sent again", proc.pid, len(again))
             return
 
@@ -449,6 +452,11 @@ class StoreClient(Buffered):
         return int(self._stats.get("errors", 0)) + self._local_errors
 
     @property
+    def failing(self) -> bool:
+        """The latest flush failed, or the store's process is down."""
+        return self._down or bool(self._stats.get("failing"))
+
+    @property
     def last_error(self) -> str:
         return self._local_error or str(self._stats.get("last_error", ""))
 
@@ -525,7 +533,7 @@ class _Child:
         s = self.store
         assert s is not None
         return {"rows_written": s.rows_written, "flushes": s.flushes, "errors": s.errors,
-                "last_error": s.last_error}
+                "last_error": s.last_error, "failing": s.failing}
 
     def serve(self) -> None:
         kind, options = self.conn.recv()

@@ -242,6 +242,8 @@ async def test_the_store_runs_in_its_own_process_and_a_killed_one_loses_no_readi
     assert sorted(set(raws)) == [320.0 + i for i in range(40)]
     health = server.health()
     assert health["store"]["pid"] != pid and "store process ended" in health["store"]["last_error"]
+    assert health["store"]["ok"]  # running again: the error is history
     from engine.metrics import render
 
-    assert "kaiser_store_process_restarts_total 1\n" in render(server)
+    text = render(server)
+    assert "kaiser_store_process_restarts_total 1\n" in text and "kaiser_store_ok 1\n" in text

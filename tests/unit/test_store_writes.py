@@ -111,9 +111,10 @@ def test_rows_duckdb_has_no_memory_for_wait_for_the_next_flush(tmp_path: Path,
     assert store.pending() == 3001
     assert store.get_state("pipeline") == {"timers": [1]}  # the other parts of the flush went on
     store.flush()  # refused again: still kept, in order
-    assert store.errors == 2 and store.pending() == 3001
+    assert store.errors == 2 and store.pending() == 3001 and store.failing
     store.flush()
     assert store.pending() == 0
+    assert not store.failing and "kept for the next flush" in store.last_error  # /health ok again, the cause kept
     rows = store.query("SELECT count(*), min(value), max(value), count(DISTINCT value) FROM readings").rows
     assert rows == [(5001, 0.0, 5000.0, 5001)]  # each row once
     assert store.query("SELECT value FROM readings ORDER BY rowid LIMIT 3 OFFSET 2000").rows == [
