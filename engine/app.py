@@ -337,7 +337,7 @@ class Server:
             self.mqtt = Mqtt5Link(url, self.client_id, subs, self.on_ingest, will=will, on_connect=online,
                                   on_state=self._on_mqtt_state, username=self.settings.mqtt.username,
                                   password=self.settings.mqtt.password,
-                                  fallback=mqtt_client_mode(configured) == "auto")
+                                  fallback=mqtt_client_mode(configured) == "auto", lanes=self.settings.mqtt.lanes)
         else:
             self.mqtt = self._aiomqtt_link(url, subs, will, online, ingest=client == "process")
         self._tasks.append(asyncio.create_task(self._run_mqtt(url, subs, will, online), name="kaiser-mqtt"))
@@ -353,6 +353,8 @@ class Server:
             pass
         if not self.mqtt.connected:
             log.warning("MQTT broker %s not reachable yet; retrying in the background", url)
+        elif isinstance(self.mqtt, Mqtt5Link) and not await self.mqtt.wait_lanes(5):
+            log.warning("MQTT publish lanes to %s not all connected yet; retrying in the background", url)
         elif self.ingest is not None and not await self.ingest.wait_connected(10):
             log.warning("the ingest reader is not connected to %s yet; retrying in the background", url)
 
@@ -1161,15 +1163,27 @@ class Server:
         raise ControlRefused(f"unknown control {kind!r}")
 
     # ------------------------------------------------------------------ health
+    def mqtt_lanes(self) -> tuple[int, int]:
+        """(publish lanes open, of them connected): engine/adapters/mqtt5link.py."""
+        return self.mqtt.lanes_status() if isinstance(self.mqtt, Mqtt5Link) else (0, 0)
+
+    def mqtt_up(self) -> bool:
+        """Every connection to the broker is up: the main one, its publish lanes (a
+        lane that is down holds its boards' commands back) and the ingest reader."""
+        lanes, lanes_up = self.mqtt_lanes()
+        return bool(self.mqtt and self.mqtt.connected and lanes_up == lanes
+                    and (self.ingest is None or self.ingest.connected))
+
     def health(self) -> dict[str, Any]:
         store = self.store
+        lanes, lanes_up = self.mqtt_lanes()
         return {
-            "status": "ok" if (self.mqtt and self.mqtt.connected) else "degraded",
+            "status": "ok" if self.mqtt_up() else "degraded",
             "kaiser_id": self.kaiser_id,
-            "mqtt": {"connected": bool(self.mqtt and self.mqtt.connected
-                                       and (self.ingest is None or self.ingest.connected)),
+            "mqtt": {"connected": self.mqtt_up(),
                      "url": self.mqtt_url, "client": self.mqtt_client,
                      "reconnects": self.mqtt.reconnects if self.mqtt else 0,
+                     "lanes": {"open": lanes, "connected": lanes_up},
                      "ingest": None if self.ingest is None else {
                          "connected": self.ingest.connected, "pid": self.ingest.pid,
                          "messages": self.ingest.received, "batches": self.ingest.batches,

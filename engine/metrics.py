@@ -169,7 +169,11 @@ def render(server: Server) -> str:
     x.one("reloads_total", m.reloads, "successful reloads")
     x.one("reload_failures_total", m.reload_failures, "refused reloads")
     x.one("handler_errors_total", m.handler_errors, "internal errors while handling input")
-    x.one("mqtt_connected", int(bool(server.mqtt and server.mqtt.connected)), "1 when connected", "gauge")
+    x.one("mqtt_connected", int(server.mqtt_up()),
+          "1 when every connection to the broker is up (the main one and its publish lanes)", "gauge")
+    lanes, lanes_up = server.mqtt_lanes()
+    x.one("mqtt_lanes_down", lanes - lanes_up,
+          "publish lanes open but not connected: the commands of their boards wait", "gauge")
     x.one("devices_online", sum(1 for v in server.online.values() if v), "boards online", "gauge")
 
     # per device

@@ -13,10 +13,27 @@ with the same trust as aiomqtt's: :func:`engine.adapters.mqtt.tls_context`).
 aiomqtt stays the client for brokers without MQTT 5 (the embedded broker of
 ``kaiser demo``): :func:`choose` picks.
 
-One connection for both directions, on purpose: a command, a config push and an
-emergency stop leave in the order the server made them. Two connections (readings
-on one, commands on the other) would let a config overtake the command it enables,
-or a command overtake the stop that forbids it.
+One connection reads, on purpose, and everything for one board leaves on one
+connection, in the order the server made it: a config cannot overtake the command
+it enables, nor a command the stop that forbids it. Splitting by direction
+(readings on one connection, commands on another) would allow both.
+
+**Lanes.** An MQTT 5 broker says how many QoS 1 messages a client may have
+unacknowledged (its receive maximum: Mosquitto 20, EMQX 32, HiveMQ 10). One
+connection then publishes at most that many per round trip to the broker and back
+through the server's event loop: 10,000-12,000 commands/s on the bench, where the
+server's readings/s stopped (docs/performance.md). So when the broker's receive
+maximum is below :data:`LANES_BELOW`, the link opens ``lanes`` more connections
+that only publish (clean sessions, no subscriptions, no will) and spreads the
+boards over them and itself by esp id (:func:`lane_of`): every message for one
+board still takes one connection, so its order is kept; what is for no single
+board (the broadcast stop, the server's status) stays on this one. A lane that
+cannot connect at its first attempt is folded back into this connection for good,
+its waiting messages first (nothing was sent on it, so nothing is reordered); a
+lane that drops later reconnects like this one, its boards' messages waiting for
+it (stale ones dropped), as they would for this connection. A late command for a
+board from a lane cannot undo a broadcast stop: a stopped board refuses every
+command until it is cleared (PROTOCOL.md).
 
 Guarantees (tests/integration/test_mqtt5link.py, real Mosquitto):
 
@@ -47,6 +64,7 @@ import contextlib
 import logging
 import socket
 import time
+import zlib
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
@@ -63,6 +81,22 @@ log = logging.getLogger("kaiser.mqtt")
 SESSION_EXPIRY = 7 * 86400
 
 OnBatch = Callable[[list[Item]], None]
+
+#: lanes open only when the broker lets a client have fewer than this many QoS 1
+#: messages in flight (its receive maximum); above it one connection keeps up
+LANES_BELOW = 1000
+
+
+def lane_of(topic: str, lanes: int) -> int:
+    """Which connection publishes ``topic``: 0 (the link's own) .. ``lanes``, by the
+    esp id in ``kaiser/{k}/esp/{esp}/...`` (crc32, the same in every run); 0 for
+    topics of no single board (the broadcast stop, the server's status)."""
+    if lanes <= 0:
+        return 0
+    parts = topic.split("/", 4)
+    if len(parts) < 5 or parts[2] != "esp":
+        return 0
+    return zlib.crc32(parts[3].encode()) % (lanes + 1)
 
 
 class NoMqtt5(ConnectionError):
@@ -136,7 +170,10 @@ class Mqtt5Link(LinkState):
         max_queue_age: float = 30.0,
         backoff: tuple[float, float] = (0.5, 30.0),
         fallback: bool = False,
+        lanes: int = 0,
+        persistent: bool = True,
     ) -> None:
+        self.url = url
         self.host, self.port = parse_url(url)
         self.tls = tls_context(url)
         self.client_id = client_id
@@ -178,12 +215,24 @@ class Mqtt5Link(LinkState):
         self.fallback = fallback
         self._refused_connects = 0
         self._spoke_mqtt5 = False
+        #: publish-only connections (see the module doc): ``lanes`` at most, opened at
+        #: the first CONNACK when the broker's receive maximum is small
+        self.lanes = max(0, int(lanes))
+        self.persistent = persistent
+        self._lanes: list[_Lane | None] = []  # index i: lane_of() == i + 1; None: folded back
+        self._lane_tasks: list[asyncio.Task[None]] = []
 
     # ------------------------------------------------------------------ publish
     def publish(self, msg: Any) -> None:
         """Send ``msg`` (Publish or (topic, payload, qos, retain)) now, or when the
         connection (or room in flight) is back. Never blocks, never raises."""
         m = _as_publish(msg)
+        if self._lanes:
+            i = lane_of(m.topic, len(self._lanes))
+            lane = self._lanes[i - 1] if i else None
+            if lane is not None:
+                lane.publish(m)
+                return
         if self.connected and not self._queue and self._room():
             self._send(time.monotonic(), m)
             return
@@ -347,8 +396,9 @@ class Mqtt5Link(LinkState):
                               qos=mqtt5.QoS.AT_LEAST_ONCE if w.qos else mqtt5.QoS.AT_MOST_ONCE)
         pw = self.password
         return mqtt5.ConnectPacket(
-            self.client_id, username=self.username, password=pw.encode() if pw else None, clean_start=False,
-            will=will, keep_alive=int(self.keepalive), session_expiry_interval=SESSION_EXPIRY).write()
+            self.client_id, username=self.username, password=pw.encode() if pw else None,
+            clean_start=not self.persistent, will=will, keep_alive=int(self.keepalive),
+            session_expiry_interval=SESSION_EXPIRY if self.persistent else 0).write()
 
     async def _session(self) -> None:
         """One connection: connect, subscribe, resend, read until it ends."""
@@ -373,6 +423,8 @@ class Mqtt5Link(LinkState):
             if ack.reason_code != mqtt5.ConnAckReasonCode.SUCCESS:
                 raise ConnectionError(f"broker refused the connection: {ack.reason_code.name}")
             self._receive_max = max(1, int(ack.receive_max or 65535))
+            if self.lanes and not self._lanes and self._receive_max < LANES_BELOW:
+                self._open_lanes()
             if self.subscriptions:
                 pid = self._pid()
                 sub = await self._request(pid, mqtt5.SubscribePacket(pid, [
@@ -432,13 +484,62 @@ class Mqtt5Link(LinkState):
     def pending(self) -> list[Publish]:
         """What was published and not acknowledged or not sent yet, oldest first
         (handed to the aiomqtt link that takes over after NoMqtt5)."""
-        inflight = sorted(self._inflight.values(), key=lambda am: am[0])
-        return [m for _at, m in inflight] + [m for _at, m in self._queue]
+        waiting = sorted([*self._inflight.values(), *self._queue,
+                          *(am for lane in self._lanes if lane is not None
+                            for am in (*lane._inflight.values(), *lane._queue))], key=lambda am: am[0])
+        return [m for _at, m in waiting]
+
+    # ------------------------------------------------------------------ lanes
+    def _open_lanes(self) -> None:
+        """Open the publish-only lanes and hand each the waiting messages of its
+        boards (nothing of theirs was sent yet: their order is kept)."""
+        self._lanes = [_Lane(self, i) for i in range(1, self.lanes + 1)]
+        keep: deque[tuple[float, Publish]] = deque()
+        for at, m in self._queue:
+            i = lane_of(m.topic, self.lanes)
+            if i:
+                self._lanes[i - 1]._queue.append((at, m))  # type: ignore[union-attr]
+            else:
+                keep.append((at, m))
+        self._queue = keep
+        self._lane_tasks = [asyncio.create_task(lane.run(), name=f"kaiser-mqtt-lane{lane.index}")
+                            for lane in self._lanes if lane is not None]
+        log.info("the broker takes %d QoS 1 messages in flight a connection: publishing over %d more "
+                 "connection(s), boards spread by esp id", self._receive_max, self.lanes)
+
+    def _fold(self, lane: _Lane) -> None:
+        """A lane that never connected: its boards go back to this connection for
+        good, its waiting messages first."""
+        if self._lanes[lane.index - 1] is not lane:
+            return
+        self._lanes[lane.index - 1] = None
+        self._queue.extend(lane._queue)
+        lane._queue.clear()
+        self._drain()
+
+    async def wait_lanes(self, timeout: float) -> bool:
+        """True once every open lane is connected (or folded back) within ``timeout`` s."""
+        deadline = time.monotonic() + timeout
+        while True:
+            n, up = self.lanes_status()
+            if up == n:
+                return True
+            if time.monotonic() >= deadline:
+                return False
+            await asyncio.sleep(0.01)
+
+    def lanes_status(self) -> tuple[int, int]:
+        """(lanes open, lanes connected)."""
+        open_ = [lane for lane in self._lanes if lane is not None]
+        return len(open_), sum(1 for lane in open_ if lane.connected)
 
     def abort(self) -> None:
         """Drop the connection without DISCONNECT, as a crash would (the broker
         publishes the last will), and do not reconnect."""
         self._closing = True
+        for lane in self._lanes:
+            if lane is not None:
+                lane.abort()
         if self._transport is not None:
             self._transport.abort()
 
@@ -446,6 +547,11 @@ class Mqtt5Link(LinkState):
         """Publish ``final`` (e.g. status offline), wait up to 2 s for everything in
         flight to be acknowledged, disconnect cleanly (the broker drops the will)."""
         self._closing = True
+        lanes = [lane for lane in self._lanes if lane is not None]
+        if lanes:  # their boards' last messages first, then this connection's
+            await asyncio.gather(*(lane.close() for lane in lanes), return_exceptions=True)
+        for t in self._lane_tasks:
+            t.cancel()
         transport = self._transport
         if transport is not None and self.connected and not transport.is_closing():
             for m in final:
@@ -458,6 +564,44 @@ class Mqtt5Link(LinkState):
                 transport.write(mqtt5.DisconnectPacket().write())
                 transport.close()
         self._set_state(False)
+
+
+class _Lane(Mqtt5Link):
+    """A publish-only connection of a :class:`Mqtt5Link` (see the module doc):
+    clean session, no subscriptions, no will; ``{client_id}-lane{index}``."""
+
+    def __init__(self, main: Mqtt5Link, index: int) -> None:
+        super().__init__(main.url, f"{main.client_id}-lane{index}", [], _ignore,
+                         username=main.username, password=main.password, keepalive=main.keepalive,
+                         max_queue=main.max_queue, max_queue_age=main.max_queue_age, backoff=main.backoff,
+                         persistent=False)
+        self.tls = main.tls  # one TLS context for every connection
+        self.main = main
+        self.index = index
+
+    async def run(self) -> None:
+        try:
+            await self._session()
+        except (OSError, TimeoutError, ConnectionError) as exc:
+            if not self._spoke_mqtt5 and not self._closing:
+                log.warning("MQTT lane %d (%s) could not connect: %s; its boards are published on the main "
+                            "connection", self.index, self.client_id, describe(exc))
+                self._set_state(False)
+                self._transport = None
+                self.main._fold(self)
+                return
+            log.warning("MQTT lane %d lost: %s (reconnecting)", self.index, describe(exc))
+        finally:
+            self._set_state(False)
+            self._transport = None
+        if not self._closing:
+            self.reconnects += 1
+            await asyncio.sleep(self.backoff[0])
+            await super().run()
+
+
+def _ignore(_batch: list[Item]) -> None:
+    """Lanes subscribe to nothing."""
 
 
 def choose(url: str, mode: str) -> str:

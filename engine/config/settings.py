@@ -59,6 +59,9 @@ class MqttSettings:
     password: str = field(default="", repr=False)  # from KAISER_MQTT_PASSWORD only
     #: which client talks to the broker (MQTT_CLIENTS; engine/adapters/mqtt5link.py)
     client: str = "auto"
+    #: publish-only connections beside the main one, opened when the broker takes few
+    #: QoS 1 messages in flight (engine/adapters/mqtt5link.py, "Lanes"); 0: never
+    lanes: int = 3
 
     @property
     def embedded(self) -> bool:
@@ -144,7 +147,7 @@ class Settings:
 # key -> kind: "str", "duration", "int", "bool", "size"
 _SCHEMA: dict[str, dict[str, str]] = {
     "kaiser": {"id": "str", "rules": "str", "tz": "str", "max_unknown_devices": "int"},
-    "mqtt": {"url": "str", "client_id": "str", "username": "str", "client": "str"},
+    "mqtt": {"url": "str", "client_id": "str", "username": "str", "client": "str", "lanes": "int"},
     "store": {"path": "str", "flush_interval": "duration", "retention": "duration", "memory_limit": "size",
               "writer": "str"},
     "websocket": {"listen": "str", "token_env": "str", "tokens_env": "str", "max_clients": "int",
@@ -161,7 +164,10 @@ _DOCS: dict[str, dict[str, str]] = {
              "client_id": "MQTT client id (persistent session)",
              "username": "MQTT user name; the password comes only from env KAISER_MQTT_PASSWORD",
              "client": "auto (MQTT 5 on the mqtt5 codec, also for mqtts://; aiomqtt for brokers without MQTT 5), "
-                       "mqtt5, aiomqtt, or process (a reader process); env KAISER_MQTT_CLIENT overrides"},
+                       "mqtt5, aiomqtt, or process (a reader process); env KAISER_MQTT_CLIENT overrides",
+             "lanes": "MQTT 5: this many more connections that only publish, boards spread over them by esp id "
+                      "(each board's messages keep their order), opened when the broker takes fewer than 1000 "
+                      "QoS 1 messages in flight a connection (Mosquitto: 20); 0 to 16, 0: one connection"},
     "store": {"path": "DuckDB file, relative to kaiser.toml; \":memory:\" allowed",
               "flush_interval": "at most this much data is lost on a crash",
               "retention": "readings older than this are deleted",
@@ -363,6 +369,8 @@ def _build(values: dict[str, dict[str, Any]], file: str, base: Path | None, line
     if m["client"] not in MQTT_CLIENTS:
         lines_needed.append(("mqtt", "client", f"mqtt.client {m['client']!r} is not one of {', '.join(MQTT_CLIENTS)}",
                              "auto is right unless you measured otherwise (docs/performance.md)"))
+    if not 0 <= int(m["lanes"]) <= 16:
+        lines_needed.append(("mqtt", "lanes", "mqtt.lanes must be 0 to 16", "3 is the default; 0: one connection"))
     if not s["path"]:
         lines_needed.append(("store", "path", "store.path must not be empty", "\":memory:\" is allowed"))
     if float(s["flush_interval"]) <= 0:
@@ -407,7 +415,8 @@ def _build(values: dict[str, dict[str, Any]], file: str, base: Path | None, line
         kaiser=KaiserSettings(id=str(k["id"]), rules=rel(str(k["rules"])), tz=str(k["tz"]),
                               max_unknown_devices=int(k["max_unknown_devices"])),
         mqtt=MqttSettings(url=url, client_id=str(m["client_id"]), username=str(m["username"]),
-                          password=os.environ.get(PASSWORD_ENV, ""), client=str(m["client"])),
+                          password=os.environ.get(PASSWORD_ENV, ""), client=str(m["client"]),
+                          lanes=int(m["lanes"])),
         store=StoreSettings(path=store_path, flush_interval=float(s["flush_interval"]),
                             retention=float(s["retention"]), memory_limit=int(s["memory_limit"]),
                             writer=str(s["writer"])),

@@ -203,3 +203,100 @@ async def test_the_client_can_be_chosen_in_kaiser_toml(mqtt5_url: str, kaiser_id
         finally:
             await server.stop()
         monkeypatch.delenv("KAISER_MQTT_CLIENT", raising=False)
+
+
+def _board_topic(base: str, board: int) -> str:
+    # the shape lane_of reads: kaiser/{k}/esp/{esp}/...
+    return f"kaiser/{base.replace('/', '-')}/esp/ESP_{board:06X}/actuator/5/command"
+
+
+async def _collect(c: aiomqtt.Client, n: int, timeout: float = 20) -> list[tuple[str, bytes]]:
+    seen: list[tuple[str, bytes]] = []
+    async with asyncio.timeout(timeout):
+        async for m in c.messages:
+            assert isinstance(m.payload, bytes)
+            seen.append((str(m.topic), m.payload))
+            if len(seen) == n:
+                break
+    return seen
+
+
+async def test_lanes_spread_boards_and_keep_each_boards_order(mqtt5_url: str, base: str,
+                                                              running: list[Mqtt5Link]) -> None:
+    """On a broker with a small receive maximum (Mosquitto: 20) the link opens its
+    publish lanes; every board's messages arrive, in the order they were published,
+    including those queued before the link first connected; messages for no single
+    board stay on the main connection."""
+    host, port = parse_url(mqtt5_url)
+    k = base.replace("/", "-")
+    link = Mqtt5Link(mqtt5_url, f"t5-{uuid.uuid4().hex[:8]}", [], Batches(), lanes=2)
+    async with aiomqtt.Client(host, port) as c:
+        await c.subscribe(f"kaiser/{k}/#", qos=1)
+        await c.subscribe(f"{base}/#", qos=1)
+        sent: list[tuple[str, bytes]] = []
+        for i in range(60):  # queued: not connected yet
+            m = (_board_topic(base, i % 12), f"early {i}".encode())
+            sent.append(m)
+            link.publish((*m, 1, False))
+        start(running, link)
+        assert await link.wait_connected(10) and await link.wait_lanes(10)
+        assert link.lanes_status() == (2, 2)
+        for i in range(600):  # more at once than one connection may have in flight
+            m = (_board_topic(base, i % 12), f"{i}".encode()) if i % 50 else (f"{base}/broadcast", f"{i}".encode())
+            sent.append(m)
+            link.publish((*m, 1, False))
+        seen = await _collect(c, len(sent))
+    assert sorted(seen) == sorted(sent)
+    for topic in {t for t, _ in sent}:
+        assert [p for t, p in seen if t == topic] == [p for t, p in sent if t == topic], topic
+    lanes = [lane for lane in link._lanes if lane is not None]
+    assert all(lane.published > 0 for lane in lanes) and link.published > 0  # all three carried boards
+    assert link.published + sum(lane.published for lane in lanes) == len(sent)
+
+
+async def test_a_lane_that_cannot_connect_is_folded_into_the_main_connection(
+        mqtt5_url: str, base: str, running: list[Mqtt5Link], monkeypatch: pytest.MonkeyPatch) -> None:
+    """A broker that refuses the lanes' connections (a connection limit, an ACL on
+    client ids) costs nothing: their boards' messages go on the main connection, none
+    lost, each board's in order."""
+    from engine.adapters import mqtt5link
+
+    async def refused(self: Mqtt5Link) -> None:
+        raise ConnectionError("broker refused the connection: NOT_AUTHORIZED")
+
+    monkeypatch.setattr(mqtt5link._Lane, "_session", refused)
+    host, port = parse_url(mqtt5_url)
+    link = Mqtt5Link(mqtt5_url, f"t5-{uuid.uuid4().hex[:8]}", [], Batches(), lanes=3)
+    async with aiomqtt.Client(host, port) as c:
+        await c.subscribe(f"kaiser/{base.replace('/', '-')}/#", qos=1)
+        sent = [(_board_topic(base, i % 9), str(i).encode()) for i in range(90)]
+        for m in sent[:30]:  # waiting for the lanes when they are refused
+            link.publish((*m, 1, False))
+        start(running, link)
+        assert await link.wait_connected(10) and await link.wait_lanes(10)
+        assert link.lanes_status() == (0, 0)
+        for m in sent[30:]:
+            link.publish((*m, 1, False))
+        seen = await _collect(c, len(sent))
+    for topic in {t for t, _ in sent}:
+        assert [p for t, p in seen if t == topic] == [p for t, p in sent if t == topic], topic
+    assert link.published == len(sent)
+
+
+async def test_the_server_publishes_over_lanes_and_reports_them(mqtt5_url: str, kaiser_id: str, rules_dir: Path,
+                                                                tmp_path: Path) -> None:
+    """``[mqtt] lanes`` reaches the link; /health and /metrics show the lanes, and
+    ``lanes = 0`` keeps one connection."""
+    settings = make_settings(kaiser_id, mqtt5_url, rules_dir, tmp_path / "k.duckdb")
+    for lanes in (3, 0):
+        server = Server(replace(settings, mqtt=replace(settings.mqtt, lanes=lanes)), watch=False, websocket=False)
+        try:
+            await server.start()
+            health = server.health()["mqtt"]
+            assert health["connected"] is True
+            assert health["lanes"] == {"open": lanes, "connected": lanes}
+            from engine.metrics import render
+            text = render(server)
+            assert "kaiser_mqtt_lanes_down 0" in text and "kaiser_mqtt_connected 1" in text
+        finally:
+            await server.stop()

@@ -12,7 +12,7 @@ import mqtt5
 import pytest
 
 from engine.adapters.mqtt import Publish, describe, parse_url, tls_context
-from engine.adapters.mqtt5link import Mqtt5Link, choose
+from engine.adapters.mqtt5link import Mqtt5Link, choose, lane_of
 
 pytestmark = pytest.mark.anyio
 
@@ -174,3 +174,19 @@ async def test_a_smaller_window_after_a_reconnect_keeps_the_order() -> None:
     link._feed(mqtt5.PubAckPacket(sent[0].packet_id).write())
     assert [p.topic for p in t2.packets()] == ["k/2"]
     assert len(link._inflight) == 2
+
+
+def test_a_board_always_takes_the_same_lane_and_broadcasts_the_main_one() -> None:
+    """lane_of: by esp id only (every topic of one board, the same in every run),
+    spread over all connections; topics of no single board on the main one (0)."""
+    boards = [f"ESP_{i:06X}" for i in range(300)]
+    picks = {b: lane_of(f"kaiser/god/esp/{b}/actuator/5/command", 3) for b in boards}
+    assert set(picks.values()) == {0, 1, 2, 3}
+    assert min(list(picks.values()).count(i) for i in range(4)) > 40  # roughly even
+    for b in boards[:20]:
+        for topic in ("config", "system/heartbeat/ack", "actuator/emergency", "actuator/18/command"):
+            assert lane_of(f"kaiser/god/esp/{b}/{topic}", 3) == picks[b]
+    assert lane_of("kaiser/broadcast/emergency", 3) == 0
+    assert lane_of("kaiser/god/server/status", 3) == 0
+    assert lane_of("kaiser/god/esp/ESP_ABCDEF/config", 0) == 0
+    assert lane_of("kaiser/god/esp/ESP_00012C/config", 3) == 3  # crc32: stable across runs and machines

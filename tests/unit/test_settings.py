@@ -181,6 +181,13 @@ def test_the_mqtt_client_is_one_of_four(tmp_path: Path) -> None:
     assert "auto, mqtt5, aiomqtt, process" in got[0][2]
 
 
+def test_mqtt_lanes_are_a_small_whole_number(tmp_path: Path) -> None:
+    assert parse_settings("").mqtt.lanes == 3
+    assert parse_settings("[mqtt]\nlanes = 0\n").mqtt.lanes == 0
+    assert errors(tmp_path, "[mqtt]\nlanes = 17\n") == [("K804", 2, "mqtt.lanes must be 0 to 16")]
+    assert [(c, line) for c, line, _ in errors(tmp_path, '[mqtt]\nlanes = "many"\n')] == [("K803", 2)]
+
+
 def test_toml_syntax_error_has_line_and_column(tmp_path: Path) -> None:
     got = errors(tmp_path, '[kaiser]\nid = god\n')
     assert got[0][:2] == ("K801", 2)
