@@ -23,7 +23,7 @@ unacknowledged (its receive maximum: Mosquitto 20, EMQX 32, HiveMQ 10). One
 connection then publishes at most that many per round trip to the broker and back
 through the server's event loop: 10,000-12,000 commands/s on the bench, where the
 server's readings/s stopped (docs/performance.md). So when the broker's receive
-maximum is below :data:`LANES_BELOW`, the link opens ``lanes`` more connections
+maximum at the first connection is below :data:`LANES_BELOW`, the link opens ``lanes`` more connections
 that only publish (clean sessions, no subscriptions, no will) and spreads the
 boards over them and itself by esp id (:func:`lane_of`): every message for one
 board still takes one connection, so its order is kept; what is for no single
@@ -220,6 +220,7 @@ class Mqtt5Link(LinkState):
         self.lanes = max(0, int(lanes))
         self.persistent = persistent
         self._lanes: list[_Lane | None] = []  # index i: lane_of() == i + 1; None: folded back
+        self._lanes_decided = False
         self._lane_tasks: list[asyncio.Task[None]] = []
 
     # ------------------------------------------------------------------ publish
@@ -297,6 +298,11 @@ class Mqtt5Link(LinkState):
         pids: list[int] = []
         now = time.time()
         self._in_read = True
+        # what the handler publishes on the lanes leaves with this read's own write, as
+        # on this connection (not one event-loop turn later)
+        lanes = [lane for lane in self._lanes if lane is not None] if self._lanes else ()
+        for lane in lanes:
+            lane._in_read = True
         try:
             for packet in packets:
                 if packet.__class__ is publish:
@@ -323,6 +329,9 @@ class Mqtt5Link(LinkState):
         finally:
             self._in_read = False
             self._flush()
+            for lane in lanes:
+                lane._in_read = False
+                lane._flush()
 
     def _control(self, p: Any) -> None:
         m = mqtt5
@@ -423,8 +432,12 @@ class Mqtt5Link(LinkState):
             if ack.reason_code != mqtt5.ConnAckReasonCode.SUCCESS:
                 raise ConnectionError(f"broker refused the connection: {ack.reason_code.name}")
             self._receive_max = max(1, int(ack.receive_max or 65535))
-            if self.lanes and not self._lanes and self._receive_max < LANES_BELOW:
-                self._open_lanes()
+            if not self._lanes_decided:
+                # decided once, at the first connection: opened later, a board's queued
+                # messages would go on a lane while older ones are resent on this one
+                self._lanes_decided = True
+                if self.lanes and self._receive_max < LANES_BELOW:
+                    self._open_lanes()
             if self.subscriptions:
                 pid = self._pid()
                 sub = await self._request(pid, mqtt5.SubscribePacket(pid, [
@@ -590,7 +603,8 @@ class _Lane(Mqtt5Link):
                 self._transport = None
                 self.main._fold(self)
                 return
-            log.warning("MQTT lane %d lost: %s (reconnecting)", self.index, describe(exc))
+            if not self._closing:
+                log.warning("MQTT lane %d lost: %s (reconnecting)", self.index, describe(exc))
         finally:
             self._set_state(False)
             self._transport = None
