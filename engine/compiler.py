@@ -62,7 +62,12 @@ CHUNK = 16
 
 def number_json(value: float) -> str:
     """JSON text of a normalised number, never with an exponent (durable's parser
-    rejects ``1e-05``)."""
+    rejects ``1e-05``): a whole number without ``.0``, else the shortest repr."""
+    if value.__class__ is float:  # the hot path (every sensor fact): one repr
+        s = repr(value)
+        last = s[-1]
+        if last.isdigit() and "e" not in s:  # not inf/nan, no exponent
+            return str(int(value)) if s.endswith(".0") else s
     if value == int(value):
         return str(int(value))
     s = repr(value)

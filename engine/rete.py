@@ -200,12 +200,22 @@ class Network:
         old = self._facts.get(fid)
         if old is not None and old[0] == fields:
             return set()
-        self._live.difference_update(self._terms_by_fact.get(fid, ()))
+        live = self._live
+        live.difference_update(self._terms_by_fact.get(fid, ()))
         text = self._store(fid, fields)
+        # _Ruleset.retract_fact / assert_fact inlined (the hot path: every reading)
+        retract, assert_ = _dre.retract_fact, _dre.assert_fact
         for rs in sets:
-            if old is not None:
-                rs.retract_fact(old[1])
-            self._live.update(rs.assert_fact(text))
+            try:
+                if old is not None:
+                    res = retract(rs.handle, old[1])
+                    if res and res[0] == 0:
+                        rs._dispatch(res[1])  # run and dropped, as retract_fact does
+                res = assert_(rs.handle, text)
+            except _dre.error as e:
+                raise EngineError(f"durable-rules failed on {text}: {e}") from e
+            if res and res[0] == 0:
+                live.update(rs._dispatch(res[1]))
         return self._rules_by_fact.get(fid, set())
 
     def is_true(self, rule: str) -> bool:

@@ -774,9 +774,22 @@ class Guard:
         """Remember the newest reading of each sensor (interlocks, sensor loss)."""
         old = self._state.readings.get(reading.sensor)
         if old is None or reading.ts >= old[1]:
-            self._state.readings[reading.sensor] = (float(reading.value), float(reading.ts), reading.quality)
-            for ref in self._limits.users.get(reading.sensor, ()):
-                if ref in self._state.actuators:
+            new = (float(reading.value), float(reading.ts), reading.quality)
+            self._state.readings[reading.sensor] = new
+            users = self._limits.users.get(reading.sensor)
+            if not users:
+                return
+            # a usable reading newer than the last one only moves a sensor-loss
+            # deadline later: an actuator already scheduled keeps its (earlier) wake-up,
+            # where tick finds nothing due yet and schedules it afresh (the hot path:
+            # one reading, one schedule less). Bad readings, first readings and only_if
+            # interlocks may move it earlier: those are scheduled now.
+            lazy = old is not None and freshness.has_value(new)
+            entries, due, actuators = self._limits.entries, self._due, self._state.actuators
+            for ref in users:
+                if ref in actuators:
+                    if lazy and ref in due and not entries[ref].only_if:
+                        continue
                     self._schedule(ref)
 
     # -- server-originated commands ---------------------------------------
@@ -797,6 +810,10 @@ class Guard:
             st = state.actuators.get(ref)
             if entry is None or st is None:
                 self._due.pop(ref, None)
+                continue
+            t = _actuator_due(state, limits.defaults, entry, st)
+            if t is None or t > now:  # woken early (see reading): nothing due yet
+                self._schedule(ref)
                 continue
             lim = entry.limits
             running = is_on(st)

@@ -38,6 +38,7 @@ import json
 import logging
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Self
 
@@ -58,6 +59,9 @@ from engine.errors import StoreError
 from engine.model import Allowed, Blocked, Event, Notification, Reading, RuleRun
 
 log = logging.getLogger("kaiser.store")
+
+#: drains an iterator in C (``deque(it, 0)``): the column appends of one row
+_consume = deque
 
 _TS = pa.timestamp("us", tz="UTC")
 
@@ -308,8 +312,10 @@ class Buffered:
         # the writer swaps the lists under the lock: without it a row appended to a
         # list the writer already took would be lost
         with self._lock:
-            for col, v in zip(self._buf[table], row, strict=True):
-                col.append(v)
+            cols = self._buf[table]
+            if len(cols) != len(row):
+                raise ValueError(f"{table}: {len(row)} values for {len(cols)} columns")
+            _consume(map(list.append, cols, row), 0)  # one append a column, looped in C
 
     def pending(self) -> int:
         return sum(len(cols[0]) for cols in self._buf.values())

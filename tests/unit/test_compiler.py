@@ -7,6 +7,8 @@ from datetime import datetime
 from zoneinfo import ZoneInfo
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from engine import compiler as C
 from engine.errors import EngineError
@@ -33,6 +35,25 @@ def test_values_are_normalised_without_exponents() -> None:
     text = C.dumps({"v": 1e-05, "w": -2.5e-7, "big": 1e20, "n": [3, 4.0]})
     assert "e" not in text.replace("true", "")
     assert json.loads(text) == {"v": 0.00001, "w": -0.00000025, "big": 1e15, "n": [3, 4]}
+
+
+def _number_json_by_the_book(value: float) -> str:
+    if value == int(value):
+        return str(int(value))
+    s = repr(value)
+    return format(value, ".9f").rstrip("0").rstrip(".") if "e" in s or "E" in s else s
+
+
+@settings(max_examples=3000, deadline=None)
+@given(st.one_of(st.floats(allow_nan=False, allow_infinity=False), st.integers(-10**18, 10**18),
+                 st.sampled_from([0.0, -0.0, 26.0, -3.0, 1e15, 1e16, 1e-4, 1e-5, 2.5, 0.1 + 0.2])))
+def test_number_json_is_plain_json_of_the_number(value: float) -> None:
+    """The fast path for floats gives what the plain rule gives, never an exponent."""
+    text = C.number_json(value)
+    assert text == _number_json_by_the_book(value)
+    assert "e" not in text
+    if C.normalise(value) == value:  # what facts carry
+        assert json.loads(text) == value
 
 
 def test_not_is_pushed_to_the_leaves() -> None:

@@ -279,6 +279,32 @@ def test_sensor_loss_off_switches_off_and_blocks_rules_until_fresh() -> None:
     assert isinstance(g.check(on("north.pump"), T0 + 321), Allowed)
 
 
+def test_a_stream_of_readings_moves_the_sensor_loss_off_and_a_bad_one_brings_it_forward() -> None:
+    """Fresh readings only push the loss deadline later (the guard then keeps its
+    earlier wake-up and looks again when it comes, without switching anything); the
+    OFF still comes exactly ``stale_after`` after the last good reading, and a bad
+    reading makes it due at once."""
+    g = _loss_guard("off")
+    g.reading(Reading("north.soil", 20.0, T0))
+    assert isinstance(g.check(on("north.pump"), T0), Allowed)  # not a hold: no renewals
+    for k in range(1, 61):  # a reading every 10 s for 10 minutes
+        g.reading(Reading("north.soil", 20.0, T0 + 10 * k))
+        while (t := g.next_due()) is not None and t <= T0 + 10 * k:
+            assert g.tick(t).sent == []  # woken early: nothing switched
+    last = T0 + 600
+    while (t := g.next_due()) is not None and t < last + 300 + TICK:
+        assert g.tick(t).sent == []
+    assert g.next_due() == last + 300 + TICK
+    out = g.tick(last + 300 + TICK)
+    assert [a.command.value for a in out.sent] == [0.0] and out.events[0].data["code"] == "SENSOR_LOST"
+    g2 = _loss_guard("off")
+    g2.reading(Reading("north.soil", 20.0, T0))
+    assert isinstance(g2.check(on("north.pump"), T0), Allowed)
+    g2.reading(Reading("north.soil", 20.0, T0 + 10, "bad"))
+    assert g2.next_due() == T0 + 10  # due at once, not 300 s on
+    assert [a.command.value for a in g2.tick(T0 + 10).sent] == [0.0]
+
+
 def test_sensor_loss_hold_keeps_state_and_blocks_changes() -> None:
     g = _loss_guard("hold")
     g.reading(Reading("north.soil", 20.0, T0))
