@@ -1177,10 +1177,11 @@ class Server:
     def health(self) -> dict[str, Any]:
         store = self.store
         lanes, lanes_up = self.mqtt_lanes()
+        up = self.mqtt_up()
         return {
-            "status": "ok" if self.mqtt_up() else "degraded",
+            "status": "ok" if up else "degraded",
             "kaiser_id": self.kaiser_id,
-            "mqtt": {"connected": self.mqtt_up(),
+            "mqtt": {"connected": up,
                      "url": self.mqtt_url, "client": self.mqtt_client,
                      "reconnects": self.mqtt.reconnects if self.mqtt else 0,
                      "lanes": {"open": lanes, "connected": lanes_up},

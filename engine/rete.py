@@ -66,9 +66,13 @@ class _Ruleset:
             res = fn(self.handle, text)  # type: ignore[operator]
         except _dre.error as e:
             raise EngineError(f"durable-rules failed on {text}: {e}") from e
-        if not res or res[0] != 0:
+        return self._answer(res)
+
+    def _answer(self, res: object) -> list[str]:
+        """The terms an assert or retract fired (its actions run here)."""
+        if not res or res[0] != 0:  # type: ignore[index]
             return []  # 1: matched nothing (normal), 2: observed before, 3: queued
-        return self._dispatch(res[1])
+        return self._dispatch(res[1])  # type: ignore[index]
 
     def _dispatch(self, state_handle: int) -> list[str]:
         fired: list[str] = []
@@ -92,6 +96,19 @@ class _Ruleset:
 
     def retract_fact(self, text: str) -> list[str]:
         return self._run(_dre.retract_fact, text)
+
+    def replace_fact(self, old: str | None, new: str) -> list[str]:
+        """Retract ``old`` (what that fires runs and is dropped), assert ``new``; the
+        terms ``new`` fires. One call for the hot path (every reading)."""
+        text = old
+        try:
+            if old is not None:
+                self._answer(_dre.retract_fact(self.handle, old))
+            text = new
+            res = _dre.assert_fact(self.handle, new)
+        except _dre.error as e:
+            raise EngineError(f"durable-rules failed on {text}: {e}") from e
+        return self._answer(res)
 
     def close(self) -> None:
         # delete_ruleset alone leaks the session state's pools (~400 KB a ruleset
@@ -203,19 +220,9 @@ class Network:
         live = self._live
         live.difference_update(self._terms_by_fact.get(fid, ()))
         text = self._store(fid, fields)
-        # _Ruleset.retract_fact / assert_fact inlined (the hot path: every reading)
-        retract, assert_ = _dre.retract_fact, _dre.assert_fact
+        old_text = None if old is None else old[1]
         for rs in sets:
-            try:
-                if old is not None:
-                    res = retract(rs.handle, old[1])
-                    if res and res[0] == 0:
-                        rs._dispatch(res[1])  # run and dropped, as retract_fact does
-                res = assert_(rs.handle, text)
-            except _dre.error as e:
-                raise EngineError(f"durable-rules failed on {text}: {e}") from e
-            if res and res[0] == 0:
-                live.update(rs._dispatch(res[1]))
+            live.update(rs.replace_fact(old_text, text))
         return self._rules_by_fact.get(fid, set())
 
     def is_true(self, rule: str) -> bool:

@@ -229,10 +229,9 @@ class Mqtt5Link(LinkState):
         connection (or room in flight) is back. Never blocks, never raises."""
         m = _as_publish(msg)
         if self._lanes:
-            i = lane_of(m.topic, len(self._lanes))
-            lane = self._lanes[i - 1] if i else None
-            if lane is not None:
-                lane.publish(m)
+            conn = self._connection_for(m.topic)
+            if conn is not self:
+                conn.publish(m)
                 return
         if self.connected and not self._queue and self._room():
             self._send(time.monotonic(), m)
@@ -382,12 +381,11 @@ class Mqtt5Link(LinkState):
                 await self._session()
                 delay = self.backoff[0]
             except (OSError, TimeoutError, ConnectionError) as exc:
-                if self.fallback and not self._spoke_mqtt5 and self._refused_connects and not self._closing:
-                    raise NoMqtt5(f"the broker at {self.host}:{self.port} answers, but not to MQTT 5 "
-                                  f"({describe(exc)})") from exc
+                if not self._closing and self._give_up(exc):
+                    return
                 if not self._closing:
-                    log.warning("MQTT connection to %s:%d lost: %s (retry in %.1f s)",
-                                self.host, self.port, describe(exc), delay)
+                    log.warning("MQTT connection to %s:%d lost: %s (retry in %.1f s)%s",
+                                self.host, self.port, describe(exc), delay, self._who())
             finally:
                 self._set_state(False)
                 self._transport = None
@@ -396,6 +394,18 @@ class Mqtt5Link(LinkState):
             self.reconnects += 1
             await asyncio.sleep(delay)
             delay = min(self.backoff[1], delay * 2)
+
+    def _who(self) -> str:
+        """Said after a lost connection's warning: nothing for the main connection."""
+        return ""
+
+    def _give_up(self, exc: BaseException) -> bool:
+        """After a failed connection: True to stop reconnecting. Raises NoMqtt5 for a
+        broker that never answered MQTT 5 (``fallback``)."""
+        if self.fallback and not self._spoke_mqtt5 and self._refused_connects:
+            raise NoMqtt5(f"the broker at {self.host}:{self.port} answers, but not to MQTT 5 "
+                          f"({describe(exc)})") from exc
+        return False
 
     def _connect_packet(self) -> bytes:
         will = None
@@ -503,17 +513,20 @@ class Mqtt5Link(LinkState):
         return [m for _at, m in waiting]
 
     # ------------------------------------------------------------------ lanes
+    def _connection_for(self, topic: str) -> Mqtt5Link:
+        """This connection or the lane that publishes ``topic`` (:func:`lane_of`)."""
+        i = lane_of(topic, len(self._lanes))
+        lane = self._lanes[i - 1] if i else None
+        return self if lane is None else lane
+
     def _open_lanes(self) -> None:
         """Open the publish-only lanes and hand each the waiting messages of its
         boards (nothing of theirs was sent yet: their order is kept)."""
         self._lanes = [_Lane(self, i) for i in range(1, self.lanes + 1)]
         keep: deque[tuple[float, Publish]] = deque()
         for at, m in self._queue:
-            i = lane_of(m.topic, self.lanes)
-            if i:
-                self._lanes[i - 1]._queue.append((at, m))  # type: ignore[union-attr]
-            else:
-                keep.append((at, m))
+            conn = self._connection_for(m.topic)
+            (keep if conn is self else conn._queue).append((at, m))
         self._queue = keep
         self._lane_tasks = [asyncio.create_task(lane.run(), name=f"kaiser-mqtt-lane{lane.index}")
                             for lane in self._lanes if lane is not None]
@@ -592,26 +605,17 @@ class _Lane(Mqtt5Link):
         self.main = main
         self.index = index
 
-    async def run(self) -> None:
-        try:
-            await self._session()
-        except (OSError, TimeoutError, ConnectionError) as exc:
-            if not self._spoke_mqtt5 and not self._closing:
-                log.warning("MQTT lane %d (%s) could not connect: %s; its boards are published on the main "
-                            "connection", self.index, self.client_id, describe(exc))
-                self._set_state(False)
-                self._transport = None
-                self.main._fold(self)
-                return
-            if not self._closing:
-                log.warning("MQTT lane %d lost: %s (reconnecting)", self.index, describe(exc))
-        finally:
-            self._set_state(False)
-            self._transport = None
-        if not self._closing:
-            self.reconnects += 1
-            await asyncio.sleep(self.backoff[0])
-            await super().run()
+    def _who(self) -> str:
+        return f" (publish lane {self.index}, {self.client_id})"
+
+    def _give_up(self, exc: BaseException) -> bool:
+        """A lane that never connected is folded back into the main connection."""
+        if self._spoke_mqtt5:
+            return False
+        log.warning("MQTT lane %d (%s) could not connect: %s; its boards are published on the main "
+                    "connection", self.index, self.client_id, describe(exc))
+        self.main._fold(self)
+        return True
 
 
 def _ignore(_batch: list[Item]) -> None:
