@@ -39,6 +39,8 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, NamedTuple, TypeAlias
 
+import orjson
+
 from engine.errors import CodecError
 from engine.model import Actuator, Sensor
 
@@ -841,6 +843,7 @@ def _no_constants(name: str) -> None:
 
 
 _JSON = json.JSONDecoder(parse_constant=_no_constants)
+_loads = orjson.loads
 
 
 class _Printed(float):
@@ -928,6 +931,20 @@ def _parse(topic: str, payload: bytes, received_at: float) -> tuple[_Topic, dict
     if len(payload) > MAX_PAYLOAD:
         raise _Bad(f"payload of {len(payload)} bytes exceeds the {MAX_PAYLOAD}-byte limit", "size")
     try:
+        # orjson reads what json reads, 3x faster (the hot path: every reading), but
+        # an integer past 64 bits becomes the nearest double; what it refuses (NaN,
+        # lone surrogates, bad UTF-8, 1e400) takes the path below, which accepts it or
+        # names the fault exactly as before
+        d = _loads(payload)
+    except orjson.JSONDecodeError:
+        d = _parse_slowly(payload)
+    if d.__class__ is not dict:
+        raise _Bad(f"payload must be a JSON object, got {_json_kind(d)}", "json")
+    return t, d
+
+
+def _parse_slowly(payload: bytes) -> Any:
+    try:
         text = payload.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise _Bad(f"payload is not valid UTF-8 (byte {exc.start})", "encoding") from None
@@ -940,9 +957,7 @@ def _parse(topic: str, payload: bytes, received_at: float) -> tuple[_Topic, dict
             d = _legacy_json(text)
         except (ValueError, RecursionError):
             raise _Bad(f"payload is not valid JSON: {exc}", "json") from None
-    if d.__class__ is not dict:
-        raise _Bad(f"payload must be a JSON object, got {_json_kind(d)}", "json")
-    return t, d
+    return d
 
 
 def _json_kind(v: object) -> str:

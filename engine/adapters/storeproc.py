@@ -58,7 +58,7 @@ from engine.adapters.query import (
     _Job,
     run_query,
 )
-from engine.adapters.store import TABLES, Buffered, Store, json_column
+from engine.adapters.store import PROCESS_CHUNK, TABLES, Buffered, Store, json_column
 from engine.errors import StoreError
 from engine.model import Reading
 
@@ -540,7 +540,8 @@ class _Child:
         assert kind == "open"
         try:
             self.store = Store(options["path"], options["flush_interval"], options["retention"],
-                               now=lambda: self.now, memory_limit=options["memory_limit"])
+                               now=lambda: self.now, memory_limit=options["memory_limit"],
+                               chunk_rows=PROCESS_CHUNK)
         except StoreError as exc:
             self.send(("failed", str(exc)))
             return

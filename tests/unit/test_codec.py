@@ -625,3 +625,55 @@ def test_a_heartbeat_with_broken_informational_fields_still_counts():
     m = dec(f"{BASE}/system/heartbeat", {"ts": "soon", "uptime": "long", "heap_free": "lots", "wifi_rssi": None})
     assert isinstance(m, Heartbeat)
     assert (m.ts_kind, m.ts, m.uptime, m.heap_free) == ("none", NOW, None, None)
+
+
+# ---------------------------------------------------------------- the fast JSON path
+_json_values = st.recursive(
+    st.none() | st.booleans() | st.floats(allow_nan=True, allow_infinity=True)
+    # (orjson reads an integer past 64 bits as the nearest double, where json keeps
+    # it exact: no board sends one, and a reading's numbers are doubles anyway)
+    | st.integers(min_value=-(2**63), max_value=2**64 - 1) | st.text(max_size=8),
+    lambda kids: st.lists(kids, max_size=3) | st.dictionaries(st.text(max_size=4), kids, max_size=3),
+    max_leaves=12)
+
+
+def _parse_outcome(fn, payload: bytes) -> object:
+    try:
+        return ("ok", repr(fn(payload)))
+    except codec._Bad as exc:
+        return ("bad", exc.reason, exc.error)
+
+
+@given(_json_values, st.booleans())
+def test_payloads_read_as_the_plain_json_reader_reads_them(value, ascii_only):
+    """orjson reads the hot path's payloads; whatever it reads, or refuses, the result
+    (or the reason given) is the standard library reader's, constants and all."""
+    text = json.dumps({"v": value, "gpio": 4}, ensure_ascii=ascii_only)
+    payload = text.encode("utf-8", "surrogatepass")
+    topic = "kaiser/god/esp/ESP_12AB34CD/sensor/4/data"
+
+    def fast(p: bytes) -> object:
+        return codec._parse(topic, p, 1.0)[1]
+
+    def slow(p: bytes) -> object:
+        d = codec._parse_slowly(p)
+        if d.__class__ is not dict:
+            raise codec._Bad("not an object", "json")
+        return d
+    assert _parse_outcome(fast, payload) == _parse_outcome(slow, payload)
+
+
+@pytest.mark.parametrize("payload", [b'{"v":1e400}', b'{"v":NaN}', b'{"v":nan}', b'{"v":"\\ud800"}',
+                                     b"\xff{}", b"[1]", b"{"])
+def test_what_the_fast_reader_refuses_is_read_as_before(payload):
+    topic = "kaiser/god/esp/ESP_12AB34CD/sensor/4/data"
+    try:
+        got = ("ok", repr(codec._parse(topic, payload, 1.0)[1]))
+    except codec._Bad as exc:
+        got = ("bad", exc.error)
+    try:
+        d = codec._parse_slowly(payload)
+        want = ("ok", repr(d)) if d.__class__ is dict else ("bad", "json")
+    except codec._Bad as exc:
+        want = ("bad", exc.error)
+    assert got == want
