@@ -21,9 +21,10 @@ from engine.model import Allowed, Blocked, Code, Command, Event, Reading, RuleRu
 T0 = 1_790_000_000.0
 
 
-def test_batched_readings_land_in_the_file_and_latest_per_sensor(tmp_path: Path) -> None:
+@pytest.mark.parametrize("chunk_rows", [999, 2000, 50_000])  # 6, 3 and 1 batches a flush
+def test_batched_readings_land_in_the_file_and_latest_per_sensor(tmp_path: Path, chunk_rows: int) -> None:
     path = str(tmp_path / "k.duckdb")
-    with Store(path, flush_interval=0.05) as store:
+    with Store(path, flush_interval=0.05, chunk_rows=chunk_rows) as store:
         for i in range(5000):
             store.reading(Reading(f"north.s{i % 10}", float(i), T0 + i), esp_id="ESP_AAAAAA", gpio=4)
         store.flush()
@@ -65,6 +66,31 @@ def test_runs_events_and_state_round_trip(tmp_path: Path) -> None:
             ("r1", "ran", "29.0")
         ]
         assert again.query("SELECT kind, subject FROM events").rows == [("malformed", "ESP_AAAAAA")]
+
+
+def test_json_columns_hold_what_rules_and_events_carry(tmp_path: Path) -> None:
+    """orjson writes the JSON columns: what json.dumps(default=str) wrote reads back
+    the same (datetimes as their str(), tuples as lists, int keys as strings),
+    mappings of any kind as objects, NaN (no JSON number) as null, and what orjson
+    cannot write (an integer past 64 bits) still lands."""
+    import datetime
+    from types import MappingProxyType
+
+    when = datetime.datetime(2026, 12, 1, 6, 30, tzinfo=datetime.UTC)
+    with Store(str(tmp_path / "k.duckdb")) as store:
+        store.rule_run(RuleRun("r1", T0, {"nord.temp": 21.5, "größe": float("nan")}, ("fan on", "vent 0.6"),
+                               "ran", "v1"), 1.0)
+        store.event(Event(T0, "reload", "info", "", "ok", {"at": when, "ids": (1, 2), 3: "three",
+                                                        "inner": MappingProxyType({"a": 1})}))
+        store.event(Event(T0 + 1, "big", "info", "", "ok", {"n": 2**70}))
+        store.flush()
+        run = store.query("SELECT trigger, actions FROM rule_runs").rows[0]
+        data = [r[0] for r in store.query("SELECT data FROM events ORDER BY ts").rows]
+    import json
+    assert json.loads(run[0]) == {"nord.temp": 21.5, "größe": None}
+    assert json.loads(run[1]) == ["fan on", "vent 0.6"]
+    assert json.loads(data[0]) == {"at": str(when), "ids": [1, 2], "3": "three", "inner": {"a": 1}}
+    assert json.loads(data[1]) == {"n": 2**70}
 
 
 @pytest.mark.parametrize(
