@@ -220,7 +220,7 @@ def _dumps(v: object) -> str:
     try:
         return orjson.dumps(v, default=_orjson_default, option=_ORJSON_OPTIONS).decode()
     except TypeError:  # what orjson cannot write (an int past 64 bits, nesting past 254 levels)
-        return _ENCODER.encode(v)
+        return _ENCODER.encode(_plain(v))
 
 
 def _dumps_in_pieces(v: object, depth: int = 3) -> str:
@@ -277,7 +277,7 @@ def _empty(table: str) -> list[list[Any]]:
 
 def json_column(values: Sequence[Any]) -> list[str | None]:
     """A JSON column's values as text (a value already text is kept as it is)."""
-    return [v if v is None or isinstance(v, str) else _dumps(_plain(v)) for v in values]
+    return [v if v is None or isinstance(v, str) else _dumps(v) for v in values]
 
 
 class Buffered:
