@@ -21,8 +21,8 @@ HTTP nodes off), ``kaiser`` (``kaiser run`` as it starts by default: one MQTT 5
 connection on the ``mqtt5`` codec, engine/adapters/mqtt5link.py),
 ``kaiser-thread`` (the same with ``[store] writer = "thread"``: DuckDB on a
 thread of the server's process instead of its own process),
-``kaiser-process`` (the ingest reader process reading, aiomqtt publishing:
-``KAISER_MQTT_CLIENT=process``) and ``kaiser-inline`` (aiomqtt for everything,
+``kaiser-process`` (the ingest reader process reading, the server's MQTT 5 link
+only publishing: ``KAISER_MQTT_CLIENT=process``) and ``kaiser-inline`` (aiomqtt for everything,
 ``KAISER_MQTT_CLIENT=aiomqtt``).
 
 Setup: ``--boards`` boards (ESP_00000001...), each with a DS18B20 on GPIO 34 and,

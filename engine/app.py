@@ -324,7 +324,8 @@ class Server:
         now = self.clock.now()
         # which client reads the broker (engine/adapters/mqtt5link.py, docs/performance.md):
         # MQTT 5 on the mqtt5 codec in this process by default (TLS too); aiomqtt for the
-        # embedded broker (MQTT 3.1.1 only); a reader process with KAISER_INGEST=process
+        # embedded broker (MQTT 3.1.1 only); the ingest reader process with client
+        # "process", this process then only publishing (on the mqtt5 codec too)
         configured = self.settings.mqtt.client
         self.mqtt_client = client = "aiomqtt" if self.broker is not None else mqtt_client(url, configured)
         subs = codec.subscriptions(self.kaiser_id)
@@ -333,13 +334,15 @@ class Server:
         def online() -> list[codec.Outgoing]:
             return [codec.encode_server_status(self.kaiser_id, online=True, timestamp=self.clock.now())]
 
-        if client == "mqtt5":
-            self.mqtt = Mqtt5Link(url, self.client_id, subs, self.on_ingest, will=will, on_connect=online,
-                                  on_state=self._on_mqtt_state, username=self.settings.mqtt.username,
-                                  password=self.settings.mqtt.password,
-                                  fallback=mqtt_client_mode(configured) == "auto", lanes=self.settings.mqtt.lanes)
+        if client in ("mqtt5", "process"):
+            reads = client == "mqtt5"
+            self.mqtt = Mqtt5Link(url, self.client_id, subs if reads else [], self.on_ingest, will=will,
+                                  on_connect=online, on_state=self._on_mqtt_state,
+                                  username=self.settings.mqtt.username, password=self.settings.mqtt.password,
+                                  fallback=not reads or mqtt_client_mode(configured) == "auto",
+                                  lanes=self.settings.mqtt.lanes, unsubscribe=() if reads else subs)
         else:
-            self.mqtt = self._aiomqtt_link(url, subs, will, online, ingest=client == "process")
+            self.mqtt = self._aiomqtt_link(url, subs, will, online, ingest=False)
         self._tasks.append(asyncio.create_task(self._run_mqtt(url, subs, will, online), name="kaiser-mqtt"))
         if client == "process":
             from engine.adapters.ingest import Ingest
@@ -375,8 +378,10 @@ class Server:
             assert isinstance(self.mqtt, Mqtt5Link)
             log.warning("%s: using aiomqtt (MQTT 3.1.1) instead", exc)
             pending = self.mqtt.pending()
-            self.mqtt = link = self._aiomqtt_link(url, subs, will, online, ingest=False)
-            self.mqtt_client = "aiomqtt"
+            reads = self.ingest is None  # the ingest reader, if any, keeps reading
+            self.mqtt = link = self._aiomqtt_link(url, subs, will, online, ingest=not reads)
+            if reads:
+                self.mqtt_client = "aiomqtt"
             for m in pending:
                 link.publish(m)
             await link.run()

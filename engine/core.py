@@ -800,6 +800,7 @@ class Engine(BaseEngine):
         self._net = Network(self._program)
         self._atoms: dict[str, LeafState] = {}
         self._atoms_by_sensor: dict[str, list[str]] = {}
+        self._keys: dict[str, tuple[str, str]] = {}  # sensor ref -> (fact id, staleness timer key)
         self._pulses: list[str] = []
         self._heap: list[tuple[float, str]] = []
         self._due: dict[str, float] = {}
@@ -853,12 +854,20 @@ class Engine(BaseEngine):
         return None
 
     # ------------------------------------------------------------------ facts
+    def _sensor_keys(self, ref: str) -> tuple[str, str]:
+        """(its fact id, its staleness timer key) of a sensor ref (made once: the hot path)."""
+        keys = self._keys.get(ref)
+        if keys is None:
+            keys = self._keys[ref] = (f"s:{ref}", f"stale:{ref}")
+        return keys
+
     def _sensor_fact(self, ref: str, now: float) -> set[str]:
         r = self._readings.get(ref)
         v = freshness.value(r, now, self._stale_after)
-        self._schedule(f"stale:{ref}", None if v is None else freshness.lost_at(r[1], self._stale_after))  # type: ignore[index]
+        fid, stale = self._sensor_keys(ref)
+        self._schedule(stale, None if v is None else freshness.lost_at(r[1], self._stale_after))  # type: ignore[index]
         fields: dict[str, object] = {"ok": 1, "v": v} if v is not None else {"ok": 0, "v": 0}
-        return self._net.set_fact(f"s:{ref}", fields)
+        return self._net.set_fact(fid, fields)
 
     def _compute(self, key: str, now: float, reading: bool = False) -> set[str]:
         atom = self._atoms[key]
@@ -911,7 +920,7 @@ class Engine(BaseEngine):
 
     def _on_sensor(self, ref: str, now: float, reading: bool) -> set[str]:
         atoms = self._atoms_by_sensor.get(ref, ())
-        if not atoms and not self._net.mentions(f"s:{ref}"):
+        if not atoms and not self._net.mentions(self._sensor_keys(ref)[0]):
             return set()
         aff = self._sensor_fact(ref, now)
         if atoms:

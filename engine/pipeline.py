@@ -340,8 +340,10 @@ class Kaiser:
     def _alive(self, reading: Reading, now: float, out: Outputs) -> None:
         """A reading is a sign of life of its board; a retained one (the broker's old
         copy) is none."""
+        if reading.retained:
+            return
         dev = reading.sensor.partition(".")[0]
-        if not reading.retained and dev in self.deployment.devices:
+        if dev in self.deployment.devices:
             self._last_seen[dev] = now
             if self._online.get(dev) is not True:
                 self._set_online_into(out, dev, True, now, "")

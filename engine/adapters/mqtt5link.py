@@ -172,12 +172,16 @@ class Mqtt5Link(LinkState):
         fallback: bool = False,
         lanes: int = 0,
         persistent: bool = True,
+        unsubscribe: Sequence[str] = (),
     ) -> None:
         self.url = url
         self.host, self.port = parse_url(url)
         self.tls = tls_context(url)
         self.client_id = client_id
         self.subscriptions = list(subscriptions)
+        #: filters a persistent session may still hold from an earlier run that read
+        #: them here; another reader takes them now (the ingest reader process)
+        self.unsubscribe = [f for f in unsubscribe if f not in self.subscriptions]
         self.on_batch = on_batch
         self.on_connect = on_connect
         self.will = _as_publish(will) if will is not None else None
@@ -448,6 +452,9 @@ class Mqtt5Link(LinkState):
                 self._lanes_decided = True
                 if self.lanes and self._receive_max < LANES_BELOW:
                     self._open_lanes()
+            if self.unsubscribe and ack.session_present:
+                pid = self._pid()
+                await self._request(pid, mqtt5.UnsubscribePacket(pid, self.unsubscribe).write(), proto.lost)
             if self.subscriptions:
                 pid = self._pid()
                 sub = await self._request(pid, mqtt5.SubscribePacket(pid, [
@@ -624,8 +631,8 @@ def _ignore(_batch: list[Item]) -> None:
 
 def choose(url: str, mode: str) -> str:
     """Which client reads the broker: ``mqtt5`` (this module, the default, also for
-    TLS), ``process`` (the ingest reader process, engine/adapters/ingest.py, with
-    aiomqtt publishing; not over TLS) or ``aiomqtt``."""
+    TLS), ``process`` (the ingest reader process, engine/adapters/ingest.py, reads;
+    this module only publishes; not over TLS) or ``aiomqtt``."""
     mode = (mode or "auto").strip().lower()
     if mode == "process" and url.startswith("mqtts://"):
         log.warning("MQTT client process does not speak TLS yet: using mqtt5")

@@ -211,6 +211,9 @@ def normalise(value: float) -> float | None:
     """The value as the network sees it: rounded to 1e-9, clamped to +-1e15.
 
     None for NaN and infinities (such a reading satisfies no comparison)."""
+    if value.__class__ is float and -VALUE_LIMIT <= value <= VALUE_LIMIT:  # the hot path (NaN fails both)
+        v = round(value, 9)
+        return 0.0 if v == 0 else v
     try:
         v = float(value)
     except (TypeError, ValueError):

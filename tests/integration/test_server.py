@@ -78,7 +78,7 @@ async def test_server_status_online_retained_and_offline_on_shutdown(settings: A
     assert p["reason"] == "graceful_shutdown"
 
 
-@pytest.mark.parametrize("client", ["mqtt5", "aiomqtt"])
+@pytest.mark.parametrize("client", ["mqtt5", "aiomqtt", "process"])
 async def test_last_will_says_offline_when_the_server_dies(settings: Any, board: Board, client: str,
                                                            monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("KAISER_MQTT_CLIENT", client)
