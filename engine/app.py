@@ -344,16 +344,18 @@ class Server:
         else:
             self.mqtt = self._aiomqtt_link(url, subs, will, online, ingest=False)
         self._tasks.append(asyncio.create_task(self._run_mqtt(url, subs, will, online), name="kaiser-mqtt"))
-        if client == "process":
+        deadline = time.monotonic() + 10  # the link may change to aiomqtt meanwhile (_run_mqtt)
+        while time.monotonic() < deadline and not await self.mqtt.wait_connected(0.25):
+            pass
+        if client == "process" and isinstance(self.mqtt, Mqtt5Link):
+            # the reader speaks MQTT 5 only: started once this link found the broker
+            # speaks it (or, broker not reachable yet, at once; _run_mqtt stops it if not)
             from engine.adapters.ingest import Ingest
             from engine.adapters.mqtt import parse_url
 
             self.ingest = Ingest(*parse_url(url), f"{self.client_id}-ingest", subs, self.on_ingest,
                                  username=self.settings.mqtt.username, password=self.settings.mqtt.password)
             self._tasks.append(asyncio.create_task(self.ingest.run(), name="kaiser-ingest"))
-        deadline = time.monotonic() + 10  # the link may change to aiomqtt meanwhile (_run_mqtt)
-        while time.monotonic() < deadline and not await self.mqtt.wait_connected(0.25):
-            pass
         if not self.mqtt.connected:
             log.warning("MQTT broker %s not reachable yet; retrying in the background", url)
         elif isinstance(self.mqtt, Mqtt5Link) and not await self.mqtt.wait_lanes(5):
@@ -378,10 +380,12 @@ class Server:
             assert isinstance(self.mqtt, Mqtt5Link)
             log.warning("%s: using aiomqtt (MQTT 3.1.1) instead", exc)
             pending = self.mqtt.pending()
-            reads = self.ingest is None  # the ingest reader, if any, keeps reading
-            self.mqtt = link = self._aiomqtt_link(url, subs, will, online, ingest=not reads)
-            if reads:
-                self.mqtt_client = "aiomqtt"
+            if self.ingest is not None:  # the reader process speaks MQTT 5 only: aiomqtt reads too
+                log.warning("the ingest reader needs MQTT 5: aiomqtt reads instead")
+                ingest, self.ingest = self.ingest, None
+                await ingest.close()
+            self.mqtt = link = self._aiomqtt_link(url, subs, will, online, ingest=False)
+            self.mqtt_client = "aiomqtt"
             for m in pending:
                 link.publish(m)
             await link.run()

@@ -167,9 +167,13 @@ async def test_many_commands_of_one_turn_all_arrive(mqtt5_url: str, base: str, r
             await asyncio.sleep(0.01)
 
 
-async def test_a_broker_without_mqtt5_gets_aiomqtt(kaiser_id: str, rules_dir: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("client", ["auto", "process"])
+async def test_a_broker_without_mqtt5_gets_aiomqtt(kaiser_id: str, rules_dir: Path, tmp_path: Path, client: str,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     """The embedded broker (amqtt) speaks MQTT 3.1.1 only: the server notices at the
-    first CONNECT and reads and publishes through aiomqtt instead."""
+    first CONNECT and reads and publishes through aiomqtt instead (with client
+    ``process`` too: its reader process speaks MQTT 5 only, so it is stopped)."""
+    monkeypatch.setenv("KAISER_MQTT_CLIENT", client)
     broker = EmbeddedBroker()
     await broker.start()
     settings = make_settings(kaiser_id, broker.url, rules_dir, tmp_path / "k.duckdb")
@@ -179,6 +183,16 @@ async def test_a_broker_without_mqtt5_gets_aiomqtt(kaiser_id: str, rules_dir: Pa
         assert server.mqtt is not None and server.mqtt.connected
         assert server.mqtt_client == "aiomqtt"
         assert server.health()["mqtt"]["client"] == "aiomqtt"  # operators can see it
+        assert server.ingest is None
+        host, port = parse_url(broker.url)
+        async with aiomqtt.Client(host, port) as c:  # read by aiomqtt: a board's heartbeat is answered
+            await c.subscribe(f"kaiser/{kaiser_id}/esp/ESP_00A1B2/system/heartbeat/ack", qos=1)
+            await c.publish(f"kaiser/{kaiser_id}/esp/ESP_00A1B2/system/heartbeat",
+                            json.dumps({"esp_id": "ESP_00A1B2", "uptime": 5, "heap_free": 90000}).encode(), qos=1)
+            async with asyncio.timeout(15):
+                async for m in c.messages:
+                    assert json.loads(bytes(m.payload))["status"]
+                    break
     finally:
         await server.stop()
         await broker.stop()
