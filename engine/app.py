@@ -22,7 +22,7 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -579,14 +579,23 @@ class Server:
             except Exception as exc:  # as on_mqtt: record and go on
                 self._handler_failed(item[1], item[2], exc, now)
                 del run[mark:]
-            new = run[mark:]
-            sensors = [r.sensor for r in new]
-            if mark and new and (new[0].retained != run[0].retained or not refs.isdisjoint(sensors)):
-                del run[mark:]
-                self._land(run, refs, now, t0)
-                run.extend(new)
-                t0 = t_in
-            refs.update(sensors)
+            if len(run) - mark == 1:  # one value a message: the hot path
+                r = run[-1]
+                if mark and (r.retained != run[0].retained or r.sensor in refs):
+                    del run[mark:]
+                    self._land(run, refs, now, t0)
+                    run.append(r)
+                    t0 = t_in
+                refs.add(r.sensor)
+            else:
+                new = run[mark:]
+                sensors = [r.sensor for r in new]
+                if mark and new and (new[0].retained != run[0].retained or not refs.isdisjoint(sensors)):
+                    del run[mark:]
+                    self._land(run, refs, now, t0)
+                    run.extend(new)
+                    t0 = t_in
+                refs.update(sensors)
             ingest_seconds.observe(time.perf_counter() - t_in)
         self._land(run, refs, now, t0)
         self._check_due()
@@ -625,12 +634,28 @@ class Server:
     def _on_sensor_data(self, msg: codec.SensorData, now: float) -> None:
         self._on_values(msg.esp_id, msg.values, msg.retained, now)
 
-    def _on_values(self, esp: str, values: Iterable[codec.SensorValue], retained: bool, now: float,
+    def _on_values(self, esp: str, values: Sequence[codec.SensorValue], retained: bool, now: float,
                    land: list[Reading] | None = None) -> None:
         """Route, record and stream the values of one message; the rules get them now,
         or, with ``land``, the caller hands them over with others (on_ingest)."""
         assert self.router is not None and self.store is not None
         router = self.router
+        if len(values) == 1:  # one value a message: the hot path
+            v = values[0]
+            r = router.reading(esp, v, retained=retained)
+            if not isinstance(r, Reading):
+                self._seen(esp, now, retained)
+                self._on_unmapped(r, now)
+                return
+            self._seen(esp, now, retained, tell_pipeline=False)
+            self._record(r, esp, v.gpio, v.raw)
+            if land is not None:
+                land.append(r)
+            else:
+                out = self.kaiser.receive(r, now)
+                if out:
+                    self._apply(out, now)
+            return
         placed: list[tuple[Reading, int, float | None]] = []
         unmapped: list[Unmapped] = []
         for v in values:
@@ -640,17 +665,9 @@ class Server:
             else:
                 unmapped.append(r)
         self._seen(esp, now, retained, tell_pipeline=not placed)
-        store, kaiser, hub, latest = self.store, self.kaiser, self.hub, self.telemetry.latest
+        kaiser = self.kaiser
         for r, gpio, raw in placed:
-            self.metrics.readings += 1
-            latest[r.sensor] = r
-            store.reading(r, esp, gpio, raw)
-            for tap in self.reading_taps:
-                tap(r)
-            if hub is not None and hub.clients:
-                hub.publish(f"sensor_data/{esp}", "sensor_data",
-                            {"esp_id": esp, "sensor": r.sensor, "value": r.value, "unit": r.unit,
-                             "quality": r.quality, "retained": r.retained}, r.ts)
+            self._record(r, esp, gpio, raw)
             if len(placed) == 1 and land is None:
                 out = kaiser.receive(r, now)
                 if out:
@@ -664,6 +681,20 @@ class Server:
                 self._apply(out, now)
         for u in unmapped:
             self._on_unmapped(u, now)
+
+    def _record(self, r: Reading, esp: str, gpio: int, raw: float | None) -> None:
+        """A routed reading: counted, remembered as the latest, stored, streamed."""
+        self.metrics.readings += 1
+        self.telemetry.latest[r.sensor] = r
+        assert self.store is not None
+        self.store.reading(r, esp, gpio, raw)
+        for tap in self.reading_taps:
+            tap(r)
+        hub = self.hub
+        if hub is not None and hub.clients:
+            hub.publish(f"sensor_data/{esp}", "sensor_data",
+                        {"esp_id": esp, "sensor": r.sensor, "value": r.value, "unit": r.unit,
+                         "quality": r.quality, "retained": r.retained}, r.ts)
 
     def _on_unmapped(self, u: Unmapped, now: float) -> None:
         self.metrics.unmapped += 1
