@@ -544,6 +544,8 @@ class Server:
         self._t_in = None
         self.telemetry.ingest.observe(time.perf_counter() - t_in)
         self._check_due()
+        if self.store is not None:
+            self.store.pack()
 
     def on_ingest(self, items: list[tuple[Any, ...]]) -> None:
         """A batch from the ingest reader (engine/adapters/ingest.py), in the order the
@@ -599,6 +601,8 @@ class Server:
             ingest_seconds.observe(time.perf_counter() - t_in)
         self._land(run, refs, now, t0)
         self._check_due()
+        assert self.store is not None
+        self.store.pack()
 
     def _land(self, run: list[Reading], refs: set[str], now: float, t_in: float) -> None:
         """Hand ``run`` (routed and stored already) to the pipeline; empties it."""

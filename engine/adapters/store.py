@@ -316,12 +316,21 @@ class Buffered:
         """Everything buffered so far (tables with rows, state, extra statements),
         the buffers emptied."""
         with self._lock:
-            batches = {t: cols for t, cols in self._buf.items() if cols[0]}
-            for t in batches:
-                self._buf[t] = _empty(t)
-            state, self._state = self._state, {}
-            extra, self._extra = self._extra, []
+            return self._take_locked()
+
+    def _take_locked(self) -> tuple[dict[str, list[list[Any]]], dict[str, object], list[tuple[str, tuple[Any, ...]]]]:
+        """``_take`` for a caller holding ``_lock``."""
+        batches = {t: cols for t, cols in self._buf.items() if cols[0]}
+        for t in batches:
+            self._buf[t] = _empty(t)
+        state, self._state = self._state, {}
+        extra, self._extra = self._extra, []
         return batches, state, extra
+
+    def pack(self) -> None:
+        """Called by the event loop between batches of messages: a store that hands
+        its rows to another process prepares them here (StoreClient); this one has
+        nothing to do."""
 
     # ------------------------------------------------------------------ appends
     def _add(self, table: str, row: tuple[Any, ...]) -> None:

@@ -13,10 +13,12 @@ the server keeps only the buffers. The child runs at a lower priority
 
 How: :class:`StoreClient` has the :class:`~engine.adapters.store.Store` API.
 Appends go to the same column buffers (:class:`~engine.adapters.store.Buffered`).
-Every ``flush_interval`` its sender thread hands them to the child over a socket
-pair (``multiprocessing.connection``, pickled in chunks of ``CHUNK`` rows so the
-GIL is never held long; JSON values and state snapshots as objects, which the
-child turns into text). The child writes them with a plain ``Store`` and
+The event loop pickles a table's rows itself once ``PACK_ROWS`` wait
+(:meth:`StoreClient.pack`, between batches of messages); every ``flush_interval``
+its sender thread hands those bytes and the rest to the child over a socket pair
+(``multiprocessing.connection``; the rest pickled in chunks of ``SEND_CHUNK`` rows
+so the GIL is never held long; JSON values and state snapshots as objects, which
+the child turns into text). The child writes them with a plain ``Store`` and
 answers ``ack``. Reads (``query``, ``get_state``, ``latest_readings``, the HTTP
 port's query pool) are calls answered by the child; a call sent after a flush
 sees its rows, as the child handles messages in order.
@@ -58,7 +60,7 @@ from engine.adapters.query import (
     _Job,
     run_query,
 )
-from engine.adapters.store import PROCESS_CHUNK, TABLES, Buffered, Store, json_column
+from engine.adapters.store import PROCESS_CHUNK, TABLES, Buffered, Store, _empty, json_column
 from engine.errors import StoreError
 from engine.model import Reading
 
@@ -78,6 +80,12 @@ STORE_NICE = 10
 
 #: rows a message: one pickle call (~0.1 ms) holds the GIL at most this long
 SEND_CHUNK = 500
+#: rows of one table the event loop pickles itself (``StoreClient.pack``) as soon as
+#: that many wait, between two batches of messages: the sender thread then has only
+#: bytes to write. Pickling a second's rows on the sender thread at each flush (20-36
+#: ms of CPU at 12,000 readings/s) made it ask for the GIL every few ms, and the
+#: event loop fell 20-100 ms behind after every flush (docs/performance.md)
+PACK_ROWS = SEND_CHUNK
 
 _JSON = {t: [i for i, (_c, dtype, _a) in enumerate(cols) if dtype == "JSON"] for t, cols in TABLES.items()}
 
@@ -107,8 +115,12 @@ class StoreClient(Buffered):
         self._send_lock = threading.RLock()  # one sender at a time: messages keep their order
         self._seq = itertools.count(1)
         self._ids = itertools.count(1)
-        #: flush seq -> its messages, until the child acknowledged it
-        self._unacked: dict[int, list[tuple[Any, ...]]] = {}
+        #: flush seq -> its messages (tuples, or ``pack``'s pickled bytes), until the
+        #: child acknowledged it
+        self._unacked: dict[int, list[Any]] = {}
+        #: (rows, pickled message) made by ``pack`` and not sent yet, oldest first;
+        #: guarded by ``_lock`` with the buffers, so rows keep their order
+        self._packed: list[tuple[int, bytes]] = []
         self._unacked_rows: dict[int, int] = {}
         self._acked = threading.Condition()
         self._last_acked = 0
@@ -240,7 +252,10 @@ class StoreClient(Buffered):
                     for m in again:  # what it had not acknowledged, in order
                         # (a state part pickle cannot take is skipped: its "end" carries the text)
                         with contextlib.suppress(pickle.PicklingError, TypeError, AttributeError):
-                            conn.send(m)
+                            if m.__class__ is bytes:
+                                conn.send_bytes(m)
+                            else:
+                                conn.send(m)
                 except OSError:
                     continue  # it died again: the receiver finds out
             self._down = False
@@ -294,6 +309,18 @@ class StoreClient(Buffered):
         self._conn.close()
 
     # ------------------------------------------------------------------ writes
+    def pack(self) -> None:
+        """Pickle every table with ``PACK_ROWS`` rows or more now, on the caller's
+        thread (the event loop, between batches: about 0.1 ms a call)."""
+        buf = self._buf
+        for table, cols in buf.items():
+            if len(cols[0]) >= PACK_ROWS:
+                with self._lock:
+                    cols = buf[table]  # (the sender may have taken them meanwhile)
+                    if cols[0]:
+                        buf[table] = _empty(table)
+                        self._packed.append((len(cols[0]), _pickled_rows(table, cols)))
+
     def _send_pending(self) -> int:
         """Hand everything buffered to the child; returns the flush's number (0: nothing).
 
@@ -304,12 +331,14 @@ class StoreClient(Buffered):
         rule runs, or of a state snapshot, kept it waiting up to a switch interval
         at a time, and one pickle of a 1,000-rule snapshot holds the GIL ~2.5 ms."""
         with self._send_lock:
-            batches, state, extra = self._take()
-            if not (batches or state or extra):
+            with self._lock:
+                packed, self._packed = self._packed, []
+                batches, state, extra = self._take_locked()
+            if not (batches or state or extra or packed):
                 return 0
             seq = next(self._seq)
-            msgs: list[tuple[Any, ...]] = []
-            rows = 0
+            msgs: list[Any] = [blob for _, blob in packed]
+            rows = sum(n for n, _ in packed)
             for table, cols in batches.items():
                 n = len(cols[0])
                 rows += n
@@ -329,13 +358,17 @@ class StoreClient(Buffered):
                 self._send_all(msgs, state)
             return seq
 
-    def _send_all(self, msgs: list[tuple[Any, ...]], state: Mapping[str, object]) -> None:
-        """Send ``msgs`` (the last one is ``end``) in order. A value pickle cannot take
-        goes as JSON text, as the writer thread made it: its rows' JSON columns, or
-        its whole state value (the child prefers a text to the parts of the same key)."""
+    def _send_all(self, msgs: list[Any], state: Mapping[str, object]) -> None:
+        """Send ``msgs`` (the last one is ``end``) in order: ``pack``'s bytes as they
+        are. A value pickle cannot take goes as JSON text, as the writer thread made
+        it: its rows' JSON columns, or its whole state value (the child prefers a text
+        to the parts of the same key)."""
         as_text: set[str] = set()
         state_cpu = 0.0
         for i, m in enumerate(msgs[:-1]):
+            if m.__class__ is bytes:
+                self._conn.send_bytes(m)
+                continue
             if m[0] == "state" and m[1] in as_text:
                 continue
             t = time.thread_time()
@@ -378,6 +411,8 @@ class StoreClient(Buffered):
     def pending(self) -> int:
         with self._acked:
             waiting = sum(self._unacked_rows.values())
+        with self._lock:
+            waiting += sum(n for n, _ in self._packed)
         return super().pending() + waiting
 
     # ------------------------------------------------------------------ reads
@@ -637,6 +672,16 @@ class _Child:
             self.send(("ret", call_id, value))
         finally:
             self.jobs.pop(call_id, None)
+
+
+def _pickled_rows(table: str, cols: list[list[Any]]) -> bytes:
+    """One ``rows`` message as ``Connection.send`` would pickle it; the JSON columns as
+    text when a value in them is one pickle cannot take."""
+    try:
+        return pickle.dumps(("rows", table, cols), pickle.DEFAULT_PROTOCOL)
+    except (pickle.PicklingError, TypeError, AttributeError):
+        return pickle.dumps(("rows", table, [json_column(c) if j in _JSON[table] else c for j, c in enumerate(cols)]),
+                            pickle.DEFAULT_PROTOCOL)
 
 
 def main(argv: Sequence[str]) -> int:

@@ -123,6 +123,52 @@ def test_a_store_process_that_dies_is_started_again_and_gets_every_row(tmp_path:
         assert c.query("SELECT count(*), count(DISTINCT value) FROM readings").rows == [(4000, 4000)]
 
 
+def test_rows_the_event_loop_packed_land_in_order_with_the_rest(tmp_path: Path) -> None:
+    """``pack`` (the server calls it between batches) pickles every table with
+    PACK_ROWS rows waiting; a flush sends those bytes first, then what came after:
+    every row arrives once, in the order appended, and a JSON value pickle cannot
+    take is written as text, as on the sender's path."""
+    class Odd:  # a local class: pickle cannot take it, JSON writes its str()
+        def __str__(self) -> str:
+            return "odd"
+
+    with StoreClient(str(tmp_path / "k.duckdb"), flush_interval=3600) as c:
+        for i in range(1300):
+            c.reading(Reading(f"north.s{i % 7}", float(i), T0 + i), esp_id="ESP_AAAAAA", gpio=4)
+            c.event(Event(T0 + i, "odd", "info", "", f"event {i}", {"what": Odd(), "i": i}))
+            if i % 50 == 49:
+                c.pack()
+        assert len(c._packed) == 4  # two tables, at 500 and 1000 rows
+        assert c.pending() == 2600  # packed rows are pending too
+        c.flush()
+        assert c.pending() == 0
+        assert c.query("SELECT value FROM readings ORDER BY rowid").rows == [(float(i),) for i in range(1300)]
+        events = c.query("SELECT message, data FROM events WHERE kind = 'odd' ORDER BY rowid").rows
+        assert [m for m, _ in events] == [f"event {i}" for i in range(1300)]
+        assert events[0][1] == '{"what":"odd","i":0}' and events[-1][1] == '{"what":"odd","i":1299}'
+
+
+def test_packed_rows_a_store_process_never_acknowledged_are_sent_again(tmp_path: Path) -> None:
+    """A flush of packed bytes the child never answered (stopped, then killed): the
+    child started again gets those bytes again, and every row is written once."""
+    with StoreClient(str(tmp_path / "k.duckdb"), flush_interval=3600) as c:
+        first = c.pid
+        for i in range(2000):
+            c.reading(Reading("north.t", float(i), T0 + i), esp_id="ESP_AAAAAA", gpio=4)
+            if i % 100 == 99:
+                c.pack()
+        os.kill(first, signal.SIGSTOP)
+        try:
+            c._send_pending()  # into the socket; no answer can come
+            assert c._unacked and any(m.__class__ is bytes for msgs in c._unacked.values() for m in msgs)
+        finally:
+            os.kill(first, signal.SIGKILL)
+        c._proc.wait(10)
+        c.flush()
+        assert c.pid != first and c.restarts == 1
+        assert c.query("SELECT count(*), count(DISTINCT value) FROM readings").rows == [(2000, 2000)]
+
+
 def test_the_store_process_ignores_a_stop_meant_for_the_server(tmp_path: Path) -> None:
     path = str(tmp_path / "k.duckdb")
     c = StoreClient(path, flush_interval=3600)
