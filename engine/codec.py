@@ -586,28 +586,18 @@ def _sensor_value(d: Any, gpio_topic: int | None, top: Mapping[str, Any] | None,
     if gpio.__class__ is not int or not 0 <= gpio <= GPIO_MAX or (gpio_topic is not None and gpio != gpio_topic):
         gpio = _gpio_field(d, gpio_topic)
     st = _type_name(get("sensor_type"))
-    raw = get("raw")
+    raw, raw_key = get("raw"), "raw"
     if raw is None:
-        raw = get("raw_value")
-    value = get("value")
+        raw, raw_key = get("raw_value"), "raw_value"
+    value, value_key = get("value"), "value"
     if value is None:
-        value = get("processed_value")
+        value, value_key = get("processed_value"), "processed_value"
     if raw.__class__ is _Printed or value.__class__ is _Printed:
         return _printed_value(d, gpio, st, raw, value, top, zone, sub, received_at)
-    raw = get("raw")
-    if raw is None:
-        raw = get("raw_value")
-        if raw is not None and raw.__class__ is not float:
-            raw = _number(raw, "raw_value")
-    elif raw.__class__ is not float:
-        raw = _number(raw, "raw")
-    value = get("value")
-    if value is None:
-        value = get("processed_value")
-        if value is not None and value.__class__ is not float:
-            value = _number(value, "processed_value")
-    elif value.__class__ is not float:
-        value = _number(value, "value")
+    if raw is not None and raw.__class__ is not float:
+        raw = _number(raw, raw_key)
+    if value is not None and value.__class__ is not float:
+        value = _number(value, value_key)
     if raw is None:
         if value is None:
             raise _Bad("a reading needs raw (raw_value) or value (processed_value)")
