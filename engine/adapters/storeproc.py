@@ -118,9 +118,10 @@ class StoreClient(Buffered):
         #: flush seq -> its messages (tuples, or ``pack``'s pickled bytes), until the
         #: child acknowledged it
         self._unacked: dict[int, list[Any]] = {}
-        #: (rows, pickled message) made by ``pack`` and not sent yet, oldest first;
+        #: (rows, pickled message) made by ``pack`` and not sent yet, oldest first (the
+        #: message itself when pickle refused it: the sender's fallbacks take it);
         #: guarded by ``_lock`` with the buffers, so rows keep their order
-        self._packed: list[tuple[int, bytes]] = []
+        self._packed: list[tuple[int, bytes | tuple[Any, ...]]] = []
         self._unacked_rows: dict[int, int] = {}
         self._acked = threading.Condition()
         self._last_acked = 0
@@ -319,7 +320,10 @@ class StoreClient(Buffered):
                     cols = buf[table]  # (the sender may have taken them meanwhile)
                     if cols[0]:
                         buf[table] = _empty(table)
-                        self._packed.append((len(cols[0]), _pickled_rows(table, cols)))
+                        msg: bytes | tuple[Any, ...] = ("rows", table, cols)
+                        with contextlib.suppress(Exception):  # never lose rows here: the sender tries again
+                            msg = _pickled_rows(table, cols)
+                        self._packed.append((len(cols[0]), msg))
 
     def _send_pending(self) -> int:
         """Hand everything buffered to the child; returns the flush's number (0: nothing).
