@@ -478,8 +478,11 @@ async def _demo(settings: Settings, rules: Path, duration: float | None) -> int:
     from engine.app import Server
 
     toml, store_path = _prepare_store(settings, rules)
+    # the embedded broker speaks MQTT 3.1.1 only: aiomqtt at once, not after an MQTT 5
+    # CONNECT it refuses (3 s and two warnings at every start)
     settings = replace(settings, store=StoreSettings(path=store_path, flush_interval=0.5),
-                       websocket=replace(settings.websocket) if settings.websocket else WebsocketSettings())
+                       websocket=replace(settings.websocket) if settings.websocket else WebsocketSettings(),
+                       mqtt=replace(settings.mqtt, client="aiomqtt"))
     interactive = sys.stdout.isatty()
     async with EmbeddedBroker() as broker:
         server = Server(settings, mqtt_url=broker.url, rules_dir=rules, watch=False,

@@ -15,9 +15,12 @@ pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def test_demo_runs_the_example_greenhouse_and_prints_a_summary(capsys: pytest.CaptureFixture[str]) -> None:
+def test_demo_runs_the_example_greenhouse_and_prints_a_summary(capsys: pytest.CaptureFixture[str],
+                                                              caplog: pytest.LogCaptureFixture) -> None:
     args = argparse.Namespace(config=str(ROOT / "kaiser.toml"), rules=str(ROOT / "rules"), duration=4.0)
     assert cmd_demo(args) == 0
+    # its embedded broker speaks MQTT 3.1.1: aiomqtt from the start, no refused MQTT 5 CONNECT first
+    assert not [r.getMessage() for r in caplog.records if "MQTT 5" in r.getMessage()]
     out = capsys.readouterr().out
     assert "kaiser demo summary:" in out
     summary = out.split("kaiser demo summary:")[1]
