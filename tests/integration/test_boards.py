@@ -17,12 +17,14 @@ from typing import Any
 
 import pytest
 
+from engine.adapters.mqtt import parse_url
 from engine.app import Server
 from engine.config.settings import Settings
 from engine.firmware import Board, new_board
 from engine.firmware.mqtt import TwinFleet
 
 from .conftest import make_settings
+from .test_ingest import _speaks_mqtt5
 
 pytestmark = [pytest.mark.integration, pytest.mark.anyio]
 
@@ -181,6 +183,31 @@ async def test_both_generations_register_send_data_and_execute_a_rules_command(h
     await house.reading(house.south, 32, 3195)  # nearly dry: ~0 %
     await until(lambda: house.north.actuators[18].state)
     assert house.north.refusals == [] and house.south.refusals == []
+
+
+async def test_with_the_reader_process_both_generations_take_every_message(
+        house: Greenhouse, broker_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``KAISER_MQTT_CLIENT=process``: the reader process reads, the server's MQTT 5
+    link only publishes. Acks, configs, rule commands, the stop and its reset reach
+    both twins and none is refused."""
+    if not _speaks_mqtt5(*parse_url(broker_url)):
+        pytest.skip("the reader process speaks MQTT 5: needs Mosquitto")
+    monkeypatch.setenv("KAISER_MQTT_CLIENT", "process")
+    server = await house.start_server()
+    assert server.health()["mqtt"]["client"] == "process" and server.ingest is not None
+    await house.start_boards()
+    await house.register()
+    await house.reading(house.north, 14, 30 * 16)
+    await until(lambda: house.south.actuators[5].state)
+    assert house.north.refusals == [] and house.south.refusals == []
+    await server._control({"type": "emergency_stop", "reason": "smoke", "who": "test"})
+    await until(lambda: house.north.latched and house.south.latched)
+    assert not any(a.state for a in house.south.actuators.values())
+    await server._control({"type": "reset_emergency", "reason": "checked", "who": "test"})
+    await house.advance(6, step=1)
+    await until(lambda: not house.north.latched and not house.south.latched)
+    # (a latched board refuses every command, the guard's OFFs too, as in the test below)
+    assert [r for b in (house.north, house.south) for r in b.refusals if r[0] != "command"] == []
 
 
 async def test_an_emergency_stop_latches_both_and_a_reset_clears_them_turning_nothing_on(house: Greenhouse) -> None:
