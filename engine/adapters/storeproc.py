@@ -383,8 +383,7 @@ class StoreClient(Buffered):
                     as_text.add(m[1])
                     continue
                 _, table, cols = m
-                msgs[i] = m = ("rows", table, [json_column(c) if j in _JSON[table] else c
-                                               for j, c in enumerate(cols)])
+                msgs[i] = m = ("rows", table, _json_as_text(table, cols))
                 self._conn.send(m)
             if m[0] == "state":
                 state_cpu += time.thread_time() - t
@@ -684,8 +683,13 @@ def _pickled_rows(table: str, cols: list[list[Any]]) -> bytes:
     try:
         return pickle.dumps(("rows", table, cols), pickle.DEFAULT_PROTOCOL)
     except (pickle.PicklingError, TypeError, AttributeError):
-        return pickle.dumps(("rows", table, [json_column(c) if j in _JSON[table] else c for j, c in enumerate(cols)]),
-                            pickle.DEFAULT_PROTOCOL)
+        return pickle.dumps(("rows", table, _json_as_text(table, cols)), pickle.DEFAULT_PROTOCOL)
+
+
+def _json_as_text(table: str, cols: list[list[Any]]) -> list[Any]:
+    """The columns with the JSON ones as text (what pickle cannot take, written as
+    the writer thread would)."""
+    return [json_column(c) if j in _JSON[table] else c for j, c in enumerate(cols)]
 
 
 def main(argv: Sequence[str]) -> int:
