@@ -1228,6 +1228,9 @@ class Server:
             "mqtt": {"connected": up,
                      "url": self.mqtt_url, "client": self.mqtt_client,
                      "reconnects": self.mqtt.reconnects if self.mqtt else 0,
+                     # messages read and socket reads (MQTT 5 link): their ratio is the batch size
+                     "messages": getattr(self.mqtt, "received", None),
+                     "batches": getattr(self.mqtt, "batches", None),
                      "lanes": {"open": lanes, "connected": lanes_up},
                      "ingest": None if self.ingest is None else {
                          "connected": self.ingest.connected, "pid": self.ingest.pid,

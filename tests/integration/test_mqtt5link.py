@@ -314,3 +314,26 @@ async def test_the_server_publishes_over_lanes_and_reports_them(mqtt5_url: str, 
             assert "kaiser_mqtt_lanes_down 0" in text and "kaiser_mqtt_connected 1" in text
         finally:
             await server.stop()
+
+
+async def test_health_counts_the_messages_read_and_the_reads_they_came_in(mqtt5_url: str, kaiser_id: str,
+                                                                        rules_dir: Path, tmp_path: Path) -> None:
+    """/health ``mqtt.messages`` and ``mqtt.batches``: every message read, and the socket
+    reads that carried them (their ratio is the batch size the rules get)."""
+    settings = make_settings(kaiser_id, mqtt5_url, rules_dir, tmp_path / "k.duckdb")
+    server = Server(settings, watch=False, websocket=False)
+    try:
+        await server.start()
+        before = server.health()["mqtt"]
+        async with aiomqtt.Client(*parse_url(mqtt5_url)) as c:
+            for i in range(50):
+                await c.publish(f"kaiser/{kaiser_id}/esp/ESP_{i:06X}/system/heartbeat",
+                                json.dumps({"esp_id": f"ESP_{i:06X}", "uptime": 5}).encode(), qos=1)
+        async with asyncio.timeout(10):
+            while server.health()["mqtt"]["messages"] - before["messages"] < 50:
+                await asyncio.sleep(0.02)
+        after = server.health()["mqtt"]
+        assert after["messages"] - before["messages"] == 50
+        assert 1 <= after["batches"] - before["batches"] <= 50
+    finally:
+        await server.stop()

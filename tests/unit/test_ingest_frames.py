@@ -40,3 +40,53 @@ def test_a_reading_is_decoded_by_the_reader_and_anything_else_is_passed_on() -> 
     junk = item("kaiser/god/esp/ESP_00A1B2/sensor/4/data", b"{nope", False, 1.0)
     assert hb == ("m", "kaiser/god/esp/ESP_00A1B2/system/heartbeat", b"{}", False)
     assert junk == ("m", "kaiser/god/esp/ESP_00A1B2/sensor/4/data", b"{nope", False)
+
+
+def test_batches_the_server_reads_together_are_handled_as_one_in_order_and_all_acknowledged() -> None:
+    """A busy server finds several of the reader's batches in one read: the rules get
+    them as one batch (cheaper a reading), in the reader's order; a state change
+    between them keeps its place; the note acknowledges the last batch."""
+    import asyncio
+
+    from engine.adapters.ingest import _ChildLink
+
+    class Owner:
+        batches = received = 0
+
+        def __init__(self) -> None:
+            self.calls: list[list[tuple[object, ...]]] = []
+            self.states: list[tuple[bool, int]] = []
+
+        def on_batch(self, items: list[tuple[object, ...]]) -> None:
+            self.calls.append(items)
+
+        def _set_state(self, up: bool) -> None:
+            self.states.append((up, len(self.calls)))
+
+    class Pipe:
+        def __init__(self) -> None:
+            self.out = b""
+
+        def write(self, data: bytes) -> None:
+            self.out += data
+
+        def is_closing(self) -> bool:
+            return False
+
+    async def run() -> tuple[Owner, _ChildLink, Pipe]:
+        owner = Owner()
+        link = _ChildLink(owner)  # type: ignore[arg-type]
+        pipe = Pipe()
+        link.transport = pipe  # type: ignore[assignment]
+        m = [("m", f"t/{i}", b"x", False) for i in range(5)]
+        link.data_received(_frame(_BATCH, marshal.dumps((1, m[:2]))) + _frame(_BATCH, marshal.dumps((2, m[2:3])))
+                           + _frame(_STATE, b"1") + _frame(_BATCH, marshal.dumps((3, m[3:]))))
+        await asyncio.sleep(0.05)  # the acknowledgement note leaves after ACK_DELAY
+        return owner, link, pipe
+
+    owner, link, pipe = asyncio.run(run())
+    assert owner.calls == [[("m", "t/0", b"x", False), ("m", "t/1", b"x", False), ("m", "t/2", b"x", False)],
+                           [("m", "t/3", b"x", False), ("m", "t/4", b"x", False)]]
+    assert owner.states == [(True, 1)]
+    assert (owner.batches, owner.received, link.handled) == (3, 5, 3)
+    assert _Frames().feed(pipe.out)[-1][1] == (3).to_bytes(8, "big")
