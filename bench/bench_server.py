@@ -46,6 +46,10 @@ more Kaiser run under cProfile at the latency rate, top functions printed.
 "Sustained" (the issue's definition) = zero loss, the sender kept its rate
 (>= 95 %), p50 below 20 ms and p99 below 100 ms, and for Kaiser every reading is
 in the store. A peer that fails a throughput rate is not tried at higher ones.
+``--repeat N`` measures every rate N times (the peers alternating each time): a
+rate counts as sustained for a peer when most of its N runs sustained it, and the
+run with the median p99 stands for the rate; on these noisy 2-core VMs one 4-s run
+can flip either way (docs/performance.md).
 Benchmarks are never timed assertions in tests: read the ratios of one run.
 """
 
@@ -454,6 +458,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="throughput rates to try, ascending")
     ap.add_argument("--duration", type=float, default=6.0, help="seconds per measurement")
     ap.add_argument("--warmup", type=float, default=2.0, help="seconds of unmeasured load first")
+    ap.add_argument("--repeat", type=int, default=1, metavar="N",
+                    help="measure every rate N times, the peers alternating each time; a rate is sustained "
+                         "when most repetitions sustain it, and the median p99 stands for it")
     ap.add_argument("--profile", action="store_true", help="one more Kaiser run under cProfile")
     ap.add_argument("--json", default=None, help="write all results to this file")
     ap.add_argument("--broker", choices=["own", "given"], default="own",
@@ -461,6 +468,8 @@ def main(argv: list[str] | None = None) -> int:
                          "floor's reference numbers were measured; given: use --host/--port as is")
     a = ap.parse_args(argv)
     a.peer_list = [x.strip() for x in a.peers.split(",") if x.strip()]
+    if a.repeat < 1:
+        ap.error("--repeat must be at least 1")
     bad = [x for x in a.peer_list if x not in PEERS]
     if bad:
         ap.error(f"unknown peer {', '.join(bad)}; choose from {', '.join(PEERS)}")
@@ -522,24 +531,38 @@ def run(a: argparse.Namespace, tools: Path) -> int:
     going = dict.fromkeys(peers, True)
     by_rate: dict[float, dict[str, dict[str, Any]]] = {}
     for i, rate in enumerate([a.latency_rate, *rates]):
-        for who in peers:
-            if not going[who]:
-                continue
-            try:
-                r = phase(tools, a, who, rate, work, toml, ws_port)
-            except (RuntimeError, OSError, subprocess.SubprocessError) as exc:
-                print(f"{who} at {rate:g}/s failed: {exc}", flush=True)
-                going[who] = False
-                continue
-            r["who"] = who
-            results["phases"].append(r)
+        runs: dict[str, list[dict[str, Any]]] = {}
+        for rep in range(a.repeat):
+            for who in peers:
+                if not going[who]:
+                    continue
+                try:
+                    r = phase(tools, a, who, rate, work, toml, ws_port)
+                except (RuntimeError, OSError, subprocess.SubprocessError) as exc:
+                    print(f"{who} at {rate:g}/s failed: {exc}", flush=True)
+                    going[who] = False
+                    runs.pop(who, None)
+                    continue
+                r["who"], r["repetition"] = who, rep + 1
+                results["phases"].append(r)
+                runs.setdefault(who, []).append(r)
+                extra = f"  {r['cpu_us_per_reading']:.0f} us CPU/reading"
+                if "stored" in r:
+                    extra += f" {r['cpu_us_by_thread']}, stored {r['stored']}/{r['sent']}"
+                label = f"{who} {'latency' if i == 0 else 'throughput'}" + (f" #{rep + 1}" if a.repeat > 1 else "")
+                print(row(label, r, extra + ("  sustained" if r["sustained"] else "  NOT sustained")), flush=True)
+        for who, rs in runs.items():
+            # a rate is sustained when most of its repetitions were; the repetition
+            # with the median p99 stands for the rate in the tables below
+            passed = sum(1 for r in rs if r["sustained"])
+            ok = 2 * passed > len(rs)
+            r = sorted(rs, key=lambda x: float(x["lat_ms_p99"]) if x["lat_ms_p99"] == x["lat_ms_p99"]
+                       else math.inf)[len(rs) // 2]
             by_rate.setdefault(rate, {})[who] = r
-            extra = f"  {r['cpu_us_per_reading']:.0f} us CPU/reading"
-            if "stored" in r:
-                extra += f" {r['cpu_us_by_thread']}, stored {r['stored']}/{r['sent']}"
-            print(row(f"{who} {'latency' if i == 0 else 'throughput'}", r,
-                      extra + ("  sustained" if r["sustained"] else "  NOT sustained")), flush=True)
-            if r["sustained"]:
+            if a.repeat > 1:
+                print(f"  {who} at {rate:g}/s: sustained in {passed} of {len(rs)}; median p99 "
+                      f"{float(r['lat_ms_p99']):.2f} ms", flush=True)
+            if ok:
                 if rate >= maxes[who]:
                     maxes[who], at_max[who] = rate, r
             elif i > 0:
