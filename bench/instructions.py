@@ -3,6 +3,7 @@ hot path on a noisy machine (docs/performance.md, "Instructions a reading").
 
     .venv/bin/python bench/instructions.py                 # this checkout
     .venv/bin/python bench/instructions.py --base HEAD~3   # and a git revision, with the ratio
+    .venv/bin/python bench/instructions.py --pattern quiet # no rule fires: the difference is what commands cost
 
 Runs ``bench/profile_server.py --batch N --decode --writer process`` under
 valgrind's cachegrind (instruction counts only, no cache simulation) twice, with
@@ -30,12 +31,14 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def instructions(checkout: Path, readings: int, batch: int) -> int:
+def instructions(checkout: Path, readings: int, batch: int, pattern: str = "cross") -> int:
     """Instructions (cachegrind's Ir) of one profile_server.py run in ``checkout``."""
     env = dict(os.environ, PYTHONHASHSEED="0", PYTHONPATH=str(checkout))
     cmd = ["valgrind", "--tool=cachegrind", "--cache-sim=no", "--cachegrind-out-file=/dev/null",
            sys.executable, str(checkout / "bench" / "profile_server.py"), "--batch", str(batch), "--decode",
            "--writer", "process", "--readings", str(readings)]
+    if pattern != "cross":  # revisions before the option know only espfleet's pattern
+        cmd += ["--pattern", pattern]
     r = subprocess.run(cmd, cwd=checkout, env=env, capture_output=True, text=True, timeout=1800, check=False)
     m = re.search(r"I\s+refs:\s+([\d,]+)", r.stderr)
     if r.returncode != 0 or m is None:
@@ -43,8 +46,8 @@ def instructions(checkout: Path, readings: int, batch: int) -> int:
     return int(m.group(1).replace(",", ""))
 
 
-def per_reading(checkout: Path, low: int, high: int, batch: int) -> float:
-    return (instructions(checkout, high, batch) - instructions(checkout, low, batch)) / (high - low)
+def per_reading(checkout: Path, low: int, high: int, batch: int, pattern: str = "cross") -> float:
+    return (instructions(checkout, high, batch, pattern) - instructions(checkout, low, batch, pattern)) / (high - low)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -53,6 +56,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--low", type=int, default=2000, help="readings of the first run")
     ap.add_argument("--high", type=int, default=12000, help="readings of the second run")
     ap.add_argument("--batch", type=int, default=10, help="readings a batch (Server.on_ingest)")
+    ap.add_argument("--pattern", choices=("cross", "quiet"), default="cross",
+                    help="profile_server.py's readings: cross (a command every other reading) or quiet (none)")
     a = ap.parse_args(argv)
     if shutil.which("valgrind") is None:
         print("instructions.py: valgrind is not installed (apt-get install valgrind)", file=sys.stderr)
@@ -60,8 +65,8 @@ def main(argv: list[str] | None = None) -> int:
     if not 0 < a.low < a.high:
         print("instructions.py: need 0 < --low < --high", file=sys.stderr)
         return 2
-    here = per_reading(ROOT, a.low, a.high, a.batch)
-    print(f"this checkout: {here:,.0f} instructions a reading (batch {a.batch})")
+    here = per_reading(ROOT, a.low, a.high, a.batch, a.pattern)
+    print(f"this checkout: {here:,.0f} instructions a reading (batch {a.batch}, pattern {a.pattern})")
     if a.base is None:
         return 0
     with tempfile.TemporaryDirectory(prefix="kaiser-base-") as tmp:
@@ -69,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
         subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", str(wt), a.base], check=True,
                        capture_output=True)
         try:
-            base = per_reading(wt, a.low, a.high, a.batch)
+            base = per_reading(wt, a.low, a.high, a.batch, a.pattern)
         finally:
             subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(wt)], check=False,
                            capture_output=True)

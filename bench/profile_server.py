@@ -87,12 +87,19 @@ class CountingLink:
         self.published += 1
 
 
-def payloads(boards: int, n: int, t0: float) -> list[tuple[str, bytes]]:
+#: the high value of each pattern: ``cross`` (espfleet's: 26.5/23.5 around the
+#: rules' 25, every other reading an edge and a command) and ``quiet`` (24.5/23.5:
+#: the facts change, no rule fires, no command; the difference is what commands cost)
+HIGH = {"cross": 26.5, "quiet": 24.5}
+
+
+def payloads(boards: int, n: int, t0: float, pattern: str = "cross") -> list[tuple[str, bytes]]:
     out: list[tuple[str, bytes]] = []
+    high = HIGH[pattern]
     for s in range(n):
         b = s % boards + 1
         esp = f"ESP_{b:08X}"
-        v = 26.5 if (s // boards) % 2 == 0 else 23.5
+        v = high if (s // boards) % 2 == 0 else 23.5
         topic = f"kaiser/god/esp/{esp}/sensor/34/data"
         payload = (f'{{"ts": {int(t0) + s // 1000}, "esp_id": "{esp}", "gpio": 34, "sensor_type": "DS18B20", '
                    f'"raw": {round(v * 100)}, "value": {v:.2f}, "unit": "C", "quality": "good", '
@@ -379,6 +386,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="the store's writer: a thread here (default) or its own process as the server runs it "
                          "(--soak then counts both processes' RSS; us/reading leaves the store's process out)")
     ap.add_argument("--no-gc-tuning", action="store_true", help="leave the collector as Python starts it")
+    ap.add_argument("--pattern", choices=sorted(HIGH), default="cross",
+                    help="cross (default): every other reading of a sensor above 25, an edge that sends a command; "
+                         "quiet: 24.5/23.5, the facts change but no rule fires (what commands cost is the difference)")
     a = ap.parse_args(argv)
     if a.soak and (a.warm <= 0 or a.warm % 10_000 or a.warm >= a.soak):
         ap.error("--warm must be a multiple of 10,000 below --soak")
@@ -391,7 +401,7 @@ def main(argv: list[str] | None = None) -> int:
               f"{t_build:.2f} s; RSS {rss0:.0f} -> {rss_built:.0f} MB "
               f"({(rss_built - rss0) * 1024 / max(1, 2 * a.boards):.1f} KB a rule)", flush=True)
         now = server.clock.now()
-        msgs = payloads(a.boards, a.readings + 2 * a.boards, now)
+        msgs = payloads(a.boards, a.readings + 2 * a.boards, now, a.pattern)
         warm, timed = msgs[:2 * a.boards], msgs[2 * a.boards:]
         for b in range(1, a.boards + 1):  # every board says hello: the relay devices are online
             esp = f"ESP_{b:08X}"
