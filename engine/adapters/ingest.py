@@ -8,7 +8,8 @@ with ``mqtt5`` (a sans-I/O MQTT 5 packet codec written in Rust by aiomqtt's
 maintainer: about 1 us to parse a PUBLISH), decodes the firmware's JSON with
 ``engine.codec`` in its own process, on the second core, and sends the server
 batches of decoded readings (one batch per socket read, so one reading alone at
-light load, hundreds under load). The server's own MQTT 5 link
+light load, hundreds under load; the batches the server finds waiting in one
+read of the pipe go to the rules as one). The server's own MQTT 5 link
 (engine/adapters/mqtt5link.py, with no subscriptions) publishes everything the
 server sends (commands, configs, acks, ``server/status`` and its will); aiomqtt
 only when the broker refuses MQTT 5.
