@@ -174,8 +174,8 @@ class _ChildLink(asyncio.Protocol):
         last = 0
         owner = self.owner
         # the batches of one read are handled as one: when the server is busy, the
-        # reader's batches queue up and the rules then take them together (a reading
-        # costs the pipeline much less in a big batch, docs/performance.md)
+        # reader's batches queue up, and the rules then take them in one step (the
+        # costs of a step and of a write to the broker are paid once, not per batch)
         merged: list[Item] = []
         for kind, body in self.frames.feed(data):
             if kind == _BATCH:
