@@ -592,7 +592,7 @@ def run(a: argparse.Namespace, tools: Path) -> int:
                 continue
             line.append(f"p99 at {a.latency_rate:g}/s {_ratio(p99(k, a.latency_rate), p99(ref, a.latency_rate))} "
                         f"of {ref}'s")
-            if 3000.0 in by_rate:
+            if 3000.0 in by_rate and a.latency_rate != 3000.0:
                 line.append(f"p99 at 3000/s {_ratio(p99(k, 3000.0), p99(ref, 3000.0))} of {ref}'s")
             line.append(f"sustained {_ratio(maxes[k], maxes[ref])} of {ref}'s")
             verdict[f"{k}/{ref}"] = {
