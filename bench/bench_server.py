@@ -511,6 +511,12 @@ def start_broker(a: argparse.Namespace) -> subprocess.Popen[bytes] | None:
     return p
 
 
+def _p99_or_inf(r: dict[str, Any]) -> float:
+    """A run's p99 for sorting; a run with none (nothing matched) sorts last."""
+    p = float(r["lat_ms_p99"])
+    return math.inf if math.isnan(p) else p
+
+
 def _ratio(x: float | None, y: float | None) -> str:
     if x is None or y is None or math.isnan(x) or math.isnan(y) or y <= 0:
         return "n/a"
@@ -556,8 +562,7 @@ def run(a: argparse.Namespace, tools: Path) -> int:
             # with the median p99 stands for the rate in the tables below
             passed = sum(1 for r in rs if r["sustained"])
             ok = 2 * passed > len(rs)
-            r = sorted(rs, key=lambda x: float(x["lat_ms_p99"]) if x["lat_ms_p99"] == x["lat_ms_p99"]
-                       else math.inf)[len(rs) // 2]
+            r = sorted(rs, key=_p99_or_inf)[len(rs) // 2]
             by_rate.setdefault(rate, {})[who] = r
             if a.repeat > 1:
                 print(f"  {who} at {rate:g}/s: sustained in {passed} of {len(rs)}; median p99 "
