@@ -123,14 +123,17 @@ flush_interval = "1s"
 [websocket]
 listen = "127.0.0.1:{ws_port}"
 """)
-    # the bench's one liberty: boards share an esp id between a sensor device and a relay device
+    # the bench's one liberty: boards share an esp id between a sensor device and a relay device.
+    # Patched where app.load_rules looks it up at every call (engine.config.lint.lint), not
+    # app.load_rules itself: a compiled engine/app.py (mypyc, docs/performance.md) binds its
+    # own functions early and never sees a module attribute replaced
     (d / "sitecustomize.py").write_text(
-        "import engine.app as _a\n"
-        "_orig = _a.load_rules\n"
-        "def _load(rules_dir, tz):\n"
-        "    dep, diags, ver = _orig(rules_dir, tz)\n"
-        "    return dep, [x for x in diags if x.code != 'K306'], ver\n"
-        "_a.load_rules = _load\n"
+        "import engine.config.lint as _l\n"
+        "_orig = _l.lint\n"
+        "def _lint(path, *args, **kwargs):\n"
+        "    dep, diags = _orig(path, *args, **kwargs)\n"
+        "    return dep, [x for x in diags if x.code != 'K306']\n"
+        "_l.lint = _lint\n"
     )
     return toml
 
