@@ -15,6 +15,11 @@ durable-rules 2.0.28 has sharp edges; this module keeps them in:
 - a message that matches nothing is normal, not an error;
 - events that match nothing stay in memory forever: we keep one FACT per thing and
   replace it (retract + assert), so working memory is bounded by the deployment;
+- a retract + assert costs as much as the rest of a reading: a sensor fact whose
+  new value lies where its old one did among the constants its tests compare ``v``
+  with (its *cut points*) satisfies exactly the same tests, so it is not sent; the
+  network keeps it and sends it with the next change that does cross a cut point,
+  and before any reload;
 - errors from the C engine are raised as EngineError, never swallowed.
 """
 
@@ -23,6 +28,9 @@ from __future__ import annotations
 import contextlib
 import itertools
 import json
+from bisect import bisect_left
+from collections.abc import Iterable
+from typing import Any
 
 import durable_rules_engine as _dre
 
@@ -119,6 +127,62 @@ class _Ruleset:
             _dre.delete_ruleset(self.handle)
 
 
+#: operators a sensor fact's test may use for the network to know its cut points
+_ORDER_OPS = frozenset({"$gt", "$gte", "$lt", "$lte", "$neq"})
+
+
+def _constants_of(test: object, cuts: set[float]) -> bool:
+    """Add the numbers ``test`` compares ``v`` with to ``cuts``; False when the test
+    reads anything else than ``id``, ``ok`` and ``v`` against constants."""
+    if test.__class__ is not dict:
+        return False
+    for key, arg in test.items():
+        if key in ("$and", "$or"):
+            if arg.__class__ is not list or not all(_constants_of(t, cuts) for t in arg):
+                return False
+        elif key in _ORDER_OPS:
+            if arg.__class__ is not dict or len(arg) != 1:
+                return False
+            ((name, const),) = arg.items()
+            if not _constant(name, const, cuts):
+                return False
+        elif key.startswith("$") or not _constant(key, arg, cuts):
+            return False
+    return True
+
+
+def _constant(name: str, const: object, cuts: set[float]) -> bool:
+    if name == "v":
+        if (const.__class__ is not int and const.__class__ is not float) or const != const:
+            return False
+        cuts.add(float(const))
+        return True
+    return name in ("id", "ok") and (const.__class__ is int or const.__class__ is str)
+
+
+def cut_points(tests: Iterable[object]) -> tuple[float, ...] | None:
+    """The sorted constants a sensor fact's tests compare its ``v`` with, or None
+    when some test is not a comparison of ``ok`` or ``v`` with a constant."""
+    cuts: set[float] = set()
+    for t in tests:
+        if not _constants_of(t, cuts):
+            return None
+    return tuple(sorted(cuts))
+
+
+def side(cuts: tuple[float, ...], fields: dict[str, object]) -> int:
+    """Where a sensor fact's value lies among ``cuts``: ``2i`` below ``cuts[i]`` (and
+    above the one before), ``2i + 1`` on it; -1 when the fact has no usable value.
+    Two facts on the same side (>= 0) satisfy the same comparisons with those cuts."""
+    if fields.get("ok") != 1:
+        return -1
+    v = fields.get("v")
+    if (v.__class__ is not float and v.__class__ is not int) or v != v:
+        return -1
+    i = bisect_left(cuts, v)
+    return 2 * i + 1 if i < len(cuts) and cuts[i] == v else 2 * i
+
+
 class Network:
     """Current facts and the rulesets deciding over them.
 
@@ -137,6 +201,10 @@ class Network:
         self._terms: dict[str, tuple[str, ...]] = {}
         self._term_rule: dict[str, str] = {}
         self._live: set[str] = set()
+        #: sensor fact -> [its cut points, the side of the value its rulesets last saw]
+        self._cuts: dict[str, list[Any]] = {}
+        #: facts whose latest fields the rulesets have not seen (same side)
+        self._held: set[str] = set()
         self.load(program)
 
     # ------------------------------------------------------------------
@@ -144,6 +212,7 @@ class Network:
         """Switch to a new program, reusing identical rulesets (and their facts).
 
         Returns the rules whose truth must be re-read."""
+        self._send_held()
         old = self._sets
         new: dict[str, _Ruleset] = {}
         created: list[_Ruleset] = []
@@ -182,7 +251,25 @@ class Network:
         for fid in [f for f in self._facts if f not in self._by_fact]:
             del self._facts[fid]
             self._heads.pop(fid, None)
+        tests: dict[str, list[object]] = {}
+        for rs in new.values():
+            for t in rs.part.terms:
+                for fid, pat in t.patterns:
+                    if fid.startswith("s:"):
+                        tests.setdefault(fid, []).append(pat)
+        self._cuts = {fid: [c, side(c, self._facts[fid][0]) if fid in self._facts else -1]
+                      for fid, ts in tests.items() if (c := cut_points(ts)) is not None}
         return set(self._terms)
+
+    def _send_held(self) -> None:
+        """Send the facts held back (their latest fields) to every ruleset."""
+        for fid in sorted(self._held):
+            fields, old_text = self._facts[fid]
+            self._live.difference_update(self._terms_by_fact.get(fid, ()))
+            text = self._store(fid, fields)
+            for rs in self._by_fact.get(fid, ()):
+                self._live.update(rs.replace_fact(old_text, text))
+        self._held.clear()
 
     def _store(self, fid: str, fields: dict[str, object]) -> str:
         # hand-rolled encoding (the hot path): numbers never get an exponent
@@ -208,8 +295,9 @@ class Network:
     def set_fact(self, fid: str, fields: dict[str, object]) -> set[str]:
         """Replace fact ``fid`` (retract + assert in every ruleset mentioning it).
 
-        Returns the rules to re-read (empty when nothing changed or no ruleset
-        mentions ``fid``: then nothing is stored): the network's own set, which
+        Returns the rules to re-read (empty when nothing changed, when no ruleset
+        mentions ``fid``: then nothing is stored, or when a sensor fact stays on its
+        side of every cut point: then it is held back): the network's own set, which
         the caller must not change."""
         sets = self._by_fact.get(fid)
         if not sets:
@@ -217,12 +305,25 @@ class Network:
         old = self._facts.get(fid)
         if old is not None and old[0] == fields:
             return set()
+        cut = self._cuts.get(fid)
+        if cut is not None:
+            at = side(cut[0], fields)
+            if at >= 0 and at == cut[1] and old is not None:
+                # no test of this fact can change: hold it back (sent with the next change
+                # that crosses a cut point, or before a reload)
+                self._facts[fid] = (fields, old[1])
+                self._held.add(fid)
+                return set()
         live = self._live
         live.difference_update(self._terms_by_fact.get(fid, ()))
         text = self._store(fid, fields)
         old_text = None if old is None else old[1]
         for rs in sets:
             live.update(rs.replace_fact(old_text, text))
+        if cut is not None:
+            cut[1] = at
+            if self._held:
+                self._held.discard(fid)
         return self._rules_by_fact.get(fid, set())
 
     def is_true(self, rule: str) -> bool:
@@ -239,6 +340,7 @@ class Network:
         self._by_fact = {}
         self._facts = {}
         self._live = set()
+        self._held = set()
 
     def __del__(self) -> None:  # free the C rulesets when a version is dropped
         with contextlib.suppress(Exception):

@@ -7,8 +7,9 @@ import gc
 import pytest
 
 from engine import compiler as C
+from engine.conditions.base import RANGE_OPS, SINGLE_OPS
 from engine.model import ActuatorIs, All, Comparison, Deployment, DeviceIs, Not, Notify, Rule
-from engine.rete import Network
+from engine.rete import Network, cut_points
 
 
 def prog(*conds: object) -> C.Program:
@@ -101,3 +102,66 @@ def test_closing_rulesets_in_which_nothing_ever_fired_is_safe() -> None:
             net.set_fact(f"s:d{i}.t", {"ok": 0, "v": 0})
         assert not net.is_true("r0")
         net.close()
+
+
+def test_a_reading_on_the_same_side_of_every_threshold_is_held_back_and_changes_nothing() -> None:
+    # the rulesets only see values that cross one of the constants the fact is compared
+    # with: the rest re-read no rule, and every answer stays what durable would give
+    conds = (Comparison("n.t", "above", 25.0), Comparison("n.t", "between", (20.0, 30.0)),
+             Comparison("n.t", "equals", 22.5), Not(Comparison("n.t", "at_most", 10.0)))
+    net = Network(prog(*conds))
+    values = [26.0, 27.0, 29.99, 30.0, 30.0, 30.5, 31.0, 22.5, 22.4, 21.0, 20.0, 19.0, 10.0, 9.0, 5.0, 11.0, 24.0]
+    sent = 0
+    before: float | None = None
+    for v in values:
+        again = net.set_fact("s:n.t", {"ok": 1, "v": v})
+        same_side = before is not None and all(
+            C.compare(op, before, t) == C.compare(op, v, t)
+            for op, t in (("above", 25.0), ("between", (20.0, 30.0)), ("equals", 22.5), ("at_most", 10.0)))
+        if not same_side:  # (held back only when no test can change; a value on a
+            assert again, (before, v)  # threshold itself is sent even if its tests agree)
+        sent += bool(again)
+        assert [net.is_true(f"r{i}") for i in range(4)] == [
+            v > 25.0, 20.0 <= v <= 30.0, v == 22.5, v > 10.0], v
+        before = v
+    assert sent <= len(values) - 6  # 27, 29.99, 30 again, 31, 21 and 5 never reached durable-rules
+    net.set_fact("s:n.t", {"ok": 0, "v": 0})  # unknown is sent at once, and is true of nothing
+    assert not any(net.is_true(f"r{i}") for i in range(4))
+    net.close()
+
+
+def test_a_held_back_value_reaches_the_rulesets_of_a_reload() -> None:
+    net = Network(prog(Comparison("n.t", "above", 25.0)))
+    net.set_fact("s:n.t", {"ok": 1, "v": 26.0})
+    assert net.set_fact("s:n.t", {"ok": 1, "v": 30.0}) == set()  # held: 26 and 30 are both above 25
+    assert net.fact("s:n.t") == {"ok": 1, "v": 30.0}
+    # a new threshold between the value the rulesets saw (26) and the latest (30)
+    net.load(prog(Comparison("n.t", "above", 25.0), Comparison("n.t", "above", 28.0)))
+    assert net.is_true("r0") and net.is_true("r1")
+    assert net.set_fact("s:n.t", {"ok": 1, "v": 29.0}) == set()  # above 28 too: held
+    assert net.set_fact("s:n.t", {"ok": 1, "v": 27.0}) == {"r0", "r1"}
+    assert net.is_true("r0") and not net.is_true("r1")
+    net.load(prog(Comparison("n.t", "below", 27.5)))  # and back to a program that crosses it
+    assert net.is_true("r0")
+    net.close()
+
+
+@pytest.mark.parametrize("negated", [False, True])
+@pytest.mark.parametrize("op", SINGLE_OPS + RANGE_OPS)
+def test_every_comparison_the_compiler_writes_has_cut_points(op: str, negated: bool) -> None:
+    # if the compiler's test syntax changes, the network must still know where a
+    # sensor fact's value can change a test; else it sends every reading (slower, not wrong)
+    t: float | tuple[float, float] = (20.0, 30.5) if op in RANGE_OPS else 25.5
+    c = Comparison("n.t", op, t)
+    p = prog(Not(c) if negated else c)
+    tests = [pat for term in p.terms["r0"] for fid, pat in term.patterns if fid == "s:n.t"]
+    assert tests
+    assert cut_points(tests) == ((20.0, 30.5) if op in RANGE_OPS else (25.5,))
+
+
+def test_cut_points_refuse_a_test_on_anything_but_constants() -> None:
+    assert cut_points([{"$and": [{"id": "s:n.t"}, {"$gt": {"v": 3}}]}]) == (3.0,)
+    assert cut_points([{"$gt": {"v": {"$m": "f1.v"}}}]) is None  # a join on another fact's value
+    assert cut_points([{"$ex": {"v": 1}}]) is None  # an operator it does not know
+    assert cut_points([{"q": 1}]) is None  # another field
+    assert cut_points([{"v": "warm"}]) is None
