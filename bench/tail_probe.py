@@ -4,6 +4,7 @@
     .venv/bin/python bench/tail_probe.py                        # 3,000 readings/s for 8 s, once
     .venv/bin/python bench/tail_probe.py --rate 8000 --runs 3
     .venv/bin/python bench/tail_probe.py --flush 1h             # no store flush during the run
+    .venv/bin/python bench/tail_probe.py --pattern below --rate 8000   # values that cross no threshold
 
 The setup is bench_server.py's (its own Mosquitto with ``set_tcp_nodelay``, 500
 boards, 1,000 rules, espfleet ``cross``: a command for every other reading), with
@@ -181,6 +182,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--duration", type=float, default=8.0)
     ap.add_argument("--warmup", type=float, default=2.0)
     ap.add_argument("--runs", type=int, default=1)
+    ap.add_argument("--pattern", default="cross", choices=("cross", "below"),
+                    help="espfleet's values: cross 25 at every reading (a command every other one), "
+                         "or stay between the rules' thresholds (below: 20.00-20.09, no command)")
     ap.add_argument("--flush", default="1s", help="[store] flush_interval of the server")
     ap.add_argument("--lanes", type=int, default=None, help="[mqtt] lanes of the server (default: its own)")
     ap.add_argument("--keep", action="store_true", help="keep the work dir and the records")
@@ -210,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
                 time.sleep(1.0)
                 u0 = _user_system(k.p.pid)
                 t0 = time.time()
-                r = bs.espfleet(tools, a, a.rate, a.duration, f"probe-{a.rate:g}")
+                r = bs.espfleet(tools, a, a.rate, a.duration, f"probe-{a.rate:g}", pattern=a.pattern)
                 t1 = time.time()
                 u1 = _user_system(k.p.pid)
             finally:
