@@ -218,20 +218,17 @@ class KaiserProc:
         """CPU seconds of the main thread (the event loop: MQTT, rules, guard) and of
         all other threads together (the store's sender; with writer = "thread" its writer and DuckDB)."""
         out: dict[str, float] = {}
-        tck = os.sysconf("SC_CLK_TCK")
         try:
             tasks = os.listdir(f"/proc/{self.p.pid}/task")
         except OSError:
             return out
         for t in tasks:
             try:
-                with open(f"/proc/{self.p.pid}/task/{t}/stat") as f:
-                    text = f.read()
+                cpu = sum(cpu_times(f"/proc/{self.p.pid}/task/{t}/stat"))
             except OSError:
                 continue
             name = "main" if t == str(self.p.pid) else "other"  # Python threads are all called python
-            parts = text.rsplit(")", 1)[1].split()
-            out[name] = out.get(name, 0.0) + (int(parts[11]) + int(parts[12])) / tck
+            out[name] = out.get(name, 0.0) + cpu
         return out
 
     def stop(self) -> None:
@@ -243,14 +240,21 @@ class KaiserProc:
         self.log.close()
 
 
+def cpu_times(stat: str) -> tuple[float, float]:
+    """(user, system) CPU seconds from a /proc ``stat`` file (a process's or a
+    thread's: ``/proc/PID/task/TID/stat``); OSError when it is gone."""
+    with open(stat) as f:
+        parts = f.read().rsplit(")", 1)[1].split()
+    tick = os.sysconf("SC_CLK_TCK")
+    return int(parts[11]) / tick, int(parts[12]) / tick
+
+
 def _cpu_s(pid: int | None) -> float:
     """CPU seconds (user + system) of a process, NaN when it is gone."""
     if pid is None:
         return float("nan")
     try:
-        with open(f"/proc/{pid}/stat") as f:
-            parts = f.read().rsplit(")", 1)[1].split()
-        return (int(parts[11]) + int(parts[12])) / os.sysconf("SC_CLK_TCK")
+        return sum(cpu_times(f"/proc/{pid}/stat"))
     except OSError:
         return float("nan")
 

@@ -113,13 +113,6 @@ def install(out: str) -> None:
     atexit.register(dump)
 
 
-def _user_system(pid: int) -> tuple[float, float]:
-    """User and system CPU seconds of a process's main thread."""
-    fields = Path(f"/proc/{pid}/task/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    tick = os.sysconf("SC_CLK_TCK")
-    return int(fields[11]) / tick, int(fields[12]) / tick
-
-
 def _pct(xs: list[float], q: float) -> float:
     s = sorted(xs)
     return s[min(len(s) - 1, int(q * len(s)))] if s else float("nan")
@@ -212,11 +205,11 @@ def main(argv: list[str] | None = None) -> int:
                 bs.espfleet(tools, a, min(a.rate, 1000.0), a.warmup, "probe-warmup")
                 bs.espfleet(tools, a, 1000.0, max(1.0, 2.0 * a.boards / 1000.0), "probe-settle", pattern="below")
                 time.sleep(1.0)
-                u0 = _user_system(k.p.pid)
+                u0 = bs.cpu_times(f"/proc/{k.p.pid}/task/{k.p.pid}/stat")  # its main thread
                 t0 = time.time()
                 r = bs.espfleet(tools, a, a.rate, a.duration, f"probe-{a.rate:g}", pattern=a.pattern)
                 t1 = time.time()
-                u1 = _user_system(k.p.pid)
+                u1 = bs.cpu_times(f"/proc/{k.p.pid}/task/{k.p.pid}/stat")
             finally:
                 k.stop()
             print(bs.row(f"kaiser run {i + 1}", r), flush=True)

@@ -265,11 +265,17 @@ class Network:
         """Send the facts held back (their latest fields) to every ruleset."""
         for fid in sorted(self._held):
             fields, old_text = self._facts[fid]
-            self._live.difference_update(self._terms_by_fact.get(fid, ()))
-            text = self._store(fid, fields)
-            for rs in self._by_fact.get(fid, ()):
-                self._live.update(rs.replace_fact(old_text, text))
+            self._send(fid, fields, old_text, self._by_fact.get(fid, ()))
         self._held.clear()
+
+    def _send(self, fid: str, fields: dict[str, object], old_text: str | None,
+              sets: Iterable[_Ruleset]) -> None:
+        """Replace the fact in ``sets``; its terms' matches follow."""
+        live = self._live
+        live.difference_update(self._terms_by_fact.get(fid, ()))
+        text = self._store(fid, fields)
+        for rs in sets:
+            live.update(rs.replace_fact(old_text, text))
 
     def _store(self, fid: str, fields: dict[str, object]) -> str:
         # hand-rolled encoding (the hot path): numbers never get an exponent
@@ -314,12 +320,7 @@ class Network:
                 self._facts[fid] = (fields, old[1])
                 self._held.add(fid)
                 return set()
-        live = self._live
-        live.difference_update(self._terms_by_fact.get(fid, ()))
-        text = self._store(fid, fields)
-        old_text = None if old is None else old[1]
-        for rs in sets:
-            live.update(rs.replace_fact(old_text, text))
+        self._send(fid, fields, None if old is None else old[1], sets)
         if cut is not None:
             cut[1] = at
             if self._held:
